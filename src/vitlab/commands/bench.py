@@ -1,0 +1,101 @@
+"""`vitlab bench`: vitlab's own training and inference throughput for a model, batch size and precision.
+
+    vitlab bench --model ViT-B/16 --batch-size 32 --precision bf16 --compile
+    vitlab bench --checkpoint runs/my-model --task inference --fast
+
+Images/s are medians over rounds; model FLOP/s are set against a matmul of the same dtype timed in the same
+rounds (CPU) or the datasheet dense bf16 peak (listed GPUs). benchmarks/throughput.py runs the same
+measurements beside Hugging Face transformers and timm.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import torch
+
+from ..performance import precision_dtype
+from ..throughput import (Result, Variant, datasheet_peak, format_bytes, interleave, matmul_step, model_flops,
+                          peak_step_memory, random_batch, vitlab_step)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", default="ViT-B/16", help="registered model name (see `vitlab models`)")
+    parser.add_argument("--checkpoint", help="measure this checkpoint's architecture instead of --model")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=None, help="default: the model's own")
+    parser.add_argument("--task", choices=("inference", "train", "both"), default="both")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="bf16/fp16: autocast (matmuls in low precision, fp32 master weights)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (one graph)")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
+    parser.add_argument("--fast", action="store_true",
+                        help="inference: vitlab.performance.fast_inference (weights cast once; packed on CPU)")
+    parser.add_argument("--cuda-graph", action="store_true", help="inference on CUDA: replay a CUDA graph")
+    parser.add_argument("--grad-checkpointing", action="store_true", help="training: recompute activations")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--repeats", type=int, default=None, help="steps per round (default: 1 CPU, 10 GPU)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def build(args):
+    if args.checkpoint:
+        from ..checkpoints import load_pretrained
+        return load_pretrained(args.checkpoint)
+    from ..models import create_model
+    overrides = {"image_size": args.image_size} if args.image_size else {}
+    return create_model(args.model, **overrides)
+
+
+def run(args) -> int:
+    device = torch.device(args.device)
+    tasks = ("inference", "train") if args.task == "both" else (args.task,)
+    repeats = args.repeats or (10 if device.type == "cuda" else 1)
+    model = build(args).to(device)
+    image_size = model.config.image_hw[0]
+    x, y = random_batch(args.batch_size, image_size, max(model.num_classes, 1), device, model.config.in_chans)
+    steps, results = {}, {}
+    for task in tasks:
+        variant = Variant(task, args.precision, args.compile, args.fast, args.cuda_graph, args.grad_checkpointing,
+                          args.compile_mode)
+        # each task its own copy: train/eval modes (and compiled graphs) must not flip between calls
+        steps[task] = vitlab_step(copy.deepcopy(model), variant, x, y)
+        results[task] = Result(task, args.batch_size, model_flops(model, image_size, task))
+    peak = datasheet_peak(device)
+    if peak is None:  # the CPU's practical peak: a matmul of the same dtype, timed between the model's steps
+        mm, mm_flops = matmul_step(precision_dtype(args.precision), device)
+        steps["matmul"] = mm
+    times = interleave(steps, device, rounds=args.rounds, warmup=args.warmup, repeats=repeats)
+    peak_flops = peak[1] if peak else mm_flops / sorted(times["matmul"])[len(times["matmul"]) // 2]
+    for task, result in results.items():
+        result.times = times[task]
+        if task == "train":
+            result.peak_memory = peak_step_memory(steps[task], device)
+    report = {
+        "model": args.checkpoint or args.model, "parameters": sum(p.numel() for p in model.parameters()), "device": str(device),
+        "batch_size": args.batch_size, "image_size": image_size, "precision": args.precision,
+        "compile": args.compile, "fast": args.fast, "cuda_graph": args.cuda_graph,
+        "peak_flops": peak_flops, "peak_source": f"datasheet {peak[0]}" if peak else f"{args.precision} matmul",
+        "results": {task: {"images_per_second": r.images_per_second, "ms_per_step": 1e3 * r.seconds,
+                           "model_flops_per_second": r.flops_per_second,
+                           "utilisation": r.flops_per_second / peak_flops, "peak_memory_bytes": r.peak_memory}
+                    for task, r in results.items()},
+    }
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['model']}: {report['parameters']:,} parameters, batch {report['batch_size']} at "
+             f"{report['image_size']} px, {report['precision']}, compile={report['compile']}, "
+             f"fast={report['fast']}, on {report['device']}",
+             f"peak: {report['peak_flops'] / 1e9:,.0f} GFLOP/s ({report['peak_source']})",
+             f"{'task':<10} {'images/s':>10} {'ms/step':>9} {'GFLOP/s':>9} {'of peak':>8} {'peak mem':>10}"]
+    for task, r in report["results"].items():
+        mem = format_bytes(r["peak_memory_bytes"])
+        lines.append(f"{task:<10} {r['images_per_second']:>10.1f} {r['ms_per_step']:>9.1f} "
+                     f"{r['model_flops_per_second'] / 1e9:>9.1f} {100 * r['utilisation']:>7.0f}% {mem:>10}")
+    return "\n".join(lines)

@@ -1,0 +1,228 @@
+"""Measuring throughput honestly: step functions, interleaved timing, peak memory, the device's peak FLOP/s.
+
+Shared by `vitlab bench` (vitlab alone) and benchmarks/throughput.py (vitlab beside its peers). Timings are
+interleaved across contenders (A B C A B C ...) after a warm-up, and reported as medians over rounds, so
+that drift in a shared machine's load falls on every contender alike.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import count_flops
+from .performance import autocast, compile_model, cuda_graph_inference, fast_inference, make_adamw, precision_dtype
+
+# Dense bf16 tensor-core peaks from the datasheets (FLOP/s, without sparsity), matched against the device name.
+DATASHEET_BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12,
+                       "L4": 121e12, "RTX 4090": 165e12}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---- steps ------------------------------------------------------------------------------------------
+def inference_step(model: Callable, x: torch.Tensor, precision: str, logits: Callable = lambda out: out):
+    """One forward pass without autograd, under autocast for `precision`."""
+    def step():
+        with torch.inference_mode(), autocast(x.device, precision):
+            return logits(model(x))
+    return step
+
+
+def training_step(model: Callable, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                  precision: str, logits: Callable = lambda out: out):
+    """Forward, cross-entropy, backward, optimiser step: a full training step."""
+    def step():
+        with autocast(x.device, precision):
+            loss = F.cross_entropy(logits(model(x)), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+    return step
+
+
+def random_batch(batch_size: int, image_size: int, num_classes: int, device, in_chans: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, in_chans, image_size, image_size, generator=g)
+    y = torch.randint(0, max(num_classes, 1), (batch_size,), generator=g)
+    return x.to(device), y.to(device)
+
+
+@dataclass
+class Variant:
+    """How to run one contender: which task and precision, and which fast paths."""
+
+    task: str = "inference"  # "inference" | "train"
+    precision: str = "fp32"  # "fp32" | "bf16"
+    compile: bool = False
+    fast: bool = False  # inference: fast_inference (weights cast once; packed oneDNN matmuls on CPU)
+    cuda_graph: bool = False  # inference on CUDA: replay one recorded graph
+    grad_checkpointing: bool = False
+    compile_mode: str | None = None
+
+
+def vitlab_step(model: nn.Module, variant: Variant, x: torch.Tensor, y: torch.Tensor, lr: float = 1e-4):
+    """The step function for vitlab `model` run as `variant` says, using vitlab's fast paths."""
+    if variant.task == "train":
+        model.train().set_grad_checkpointing(variant.grad_checkpointing)
+        optimizer = make_adamw(model, lr=lr, weight_decay=0.1)
+        run = compile_model(model, mode=variant.compile_mode) if variant.compile else model
+        return training_step(run, optimizer, x, y, variant.precision)
+    model.eval()
+    if variant.cuda_graph:
+        return inference_step(cuda_graph_inference(model, x, variant.precision), x, "fp32")
+    run = fast_inference(model, variant.precision) if variant.fast else model
+    if variant.compile:
+        run = compile_model(run, inference=True, mode=variant.compile_mode)
+    return inference_step(run, x, "fp32" if variant.fast else variant.precision)
+
+
+# ---- timing -----------------------------------------------------------------------------------------
+def time_call(fn: Callable, device: torch.device, repeats: int = 1) -> float:
+    """Seconds per call of fn, averaged over `repeats` back-to-back calls."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def interleave(fns: dict[str, Callable], device: torch.device, rounds: int = 3, warmup: int = 1,
+               repeats: int = 1, on_round: Callable[[int], None] | None = None) -> dict[str, list[float]]:
+    """Time every fn once per round, in turn (A B C A B C ...), after `warmup` untimed rounds."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(warmup + rounds):
+        for name, fn in fns.items():
+            t = time_call(fn, device, repeats)
+            if r >= warmup:
+                times[name].append(t)
+        if on_round:
+            on_round(r)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# ---- the device's peak ------------------------------------------------------------------------------
+def matmul_step(dtype: torch.dtype, device: torch.device, n: int = 2048) -> tuple[Callable, int]:
+    """An n x n x n matmul in `dtype` and its FLOPs: the CPU's practical peak, measured beside the models."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    return (lambda: torch.mm(a, b)), 2 * n**3
+
+
+def datasheet_peak(device: torch.device) -> tuple[str, float] | None:
+    """(GPU name, dense bf16 FLOP/s) from the datasheet table, or None when the GPU is not listed."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in DATASHEET_BF16_PEAK.items():
+        if key in name:
+            return name, peak
+    return None
+
+
+def model_flops(model_or_config, image_size: int, task: str) -> int:
+    """Model FLOPs per image: one forward for inference, 3x (forward + backward) for a training step."""
+    cfg = getattr(model_or_config, "config", model_or_config)
+    return count_flops(cfg, image_size) * (3 if task == "train" else 1)
+
+
+# ---- peak memory ------------------------------------------------------------------------------------
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class _RssSampler(threading.Thread):
+    """Highest resident set size seen, sampled every `interval` s while the step runs (torch drops the GIL)."""
+
+    def __init__(self, interval: float = 0.001):
+        super().__init__(daemon=True)
+        self.interval, self.peak, self.done = interval, _rss_bytes(), threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(self.interval)
+
+
+def peak_step_memory(fn: Callable, device: torch.device) -> int | None:
+    """Bytes a step adds at its peak over what was allocated before it.
+
+    CUDA: torch's allocator statistics. CPU (Linux): the resident set sampled during the step, less the
+    resident set before it (after returning freed heap to the OS); None where /proc is not available.
+    """
+    gc.collect()
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    if not os.path.exists("/proc/self/statm"):
+        return None
+    _malloc_trim()
+    before = _rss_bytes()
+    sampler = _RssSampler()
+    sampler.start()
+    try:
+        fn()
+    finally:
+        sampler.done.set()
+        sampler.join()
+    return max(sampler.peak, _rss_bytes()) - before
+
+
+@dataclass
+class Result:
+    """One contender's timings on one workload, and what follows from them."""
+
+    name: str
+    batch_size: int
+    flops_per_image: int
+    times: list[float] = field(default_factory=list)
+    peak_memory: int | None = None
+
+    @property
+    def seconds(self) -> float:
+        return median(self.times)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.batch_size / self.seconds
+
+    @property
+    def flops_per_second(self) -> float:
+        return self.flops_per_image * self.images_per_second
+
+
+def format_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
