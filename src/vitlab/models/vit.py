@@ -222,6 +222,8 @@ class VisionTransformer(nn.Module):
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
+                if m.bias is None:  # qkv_bias=False
+                    continue
                 if ".mlp." in f".{name}.":
                     nn.init.normal_(m.bias, std=1e-6)
                 else:
