@@ -35,6 +35,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cuda-graph", action="store_true", help="inference on CUDA: replay a CUDA graph")
     parser.add_argument("--grad-checkpointing", action="store_true", help="training: recompute activations")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (the median is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--repeats", type=int, default=None, help="steps per round (default: 1 CPU, 10 GPU)")
@@ -52,6 +53,8 @@ def build(args):
 
 def run(args) -> int:
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tasks = ("inference", "train") if args.task == "both" else (args.task,)
     repeats = args.repeats or (10 if device.type == "cuda" else 1)
     model = build(args).to(device)
