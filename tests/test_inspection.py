@@ -193,3 +193,14 @@ def test_normalisation_follows_the_checkpoint():
     model.preprocessing = {"normalisation": "zca"}
     with pytest.raises(ValueError, match="zca"):
         normalise(images, model)
+
+
+def test_vitlab_inspect_is_the_same_api_and_leaves_the_stdlib_alone():
+    import inspect as stdlib_inspect
+
+    import vitlab.inspect
+    import vitlab.inspection
+
+    assert vitlab.inspect.attention_rollout is vitlab.inspection.attention_rollout
+    assert set(vitlab.inspect.__all__) == set(vitlab.inspection.__all__)
+    assert hasattr(stdlib_inspect, "signature") and stdlib_inspect.__name__ == "inspect"

@@ -56,6 +56,7 @@ def load_model(args):
 
 def run(args) -> int:
     from ..inspection import dataset_batches, inspect_model, load_image_files
+    from ..inspection.report import describe
 
     if not args.images and not args.data:
         raise SystemExit("vitlab inspect: give image files, or --data SPEC to take images from a data set")
@@ -63,7 +64,7 @@ def run(args) -> int:
         raise SystemExit("vitlab inspect: --num-images and --show must be at least 1")
     start = time.perf_counter()
     model = load_model(args).to(args.device).eval()
-    label = Path(args.checkpoint).name if args.checkpoint else args.model
+    label = f"{Path(args.checkpoint).name if args.checkpoint else args.model}: {describe(model.config)}"
 
     dataset = distance_batches = None
     if args.data:

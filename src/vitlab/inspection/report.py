@@ -39,7 +39,7 @@ def inspect_model(model: nn.Module, out_dir: str | Path, images: torch.Tensor, c
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
-    label = label or f"ViT {cfg.image_hw[0]}x{cfg.image_hw[1]}, patch {cfg.patch_size}"
+    label = label or describe(cfg)
     written: dict[str, Path] = {}
 
     def inputs(batches):
@@ -88,8 +88,14 @@ def write_attention_maps(model: nn.Module, out: Path, images: torch.Tensor, capt
     query = "[class] token" if model.num_prefix_tokens else "mean over tokens"
     written["attention_heads"] = figures.plot_class_attention(
         rgb, head_maps, captions, out / "attention_heads.png",
-        title=f"{label}: last-layer attention per head ({query})")
+        title=f"{label}\nlast-layer attention per head ({query})")
     return written
+
+
+def describe(cfg) -> str:
+    """A short name for a model's architecture, for figure titles: "ViT-6x64/4 at 28x28 px"."""
+    stem = "R50+ViT" if cfg.resnet_layers is not None else "ViT"
+    return f"{stem}-{cfg.depth}x{cfg.width}/{cfg.patch_size} at {cfg.image_hw[0]}x{cfg.image_hw[1]} px"
 
 
 def with_predictions(captions: list[str], logits: torch.Tensor, label_names: list[str] | None) -> list[str]:
