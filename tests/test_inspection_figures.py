@@ -52,7 +52,7 @@ def test_inspect_command_writes_every_figure(checkpoint, image_files, tmp_path, 
                  "--no-progress"]) == 0
     assert "attention_distance.png" in capsys.readouterr().out
     assert_drawn(out / "rollout.png", (560, 210))  # 2 images side by side: (2 x 2.8 in, 1.7 + 0.4 in) at 100 dpi
-    assert_drawn(out / "attention_heads.png", (None, 190))  # 2 rows; the width follows the captions
+    assert_drawn(out / "attention_heads.png", (None, 205))  # 2 rows (0.6 in + 0.85 in); width follows captions
     assert_drawn(out / "attention_distance.png", (640, 480))
     assert_drawn(out / "posemb_similarity.png", (640, 600))
     assert_drawn(out / "embedding_filters.png", (600, 390))  # 28 components, 7 x 4 tiles
