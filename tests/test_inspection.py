@@ -135,16 +135,16 @@ def test_posemb_similarity_leaves_out_the_class_token(classifier):
     np.testing.assert_allclose(sim.reshape(6, 6), position_similarity(patches, (2, 3)).reshape(6, 6))
 
 
-def test_filter_components_are_the_principal_components():
-    w = torch.randn(40, 3, 4, 4, dtype=torch.float64) * torch.linspace(0.1, 3, 48).reshape(1, 3, 4, 4)
+@pytest.mark.parametrize("filters,count", [(80, 28), (30, 28), (12, 11)])  # more filters than pixels, and fewer
+def test_filter_components_are_the_principal_components(filters, count):
+    g = torch.Generator().manual_seed(filters)
+    w = torch.randn(filters, 3, 4, 4, dtype=torch.float64, generator=g) * torch.linspace(0.1, 3, 48).reshape(1, 3, 4, 4)
     comps, ratio = principal_filters(w, 28)
-    flat = w.reshape(40, -1).numpy()
-    cov = np.cov(flat, rowvar=False, bias=True)
-    values, vectors = np.linalg.eigh(cov)
-    top = vectors[:, ::-1][:, :28].T
-    assert comps.shape == (28, 3, 4, 4)
-    np.testing.assert_allclose(np.abs(np.sum(comps.reshape(28, -1) * top, axis=1)), 1.0, atol=1e-8)
-    np.testing.assert_allclose(ratio, values[::-1][:28] / values.sum(), rtol=1e-8)
+    flat = w.reshape(filters, -1).numpy()
+    u, s, vt = np.linalg.svd(flat - flat.mean(0), full_matrices=False)  # PCA by SVD, as a textbook does
+    assert comps.shape == (count, 3, 4, 4)
+    np.testing.assert_allclose(np.abs(np.sum(comps.reshape(count, -1) * vt[:count], axis=1)), 1.0, atol=1e-8)
+    np.testing.assert_allclose(ratio, s[:count] ** 2 / np.sum(s**2), rtol=1e-8)
 
 
 def test_filters_of_grey_and_hybrid_models():

@@ -84,23 +84,19 @@ def save_figure(fig, path: str | Path) -> Path:
         pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3]
     finally:
         plt.close(fig)
-    return save_png(pixels, path)
+    # an adaptive 256-colour palette halves the bytes; undithered, so white stays exactly white
+    return save_png(Image.fromarray(pixels, "RGB").quantize(256, method=Image.Quantize.MEDIANCUT), path)
 
 
 def save_rgb(array: np.ndarray, path: str | Path) -> Path:
-    """Write an RGB float (H, W, 3) array in [0, 1] as a PNG."""
-    return save_png((np.clip(array, 0, 1) * 255).round().astype(np.uint8), path)
+    """Write an RGB float (H, W, 3) array in [0, 1] as a full-colour PNG."""
+    return save_png(Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8), "RGB"), path)
 
 
-def save_png(pixels: np.ndarray, path: str | Path) -> Path:
-    """Write uint8 (H, W, 3) pixels as a PNG with an adaptive 256-colour palette: half the bytes, and white
-    stays exactly white (dithering would speckle it)."""
-    image = Image.fromarray(pixels, "RGB").quantize(256, method=Image.Quantize.MEDIANCUT, kmeans=1)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+def save_png(image: Image.Image, path: str | Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+        image.save(tmp, format="PNG")
     return path
 
 

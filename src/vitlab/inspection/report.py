@@ -12,7 +12,7 @@ from torch import nn
 
 from . import figures
 from .attention import attention_weights, check_vit
-from .distance import attention_distance, uniform_attention_distance
+from .distance import attention_distance, mean_attention_distance, uniform_attention_distance
 from .filters import embedding_filters
 from .images import normalise
 from .posemb import posemb_similarity
@@ -29,7 +29,7 @@ def inspect_model(model: nn.Module, out_dir: str | Path, images: torch.Tensor, c
 
     images: uint8 (B, C, H, W) at the model's input size, drawn with their attention rollout and their raw
     last-layer attention per head. The mean attention distance is averaged over `distance_batches` (uint8
-    batches; streamed, so there may be many) or, without them, over `images`.
+    batches, streamed, so there may be many) or, without them, over `images`.
     """
     cfg = check_vit(model)
     wanted = set(figures_wanted)
@@ -38,20 +38,20 @@ def inspect_model(model: nn.Module, out_dir: str | Path, images: torch.Tensor, c
         raise ValueError(f"unknown figure(s) {sorted(unknown)}; choose from {list(FIGURES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
     label = label or describe(cfg)
     written: dict[str, Path] = {}
 
-    def inputs(batches):
-        for batch in batches:
-            yield normalise(batch, model).to(device)
-
-    if "rollout" in wanted:
-        written.update(write_attention_maps(model, out, images, captions, inputs(images.split(batch_size)), label))
+    distances = count = None
+    if "rollout" in wanted or ("distance" in wanted and distance_batches is None):
+        seen = analyse(model, images, batch_size)  # one pass over the shown images serves both
+        if "rollout" in wanted:
+            written.update(write_attention_maps(model, out, images, captions, seen, label))
+        distances, count = seen["distances"].mean(axis=0), len(images)
     if "distance" in wanted:
-        batches = distance_batches if distance_batches is not None else images.split(batch_size)
-        total = distance_total if distance_batches is not None else len(images)
-        distances, count = attention_distance(model, inputs(batches), total=total, progress=progress)
+        if distance_batches is not None:
+            device = next(model.parameters()).device
+            inputs = (normalise(batch, model).to(device) for batch in distance_batches)
+            distances, count = attention_distance(model, inputs, total=distance_total, progress=progress)
         uniform = uniform_attention_distance(cfg.grid_size, cfg.stride)
         written["attention_distance"] = figures.plot_attention_distance(
             distances, out / "attention_distance.png", uniform=uniform, num_images=count, title=label)
@@ -67,27 +67,35 @@ def inspect_model(model: nn.Module, out_dir: str | Path, images: torch.Tensor, c
     return written
 
 
-def write_attention_maps(model: nn.Module, out: Path, images: torch.Tensor, captions: list[str],
-                         batches: Iterable[torch.Tensor], label: str) -> dict[str, Path]:
-    """Rollout overlays (one file per image and a grid) and the last layer's [class] attention per head."""
+def analyse(model: nn.Module, images: torch.Tensor, batch_size: int) -> dict[str, np.ndarray]:
+    """Per image: rollout map, last-layer attention per head, logits and mean attention distance per head."""
     cfg = model.config
-    rollouts, heads, logits = [], [], []
-    for x in batches:
-        batch_logits, attentions = attention_weights(model, x)
-        rollouts.append(attention_rollout(attentions, model.num_prefix_tokens, cfg.grid_size))
-        heads.append(class_attention(attentions[-1], model.num_prefix_tokens, cfg.grid_size))
-        logits.append(batch_logits.float().cpu())
-    rollout, head_maps = np.concatenate(rollouts), np.concatenate(heads)
-    captions = with_predictions(captions, torch.cat(logits), getattr(model, "label_names", None))
+    device = next(model.parameters()).device
+    parts: dict[str, list] = {"rollout": [], "heads": [], "logits": [], "distances": []}
+    for batch in images.split(batch_size):
+        logits, attentions = attention_weights(model, normalise(batch, model).to(device))
+        attentions = [a.cpu() for a in attentions]
+        parts["rollout"].append(attention_rollout(attentions, model.num_prefix_tokens, cfg.grid_size))
+        parts["heads"].append(class_attention(attentions[-1], model.num_prefix_tokens, cfg.grid_size))
+        parts["logits"].append(logits.float().cpu().numpy())
+        parts["distances"].append(mean_attention_distance(attentions, cfg.grid_size, cfg.stride,
+                                                          model.num_prefix_tokens))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def write_attention_maps(model: nn.Module, out: Path, images: torch.Tensor, captions: list[str],
+                         seen: dict[str, np.ndarray], label: str) -> dict[str, Path]:
+    """Rollout overlays (one file per image and a grid) and the last layer's [class] attention per head."""
+    captions = with_predictions(captions, seen["logits"], getattr(model, "label_names", None))
     rgb = figures.to_rgb(images)
     written = {}
     for i, caption in enumerate(captions):
         path = out / "rollout" / f"{i:03d}_{slug(caption)}.png"
-        written[f"rollout/{i:03d}"] = figures.save_rollout_overlay(rgb[i], rollout[i], path)
-    written["rollout"] = figures.plot_rollout_grid(rgb, rollout, captions, out / "rollout.png")
+        written[f"rollout/{i:03d}"] = figures.save_rollout_overlay(rgb[i], seen["rollout"][i], path)
+    written["rollout"] = figures.plot_rollout_grid(rgb, seen["rollout"], captions, out / "rollout.png")
     query = "[class] token" if model.num_prefix_tokens else "mean over tokens"
     written["attention_heads"] = figures.plot_class_attention(
-        rgb, head_maps, captions, out / "attention_heads.png",
+        rgb, seen["heads"], captions, out / "attention_heads.png",
         title=f"{label}\nlast-layer attention per head ({query})")
     return written
 
@@ -98,11 +106,11 @@ def describe(cfg) -> str:
     return f"{stem}-{cfg.depth}x{cfg.width}/{cfg.patch_size} at {cfg.image_hw[0]}x{cfg.image_hw[1]} px"
 
 
-def with_predictions(captions: list[str], logits: torch.Tensor, label_names: list[str] | None) -> list[str]:
+def with_predictions(captions: list[str], logits: np.ndarray, label_names: list[str] | None) -> list[str]:
     """Append the model's top-1 class (and its probability) to each caption, where the model has class names."""
     if not label_names or logits.ndim != 2 or logits.shape[1] != len(label_names):
         return captions
-    probs = logits.softmax(dim=1)
+    probs = torch.as_tensor(logits).softmax(dim=1)
     p, k = probs.max(dim=1)
     return [f"{c} -> {label_names[j]} ({100 * q:.0f}%)" for c, j, q in zip(captions, k.tolist(), p.tolist())]
 
