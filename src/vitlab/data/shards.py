@@ -111,7 +111,7 @@ class ShardDataset(IterableDataset):
         sizes = json.loads(sizes_file.read_text())
         n = sum(int(sizes.get(Path(u).name, 0)) for u in self.urls)
         lo, hi = self.fraction or (0.0, 1.0)
-        return int(n * (hi - lo))
+        return int(round(n * (hi - lo)))  # an estimate: the split is by key hash
 
     def samples(self, urls):
         """(name, image bytes or None, label or None) for the split's samples of the given shards."""
