@@ -9,13 +9,14 @@ Two implementations of the same maths:
 """
 import math
 import warnings
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import BadImage
 from .images import convert, draft_jpeg
+
+warnings.filterwarnings("ignore", message="The given buffer is not writable")  # see pil_to_batch
 
 
 def sample_crop_boxes(rng: np.random.Generator, n: int, height: int, width: int,
@@ -59,6 +60,20 @@ def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
+def pil_to_batch(img) -> torch.Tensor:
+    """PIL "L"/"RGB" to a uint8 1 x C x h x w tensor (channels-last memory).
+
+    RGB comes out as Pillow stores it, 4 bytes a pixel ("RGBX"): cheaper to export than packed
+    RGB, and torch's uint8 antialiased resize is fastest on 4 channels. Slice [:, :3] after.
+    """
+    if img.mode == "RGB":
+        data, channels = img.tobytes("raw", "RGBX"), 4
+    else:
+        data, channels = img.tobytes(), 1
+    x = torch.frombuffer(data, dtype=torch.uint8)  # read-only memory: callers must not write to it
+    return x.view(img.height, img.width, channels).permute(2, 0, 1)[None]
+
+
 class CropResize:
     """Per-image transform: lazy PIL image -> uint8 C x size x size tensor."""
 
@@ -85,14 +100,14 @@ class CropResize:
             crop = convert(img.crop(box), self.in_chans)  # crop() decodes the file here
         except Exception as e:  # truncated or corrupt data
             raise BadImage(name, f"cannot decode ({type(e).__name__}: {e})") from None
-        with warnings.catch_warnings():  # the read-only array is only read: interpolate makes a new tensor
-            warnings.simplefilter("ignore")
-            a = torch.from_numpy(np.asarray(crop))
-        a = a.view(a.shape[0], a.shape[1], -1).permute(2, 0, 1)[None]  # 1 x C x h x w, channels-last
-        out = resize_uint8(a, self.size)
-        out = (out.flip(-1) if flip else out)[0].contiguous()
-        if out.data_ptr() == a.data_ptr():
-            out = out.clone()
+        x = pil_to_batch(crop)
+        out = resize_uint8(x, self.size)
+        if flip:
+            out = out.flip(-1)
+        elif out is x:
+            out = out.clone()  # never hand out the read-only buffer
+        # A strided view: the loader's collate (torch.stack) makes the one contiguous copy.
+        out = out[0, : self.in_chans]
         if self.randaugment is not None:
             out = self.randaugment(out, rng)
         return out
