@@ -8,15 +8,12 @@ Two implementations of the same maths:
   one interpolate call over the whole batch on the training device.
 """
 import math
-import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import BadImage
 from .images import convert, draft_jpeg
-
-warnings.filterwarnings("ignore", message="The given buffer is not writable")  # see pil_to_batch
 
 
 def sample_crop_boxes(rng: np.random.Generator, n: int, height: int, width: int,
@@ -70,7 +67,7 @@ def pil_to_batch(img) -> torch.Tensor:
         data, channels = img.tobytes("raw", "RGBX"), 4
     else:
         data, channels = img.tobytes(), 1
-    x = torch.frombuffer(data, dtype=torch.uint8)  # read-only memory: callers must not write to it
+    x = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     return x.view(img.height, img.width, channels).permute(2, 0, 1)[None]
 
 
@@ -100,12 +97,9 @@ class CropResize:
             crop = convert(img.crop(box), self.in_chans)  # crop() decodes the file here
         except Exception as e:  # truncated or corrupt data
             raise BadImage(name, f"cannot decode ({type(e).__name__}: {e})") from None
-        x = pil_to_batch(crop)
-        out = resize_uint8(x, self.size)
+        out = resize_uint8(pil_to_batch(crop), self.size)
         if flip:
             out = out.flip(-1)
-        elif out is x:
-            out = out.clone()  # never hand out the read-only buffer
         # A strided view: the loader's collate (torch.stack) makes the one contiguous copy.
         out = out[0, : self.in_chans]
         if self.randaugment is not None:
@@ -117,13 +111,14 @@ def resample_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, ou
     """(B, out_size, in_size) bilinear weights mapping pixels [start, start + length) to out_size pixels.
 
     A triangle filter widened by the scale factor when shrinking, i.e. antialiased bilinear as
-    Pillow does it; edge pixels are renormalised rather than padded.
+    Pillow does it. Only pixels inside the box count (crop, then resize), renormalised at its edges.
     """
-    scale = (length / out_size).view(-1, 1, 1)
-    centre = start.view(-1, 1, 1) + (torch.arange(out_size, device=start.device).view(1, -1, 1) + 0.5) * scale
-    support = scale.clamp(min=1.0)
-    pixel = torch.arange(in_size, device=start.device).view(1, 1, -1) + 0.5
-    w = (1 - (pixel - centre).abs() / support).clamp(min=0)
+    start, length = start.view(-1, 1, 1), length.view(-1, 1, 1)
+    scale = length / out_size
+    centre = start + (torch.arange(out_size, device=start.device).view(1, -1, 1) + 0.5) * scale
+    pixel = torch.arange(in_size, device=start.device).view(1, 1, -1)
+    w = (1 - (pixel + 0.5 - centre).abs() / scale.clamp(min=1.0)).clamp(min=0)
+    w = w * ((pixel >= start) & (pixel < start + length))
     return w / w.sum(-1, keepdim=True)
 
 
