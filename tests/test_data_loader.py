@@ -300,3 +300,16 @@ def test_config_from_toml_table():
     assert DataConfig.from_dict(c.to_dict()) == c
     with pytest.raises(DataError, match=r"unknown \[data\] setting\(s\) \['bach_size'\]"):
         DataConfig.from_dict({"bach_size": 3})
+
+
+def test_command_line_scan(tmp_path, capsys):
+    from vitlab.data.__main__ import main
+
+    root = make_folder(tmp_path / "d", per_class=3, classes=2)
+    (root / "class0" / "zero.jpg").write_bytes(b"")
+    assert main([f"folder:{root}", "--image-size", "16", "--scan"]) == 0
+    out = capsys.readouterr().out
+    assert "7 samples, 2 classes: class0, class1" in out and "decoded 6 images" in out and "zero.jpg" in out
+    with pytest.raises(SystemExit):
+        main([f"folder:{tmp_path / 'missing'}"])
+    assert "does not exist" in capsys.readouterr().err

@@ -225,6 +225,13 @@ class Loader:
             self.batch += 1
             yield self._finish(record["images"], record["labels"], np.random.default_rng(self._key(b)))
 
+    def summary(self) -> str:
+        """One line for the run's log: how many unreadable images were skipped, and which."""
+        if not self.skipped:
+            return "no unreadable images"
+        names = ", ".join(self.bad_files[:5]) + (", ..." if len(self.bad_files) > 5 else "")
+        return f"skipped {self.skipped} unreadable image reads ({len(self.bad_files)} files: {names})"
+
     def _note_bad(self, bad):
         for name, reason in bad:
             log.warning("skipped unreadable image %s: %s", name, reason)
