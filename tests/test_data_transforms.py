@@ -1,4 +1,5 @@
 """Geometry of the paper's transforms, the batched in-memory versions, and DeiT augmentation."""
+import io
 import math
 
 import numpy as np
@@ -187,3 +188,48 @@ def test_randaugment_every_op(channels):
     assert all(o.shape == x.shape and o.dtype == torch.uint8 for o in outs)
     assert sum(not torch.equal(o, x) for o in outs) >= 5
     assert torch.equal(ra(x, np.random.default_rng(3)), outs[3])  # seeded
+
+
+def noisy_jpeg_bytes(size=(120, 90), **save) -> bytes:
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90, **save)
+    return buf.getvalue()
+
+
+def test_jpeg_top_rows_decodes_exactly_the_top():
+    from vitlab.data.images import jpeg_top_rows
+
+    data = noisy_jpeg_bytes()
+    full = np.array(Image.open(io.BytesIO(data)))
+    for rows in (1, 37, 89):
+        part = Image.open(io.BytesIO(jpeg_top_rows(data, rows)))
+        assert part.size == (120, rows) and np.array_equal(np.array(part), full[:rows])
+    assert jpeg_top_rows(data, 90) is None  # nothing to save
+    assert jpeg_top_rows(data[: len(data) // 2], 10) is None  # truncated: left to the full decode, which fails
+    assert jpeg_top_rows(noisy_jpeg_bytes(progressive=True), 10) is None
+    assert jpeg_top_rows(b"\xff\xd8garbage\xff\xd9", 10) is None
+
+
+def test_crop_resize_partial_decode_matches_full_decode():
+    from vitlab.data.images import decode_box
+
+    data = noisy_jpeg_bytes((300, 200))
+    for box in [(10, 20, 150, 90), (0, 0, 300, 199), (100, 150, 300, 200)]:
+        lazy = Image.open(io.BytesIO(data))
+        got = np.array(decode_box(lazy, box, 3, (1000, 1000)))  # large target: no DCT scaling
+        full = Image.open(io.BytesIO(data))
+        full.draft("RGB", full.size)
+        full.decoderconfig = (1, 1)  # the same fast-DCT decode, all rows
+        assert np.array_equal(got, np.array(full.crop(box).convert("RGB"))), box
+
+
+def test_truncated_jpeg_is_always_bad(tmp_path):
+    from vitlab.data.errors import BadImage
+
+    data = noisy_jpeg_bytes((300, 200))[:-2000]
+    t = CropResize(32, 3, train=True)
+    for seed in range(10):  # whatever the crop, even one above the missing rows
+        with pytest.raises(BadImage, match="truncated"):
+            t(Image.open(io.BytesIO(data)), np.random.default_rng(seed), "t.jpg")

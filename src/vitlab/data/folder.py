@@ -4,6 +4,7 @@ Classes are the sorted sub-folder names that hold at least one image (by extensi
 sub-folders the class list is the union over all splits, so label ids agree between them.
 Files are only listed here; decoding happens in the loader, where a bad file is skipped.
 """
+import io
 import logging
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from .errors import DataError
+from .errors import BadImage, DataError
 from .images import IMAGE_EXTENSIONS, decode, open_image
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,12 @@ class FolderDataset(Dataset):
         return self.files[i]
 
     def open(self, i: int):
-        return open_image(self.files[i], self.files[i], self.max_pixels)
+        """Lazily opened from memory: one read per file, and the bytes stay at hand for decode_box."""
+        try:
+            data = Path(self.files[i]).read_bytes()
+        except OSError as e:
+            raise BadImage(self.files[i], f"cannot read ({e})") from None
+        return open_image(io.BytesIO(data), self.files[i], self.max_pixels)
 
     def subset(self, indices: np.ndarray) -> "FolderDataset":
         return FolderDataset([self.files[i] for i in indices], self.labels[indices], self.class_names,

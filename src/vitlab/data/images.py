@@ -1,4 +1,5 @@
 """Opening and decoding one image with Pillow, robustly: every failure becomes BadImage."""
+import io
 import warnings
 
 import numpy as np
@@ -50,6 +51,49 @@ def draft_jpeg(img: Image.Image, mode: str, box, size: tuple[int, int]):
     if scale == 1:
         return box
     return tuple(int(round(v / scale)) for v in box)
+
+
+def jpeg_top_rows(data: bytes, rows: int) -> bytes | None:
+    """The same sequential JPEG, its frame header claiming only the top `rows` rows, or None.
+
+    libjpeg then entropy-decodes only the MCU rows above `rows` and skims over the rest of the
+    scan (an "extraneous data" warning, not an error), so a crop near the top of an image costs
+    proportionally less. Only for complete files (ending in the EOI marker): a truncated file
+    takes the full decode and fails there. Progressive / arithmetic-coded files return None.
+    """
+    if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xC0, 0xC1):  # baseline / extended sequential Huffman: SOF length, precision, height
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            if not 0 < rows < height:
+                return None
+            return data[: i + 5] + rows.to_bytes(2, "big") + data[i + 7 :]
+        if 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) or marker == 0xDA:
+            return None  # another frame type, or a scan before any frame header
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+def decode_box(img: Image.Image, box: tuple[int, int, int, int], in_chans: int, size: tuple[int, int]) -> Image.Image:
+    """Decode just enough of a lazily opened image to return the `box` crop as "L"/"RGB".
+
+    For a JPEG opened from memory: only the rows down to the box's bottom (`jpeg_top_rows`), at
+    the smallest DCT scale that keeps the box >= `size` (`draft_jpeg`).
+    """
+    if img.format == "JPEG" and isinstance(img.fp, io.BytesIO) and box[3] < img.size[1]:
+        top_rows = jpeg_top_rows(img.fp.getvalue(), box[3])
+        if top_rows is not None:
+            img = Image.open(io.BytesIO(top_rows))
+    box = draft_jpeg(img, "L" if in_chans == 1 else "RGB", box, size)
+    return convert(img.crop(box), in_chans)
 
 
 def convert(img: Image.Image, in_chans: int) -> Image.Image:

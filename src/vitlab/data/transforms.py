@@ -2,8 +2,9 @@
 
 Two implementations of the same maths:
 - `CropResize`, per image in loader workers: choose the crop box on the undecoded image, let
-  libjpeg decode at reduced scale when the box allows, crop, then resize the uint8 crop with
-  torch's antialiased bilinear filter (faster than Pillow's; same filter).
+  libjpeg decode only the rows above the box's bottom and at reduced scale when the box allows,
+  crop, then resize the uint8 crop with torch's antialiased bilinear filter (faster than
+  Pillow's; same filter).
 - `crop_flip_batch` / `resize_batch`, for data sets already in memory: batched matmuls /
   one interpolate call over the whole batch on the training device.
 """
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import BadImage
-from .images import convert, draft_jpeg
+from .images import decode_box
 
 
 def sample_crop_boxes(rng: np.random.Generator, n: int, height: int, width: int,
@@ -92,9 +93,7 @@ class CropResize:
         top, left, h, w = self.box(rng, height, width)
         flip = self.train and self.flip and rng.random() < 0.5
         try:
-            box = draft_jpeg(img, "L" if self.in_chans == 1 else "RGB", (left, top, left + w, top + h),
-                             (self.size, self.size))
-            crop = convert(img.crop(box), self.in_chans)  # crop() decodes the file here
+            crop = decode_box(img, (left, top, left + w, top + h), self.in_chans, (self.size, self.size))
         except Exception as e:  # truncated or corrupt data
             raise BadImage(name, f"cannot decode ({type(e).__name__}: {e})") from None
         out = resize_uint8(pil_to_batch(crop), self.size)
