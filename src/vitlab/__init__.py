@@ -1,0 +1,16 @@
+"""vitlab: the Vision Transformer (Dosovitskiy et al., ICLR 2021), whole.
+
+    import vitlab
+    model = vitlab.create_model("ViT-B/16", num_classes=10)
+    model = vitlab.load_pretrained("ViT-B_16.npz", num_classes=10, image_size=384)
+    vitlab.save_pretrained(model, "runs/my-model")
+"""
+
+from .checkpoints import load_pretrained, save_pretrained
+from .models import (ViTConfig, VisionTransformer, count_flops, count_parameters, create_model, list_models,
+                     model_config)
+
+__version__ = "0.1.0"
+
+__all__ = ["ViTConfig", "VisionTransformer", "count_flops", "count_parameters", "create_model", "list_models",
+           "load_pretrained", "model_config", "save_pretrained"]

@@ -1,0 +1,50 @@
+"""Adapting a loaded model for fine-tuning: a new resolution, a new head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..models import ViTConfig
+from ..models.posemb import resample_posemb
+
+
+def adapt_model(model: nn.Module, *, num_classes: int | None = None, image_size=None,
+                posemb_method: str = "official", keep_pre_logits: bool = False) -> nn.Module:
+    cfg = model.config
+    if image_size is not None and isinstance(cfg, ViTConfig):
+        set_image_size(model, image_size, posemb_method)
+    elif image_size is not None:
+        cfg.image_size = image_size
+    if num_classes is not None and num_classes != cfg.num_classes:
+        if isinstance(cfg, ViTConfig) and model.pre_logits is not None and not keep_pre_logits:
+            model.pre_logits = None  # the paper drops the pre-training head's hidden layer when fine-tuning
+            model.num_features = cfg.width
+            cfg.representation_size = None
+        replace_head(model, num_classes)
+    return model
+
+
+def set_image_size(model: nn.Module, image_size, method: str = "official") -> None:
+    """Resample the learned position embeddings to the patch grid of `image_size`."""
+    cfg = model.config
+    old_grid = cfg.grid_size
+    cfg.image_size = image_size
+    cfg.validate()
+    if cfg.grid_size != old_grid:
+        with torch.no_grad():
+            new = resample_posemb(model.pos_embed.data, old_grid, cfg.grid_size, cfg.num_prefix_tokens, method)
+        model.pos_embed = nn.Parameter(new)
+        model._posemb_cache.clear()
+
+
+def replace_head(model: nn.Module, num_classes: int) -> None:
+    if hasattr(model, "reset_classifier"):
+        model.reset_classifier(num_classes)
+        return
+    features = model.num_features
+    model.head = nn.Linear(features, num_classes) if num_classes else nn.Identity()
+    if num_classes:
+        nn.init.zeros_(model.head.weight)
+        nn.init.zeros_(model.head.bias)
+    model.num_classes = model.config.num_classes = num_classes

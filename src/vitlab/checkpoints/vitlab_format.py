@@ -1,0 +1,79 @@
+"""vitlab's own checkpoint format: a directory with config.json and model.safetensors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..fileio import atomic_write, atomic_write_text
+from ..models import BiTConfig, ViTConfig
+from ..models.registry import build_model
+
+FORMAT = "vitlab"
+VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def save_pretrained(model: nn.Module, directory: str | Path, *, label_names: list[str] | None = None,
+                    preprocessing: dict | None = None, extra: dict | None = None) -> Path:
+    """Write `model` as directory/config.json + directory/model.safetensors (each written atomically)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "architecture": "bit" if isinstance(cfg, BiTConfig) else "vit",
+        "config": cfg.to_dict(),
+        "label_names": label_names if label_names is not None else getattr(model, "label_names", None),
+        "preprocessing": preprocessing if preprocessing is not None else getattr(model, "preprocessing", None)
+        or {"normalisation": "minus_one_one"},
+    }
+    if extra:
+        meta.update(extra)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def is_vitlab_checkpoint(path: str | Path) -> bool:
+    config = Path(path) / CONFIG_FILE
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("format") == FORMAT
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def read_config(directory: str | Path) -> dict:
+    path = Path(directory) / CONFIG_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read a vitlab config: {e}") from e
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a vitlab checkpoint (format is {meta.get('format')!r})")
+    return meta
+
+
+def load_vitlab(directory: str | Path, **overrides) -> nn.Module:
+    """Build the model a vitlab checkpoint describes and load its weights exactly."""
+    directory = Path(directory)
+    meta = read_config(directory)
+    cfg_dict = {**meta["config"], **overrides}
+    config_cls = BiTConfig if meta.get("architecture") == "bit" else ViTConfig
+    cfg = config_cls.from_dict(cfg_dict)
+    with torch.device("meta"):
+        model = build_model(cfg.validate())
+    weights = load_file(str(directory / WEIGHTS_FILE))
+    model.load_state_dict(weights, strict=True, assign=True)
+    model.label_names = meta.get("label_names")
+    model.preprocessing = meta.get("preprocessing")
+    return model

@@ -1,0 +1,47 @@
+"""The `vitlab` command. Each sub-command lives in its own module under vitlab.commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module under vitlab.commands, one-line help). Each module defines add_arguments(parser) and run(args).
+COMMANDS = {
+    "models": ("models", "list the registered models with parameters, GFLOPs and tokens"),
+    "demo": ("demo", "build a model and classify a batch (a smoke test of the install)"),
+    "train": ("train", "pre-train or fine-tune a model from a config file"),
+    "eval": ("evaluate", "top-1/top-5 (and ImageNet ReaL) accuracy of a checkpoint on a data set"),
+    "fewshot": ("fewshot", "few-shot linear evaluation on frozen features"),
+    "vtab": ("vtab", "the VTAB-1k transfer protocol on local data sets"),
+    "predict": ("predict", "top-5 labels for image files"),
+    "inspect": ("inspect", "the paper's figures of what a ViT learned"),
+    "convert": ("convert", "convert a checkpoint between vitlab, hf, timm and npz formats"),
+    "bench": ("bench", "measure vitlab's training and inference throughput"),
+}
+
+
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitlab", description="The Vision Transformer, whole.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:  # import only the module that will run
+            importlib.import_module(f"vitlab.commands.{module}").add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(f"vitlab.commands.{COMMANDS[args.command][0]}")
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
