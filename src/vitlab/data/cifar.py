@@ -90,5 +90,7 @@ def load(which: str, split: str, root=None, *, in_chans=3, allow_download=True) 
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     names = [line.strip() for line in members[v.names_file].decode().splitlines() if line.strip()]
+    if len(labels) and labels.max() >= len(names):
+        raise DataError(f"{which} {split}: label {labels.max()} but only {len(names)} names in {v.names_file}")
     log.info("%s %s: %d images", which, split, len(images))
     return ArrayDataset(torch.from_numpy(images), torch.from_numpy(labels), names, in_chans=in_chans, name=which)
