@@ -2,7 +2,6 @@
 import io
 import logging
 import struct
-import tarfile
 import zlib
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vitlab.data import DataConfig, DataError, build_dataset, build_loader
+from vitlab.data import DataConfig, DataError, build_loader
 from vitlab.data.arrays import ArrayDataset
 
 

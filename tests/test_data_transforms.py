@@ -1,6 +1,5 @@
 """Geometry of the paper's transforms, the batched in-memory versions, and DeiT augmentation."""
 import io
-import math
 
 import numpy as np
 import pytest

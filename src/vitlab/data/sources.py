@@ -2,7 +2,7 @@
 and `build_dataset`, which turns a spec + split spec into a data set."""
 from . import cifar, fashion_mnist, folder, shards
 from .errors import DataError
-from .splits import parse_split, select, split_text
+from .splits import parse_split, select
 
 ALIASES = {"fashion_mnist": "fashion_mnist", "fashion-mnist": "fashion_mnist", "fmnist": "fashion_mnist",
            "cifar10": "cifar10", "cifar-10": "cifar10", "cifar100": "cifar100", "cifar-100": "cifar100"}
@@ -48,4 +48,4 @@ def build_dataset(spec: str, split: str, *, root=None, in_chans: int = 3, split_
     return base.subset(picked)
 
 
-__all__ = ["build_dataset", "parse_spec", "check_spec", "split_text"]
+__all__ = ["build_dataset", "parse_spec", "check_spec"]
