@@ -109,14 +109,19 @@ class Loader:
         return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
 
     def rank_indices(self, epoch: int) -> np.ndarray:
-        """This rank's sample indices for the epoch: a seeded shuffle cut into equal parts when training;
-        a strided, uneven, padding-free share in dataset order for evaluation."""
+        """This rank's sample indices for the epoch.
+
+        Training: a seeded shuffle cut into global batches, of which each rank takes its own slice, so that
+        N processes see the same global batches as one. Evaluation: a strided, uneven, padding-free share in
+        dataset order.
+        """
         n = len(self.dataset)
         if not self.train:
             return np.arange(self.rank, n, self.world_size)
-        per_rank = n // self.world_size
         order = np.random.default_rng((self.seed, epoch)).permutation(n)
-        return order[self.rank * per_rank : (self.rank + 1) * per_rank]
+        global_batch = self.batch_size * self.world_size
+        steps = n // global_batch
+        return order[: steps * global_batch].reshape(steps, self.world_size, self.batch_size)[:, self.rank].reshape(-1)
 
     # ---- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -185,8 +190,9 @@ class Loader:
 
     def _data_loader(self, dataset, **kw) -> DataLoader:
         workers = self.cfg.num_workers
+        # a private generator keeps the DataLoader from drawing on torch's global RNG (which drives dropout)
         return DataLoader(dataset, num_workers=workers, pin_memory=self.device.type == "cuda",
-                          prefetch_factor=4 if workers else None, **kw)
+                          prefetch_factor=4 if workers else None, generator=torch.Generator(), **kw)
 
     def _iter_files(self):
         indices = self.rank_indices(self.epoch)
