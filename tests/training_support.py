@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# Tiny models run far faster on one thread, and several test processes may share the machine's cores.
+torch.set_num_threads(1)
 
 
 def install_fake_data() -> None:
