@@ -62,6 +62,29 @@ def test_resume_continues_the_same_trajectory_exactly(tmp_path):
     assert resumed.last_accuracy_ema == full.last_accuracy_ema
 
 
+def test_sigterm_saves_a_checkpoint_then_the_run_resumes_exactly(tmp_path):
+    import os
+    import signal
+
+    cfg = config(tmp_path, train={"steps": 10, "checkpoint_every": 100})
+    reference = train(config(tmp_path / "ref", train={"steps": 10, "checkpoint_every": 100}))
+    calls = {"n": 0}
+
+    def terminate_at_fifth_forward(module, inputs, output):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)  # caught: the step finishes, a checkpoint is written
+        return output
+
+    trainer = Trainer(cfg)
+    trainer.model.register_forward_hook(terminate_at_fifth_forward)
+    stopped = trainer.fit()
+    assert stopped.interrupted_by == signal.SIGTERM and stopped.steps == 5
+    assert [p.name for p in (tmp_path / "run/checkpoints").iterdir()] == ["step-00000005"]
+    resumed = train(cfg)
+    assert resumed.resumed_from == 5 and stopped.losses + resumed.losses == reference.losses
+
+
 def test_bf16_and_sigmoid_and_sgd_run(tmp_path):
     cfg = config(tmp_path, train={"steps": 4, "precision": "bf16", "clip_grad_norm": None},
                  loss={"kind": "sigmoid", "label_smoothing": 0.1}, optim={"name": "sgd", "lr": 0.1})
