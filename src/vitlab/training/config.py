@@ -68,7 +68,7 @@ class LoopConfig:
     steps: Optional[int] = None  # optimiser steps; or give epochs
     epochs: Optional[float] = None
     accumulation_steps: int = 1  # micro-batches per optimiser step (data.batch_size is the global batch)
-    clip_grad_norm: Optional[float] = 1.0  # global gradient-norm clipping; none = off
+    clip_grad_norm: Optional[float] = 1.0  # clip the global gradient norm to this; 0 (or none) = off
     precision: str = "fp32"  # fp32 | bf16 (autocast; weights and optimiser stay fp32)
     compile: bool = False  # torch.compile the model
     ema_decay: Optional[float] = None  # Polyak/EMA averaging of the weights (the paper: 0.9999)
@@ -270,8 +270,8 @@ def validate(cfg: TrainConfig, *, world_size: int = 1, check_paths: bool = True)
         raise ConfigError(f"train.eval_every must be >= 0 (0: only at the end), not {loop.eval_every}")
     if loop.ema_decay is not None and not 0.0 < loop.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay must be in (0, 1), not {loop.ema_decay}")
-    if loop.clip_grad_norm is not None and not loop.clip_grad_norm > 0:
-        raise ConfigError(f"train.clip_grad_norm must be > 0 or none, not {loop.clip_grad_norm}")
+    if loop.clip_grad_norm is not None and not loop.clip_grad_norm >= 0:
+        raise ConfigError(f"train.clip_grad_norm must be >= 0 (0: off), not {loop.clip_grad_norm}")
     _check_optim(cfg)
     if cfg.schedule.warmup_steps < 0 or not 0.0 <= cfg.schedule.end_factor <= 1.0:
         raise ConfigError("schedule.warmup_steps must be >= 0 and schedule.end_factor in [0, 1]")

@@ -189,7 +189,7 @@ class Trainer:
                 loss.backward()
             loss_sum += loss.item()
             images += x.shape[0]
-        max_norm = loop.clip_grad_norm if loop.clip_grad_norm is not None else float("inf")
+        max_norm = loop.clip_grad_norm or float("inf")  # inf: measure the norm, change nothing
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         loss_total, images, stop_flag = all_reduce_sum(
