@@ -231,3 +231,21 @@ def test_finetune_from_hf_checkpoint_at_higher_resolution(tmp_path):
             pytest.skip("the HF reader of load_pretrained is not merged into this branch yet")
         raise
     finetune_from(tmp_path, tmp_path / "hf", ours.state_dict())
+
+
+def test_every_checked_in_recipe_is_a_valid_config():
+    from pathlib import Path
+
+    import vitlab.data
+
+    if not hasattr(vitlab.data, "build_dataset"):
+        pytest.skip("needs the real vitlab.data (its DataConfig fields)")
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
+    assert len(configs) >= 9
+    for path in configs:
+        cfg = load_config(path, check_paths=False)
+        assert cfg.run_dir.startswith("runs/"), path
+        if path.stem.startswith("finetune-"):
+            assert cfg.optim.name == "sgd" and cfg.optim.momentum == 0.9 and cfg.data.batch_size == 512
+            assert cfg.optim.weight_decay == 0 and cfg.train.clip_grad_norm == 1 and cfg.schedule.decay == "cosine"
+            assert cfg.model.init and cfg.model.reset_head
