@@ -35,7 +35,7 @@ def install_fake_data() -> None:
 
     @dataclass
     class DataConfig:
-        dataset: str = "memory:256"
+        dataset: str = "folder:"
         root: str | None = None
         train_split: str = "train"
         eval_split: str = "test"
@@ -112,9 +112,28 @@ class MemoryLoader:
 
 
 def build_memory_loader(cfg, split, train=True, rank=0, world_size=1, device="cpu", batch_size=None):
-    n = int(cfg.dataset.split(":")[1])
+    n = 256
     images, labels = memory_dataset(n, cfg.image_size, cfg.in_chans, seed=1234 if split == cfg.train_split else 99)
     return MemoryLoader(images, labels, batch_size or cfg.batch_size // world_size, rank, world_size, train, cfg.seed)
+
+
+def image_folder(root: Path, n_train: int = 256, n_test: int = 64) -> Path:
+    """The separable data set above as PNG files, root/{train,test}/{a,b,c,d}/i.png (made once per root)."""
+    from PIL import Image
+
+    if (root / "test").is_dir():
+        return root
+    for split, n, seed in (("train", n_train, 1234), ("test", n_test, 99)):
+        images, labels = memory_dataset(n, 16, 1, seed=seed)
+        pixels = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        for i, (img, label) in enumerate(zip(pixels, labels.tolist())):
+            folder = root / split / "abcd"[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img[0]).save(folder / f"{i:04d}.png")
+    return root
+
+
+DATA_ROOT = Path(__file__).resolve().parent / ".cache" / "training-images"
 
 
 def tiny_config(run_dir, **sections) -> dict:
@@ -123,7 +142,8 @@ def tiny_config(run_dir, **sections) -> dict:
         "run_dir": str(run_dir),
         "seed": 0,
         "model": {"name": "ViT-Ti/16", "overrides": dict(patch_size=4, width=32, depth=2, mlp_dim=64, num_heads=2)},
-        "data": {"dataset": "memory:256", "image_size": 16, "in_chans": 1, "batch_size": 16},
+        "data": {"dataset": f"folder:{image_folder(DATA_ROOT)}", "image_size": 16, "in_chans": 1, "batch_size": 16,
+                 "inception_crop": False, "flip": False},
         "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.05},
         "schedule": {"warmup_steps": 2, "decay": "cosine"},
         "train": {"steps": 12, "log_every": 1, "checkpoint_every": 4, "keep_checkpoints": 2, "plot": False},

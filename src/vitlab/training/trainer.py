@@ -153,10 +153,22 @@ class Trainer:
 
     # ---- the step ---------------------------------------------------------------------------------------
     def micro_batches(self):
-        """Batches forever, epoch after epoch (the loader continues from its saved position)."""
+        """Batches forever, epoch after epoch (the loader continues from its saved position).
+
+        The loader must not move the global RNG that dropout and stochastic depth draw from (a torch
+        DataLoader seeds its workers from it each epoch), or a resumed run would diverge: it is put back.
+        """
         while True:
+            epoch = iter(self.train_loader)
             empty = True
-            for batch in self.train_loader:
+            while True:
+                rng = torch.get_rng_state()
+                try:
+                    batch = next(epoch)
+                except StopIteration:
+                    break
+                finally:
+                    torch.set_rng_state(rng)
                 empty = False
                 yield batch
             if empty:
