@@ -249,3 +249,13 @@ def test_every_checked_in_recipe_is_a_valid_config():
             assert cfg.optim.name == "sgd" and cfg.optim.momentum == 0.9 and cfg.data.batch_size == 512
             assert cfg.optim.weight_decay == 0 and cfg.train.clip_grad_norm == 1 and cfg.schedule.decay == "cosine"
             assert cfg.model.init and cfg.model.reset_head
+
+
+def test_finetune_from_official_npz_checkpoint_at_higher_resolution(tmp_path):
+    try:
+        from vitlab.checkpoints.npz_official import save_official_npz
+    except ImportError:
+        pytest.skip("the official .npz reader/writer is not merged into this branch yet")
+    source = pretrained_source(num_classes=7)
+    save_official_npz(source, tmp_path / "ViT-tiny.npz")
+    finetune_from(tmp_path, tmp_path / "ViT-tiny.npz", source.state_dict())
