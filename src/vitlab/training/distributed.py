@@ -53,6 +53,8 @@ def setup(cfg: DistributedConfig) -> Dist:
 
 def teardown() -> None:
     if dist.is_initialized():
+        # every rank reaches here before any tears down: gloo aborts a process whose peer left mid-operation
+        dist.barrier()
         dist.destroy_process_group()
 
 
