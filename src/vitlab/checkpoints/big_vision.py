@@ -18,6 +18,9 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import torch
+
+from .mapping import add_class_slot, is_square
 
 RENAMES = (("MultiHeadDotProductAttention_0", "MultiHeadDotProductAttention_1"),
            ("LayerNorm_1", "LayerNorm_2"),
@@ -54,5 +57,8 @@ def to_official_names(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             key = f"Transformer/{block}/{rest}"
         elif key in POSEMB_KEYS:
             key = "Transformer/posembed_input/pos_embedding"
+            # big_vision's own rule: a table of g*g + 1 rows is an old one that did have the class row
+            if "cls" in arrays and not is_square(value.shape[1] - 1):
+                value = add_class_slot(torch.from_numpy(np.asarray(value, np.float32))).numpy()
         out[key] = value
     return out

@@ -45,8 +45,10 @@ def detect_format(path: str | Path) -> str:
                           "a timm .safetensors/.pth/.bin state dict, or a vitlab / Hugging Face folder)")
 
 
-def load_checkpoint(path: str | Path, **overrides) -> nn.Module:
-    """The model a checkpoint holds, exactly (no resampling, no new head)."""
+def load_checkpoint(path: str | Path, image_size_hint=None, **overrides) -> nn.Module:
+    """The model a checkpoint holds, exactly (no resampling, no new head).
+
+    `image_size_hint` tells a non-square resolution of a format that does not store it (npz, timm)."""
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "vitlab":
@@ -54,13 +56,13 @@ def load_checkpoint(path: str | Path, **overrides) -> nn.Module:
     if fmt == "hf":
         return load_hf(path, **overrides)
     if fmt == "npz":
-        return load_official_npz(path, **overrides)
+        return load_official_npz(path, image_size_hint=image_size_hint, **overrides)
     file = path / WEIGHTS_FILE if path.is_dir() else path
     tensors = read_tensors(file)
     if not is_timm_state_dict(tensors):
         if any(k.startswith(("vit.", "embeddings.", "encoder.layer.")) for k in tensors):
             raise CheckpointError(f"{file}: Hugging Face ViT weights; pass the folder with its config.json instead")
-    return load_timm(file, tensors, **overrides)
+    return load_timm(file, tensors, image_size_hint=image_size_hint, **overrides)
 
 
 def load_pretrained(path: str | Path, *, num_classes: int | None = None, image_size=None,
@@ -72,6 +74,6 @@ def load_pretrained(path: str | Path, *, num_classes: int | None = None, image_s
     than the checkpoint's replaces the head with a zero-initialised one and drops the pre-logits layer unless
     `keep_pre_logits`. Other keyword arguments override the inferred config (e.g. `num_heads=`, `drop_path=`).
     """
-    model = load_checkpoint(path, **overrides)
+    model = load_checkpoint(path, image_size_hint=image_size, **overrides)
     return adapt_model(model, num_classes=num_classes, image_size=image_size, posemb_method=posemb_method,
                        keep_pre_logits=keep_pre_logits)

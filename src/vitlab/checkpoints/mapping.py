@@ -64,21 +64,21 @@ def import_tensors(tensors: Mapping[str, torch.Tensor], pairs: Iterable[Pair]) -
 def check_contents(source: str | Path, found: Mapping[str, tuple], expected: Mapping[str, tuple],
                    hints: Mapping[str, str] | None = None) -> None:
     """One error listing every missing key, unexpected key and shape mismatch (file shape vs expected)."""
+    def listed(items: list[str]) -> str:
+        return ", ".join(items[:8]) + (f" and {len(items) - 8} more" if len(items) > 8 else "")
+
     problems = []
-    missing = [k for k in expected if k not in found]
+    missing = [f"{k!r} (expected shape {tuple(expected[k])})" for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
+    mismatched = [f"{k!r} has shape {tuple(found[k])} in the file, the model needs {tuple(expected[k])}"
+                  for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
     if missing:
-        problems.append("missing keys: " + ", ".join(f"{k!r} (expected shape {tuple(expected[k])})" for k in missing[:8])
-                        + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+        problems.append("missing keys: " + listed(missing))
     if unexpected:
-        problems.append("unexpected keys: " + ", ".join(f"{k!r} {tuple(found[k])}" for k in unexpected[:8])
-                        + (f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""))
-        for pattern, why in (hints or {}).items():
-            if any(pattern in k for k in unexpected):
-                problems.append(why)
-    for k in expected:
-        if k in found and tuple(found[k]) != tuple(expected[k]):
-            problems.append(f"key {k!r} has shape {tuple(found[k])} in the file, the model needs {tuple(expected[k])}")
+        problems.append("unexpected keys: " + listed([f"{k!r} {tuple(found[k])}" for k in unexpected]))
+        problems += [why for pattern, why in (hints or {}).items() if any(pattern in k for k in unexpected)]
+    if mismatched:
+        problems.append("shape mismatches: " + listed(mismatched))
     if problems:
         raise CheckpointError(f"{source}: cannot load: " + "; ".join(problems) + " (nothing was loaded)")
 
@@ -116,21 +116,28 @@ def heads_for_width(width: int, source: str | Path) -> int:
     return HEADS_BY_WIDTH[width]
 
 
-def square_grid(rows: int, source: str | Path, key: str) -> int:
+def checkpoint_image_size(rows: int, stride: int, source: str | Path, key: str, hint=None):
+    """The resolution a position-embedding table of `rows` patch rows was trained at: a square grid, or the
+    caller's `image_size` when its grid has exactly that many rows (the only way to know a non-square one)."""
+    if hint is not None:
+        h, w = (hint, hint) if isinstance(hint, int) else hint
+        if (h // stride) * (w // stride) == rows:
+            return hint if isinstance(hint, int) else (int(h), int(w))
     side = int(round(rows ** 0.5))
     if side * side != rows:
-        raise CheckpointError(f"{source}: {key!r} has {rows} patch rows, which is not a square grid; "
-                              "vitlab infers the checkpoint's resolution from a square grid")
-    return side
+        raise CheckpointError(f"{source}: {key!r} has {rows} patch rows, which is not a square grid; pass "
+                              "image_size=(height, width) of the resolution it was trained at")
+    return side * stride
 
 
-def add_class_slot(posemb: torch.Tensor, has_class_token: bool) -> torch.Tensor:
-    """Position embeddings without a row for the [class] token (big_vision, timm's no_embed_class) get a zero row:
-    adding zero to the class token is what those codes do by not adding anything."""
-    rows = posemb.shape[1]
-    if has_class_token and int(round(rows ** 0.5)) ** 2 == rows:
-        return torch.cat([posemb.new_zeros(1, 1, posemb.shape[2]), posemb], dim=1)
-    return posemb
+def is_square(n: int) -> bool:
+    return int(round(n ** 0.5)) ** 2 == n
+
+
+def add_class_slot(posemb: torch.Tensor) -> torch.Tensor:
+    """A zero row for the [class] token in front of a table that has none (big_vision, timm's no_embed_class):
+    adding zero to the class token is what those codes do by adding nothing."""
+    return torch.cat([posemb.new_zeros(1, 1, posemb.shape[2]), posemb], dim=1)
 
 
 def count_indexed(keys: Iterable[str], template: str, start: int = 0) -> int:

@@ -12,7 +12,7 @@ A flat `np.savez` of the Flax parameters, '/'-joined, with the pre-linen module 
     hybrid: conv_root/kernel, gn_root/{scale,bias},
         block{s}/unit{u}/{conv1,conv2,conv3,conv_proj}/kernel, .../{gn1,gn2,gn3,gn_proj}/{scale,bias}
 
-Convolutions are HWIO (ours OIHW); dense kernels are (in, out) (ours (out, in)). The official code uses the
+The position table always has the class row when there is a class token. Convolutions are HWIO (ours OIHW); dense kernels are (in, out) (ours (out, in)). The official code uses the
 tanh-approximate GELU, LayerNorm eps 1e-6, weight standardisation eps 1e-5 and SAME padding: a model loaded
 from such a file gets exactly those.
 """
@@ -28,8 +28,8 @@ from torch import nn
 from ..fileio import atomic_write
 from ..models import ViTConfig
 from .files import read_npz
-from .mapping import (CheckpointError, Pair, add_class_slot, config_with_overrides, count_indexed, export_tensors,
-                      load_into_model, square_grid)
+from .mapping import (CheckpointError, Pair, checkpoint_image_size, config_with_overrides, count_indexed,
+                      export_tensors, load_into_model)
 
 BLOCK = "Transformer/encoderblock_{}/"
 ATTN, LN1, LN2, MLP = "MultiHeadDotProductAttention_1", "LayerNorm_0", "LayerNorm_2", "MlpBlock_3"
@@ -50,10 +50,6 @@ def conv_from_hwio(k):
 
 def dense_t(w):  # (out, in) <-> (in, out): its own inverse
     return w.t()
-
-
-def flat(x):  # GroupNorm / LayerNorm parameters: some old files store GroupNorm's as (1, 1, 1, C)
-    return x.reshape(-1)
 
 
 def block_pairs(i: int, cfg: ViTConfig) -> list[Pair]:
@@ -81,7 +77,7 @@ def block_pairs(i: int, cfg: ViTConfig) -> list[Pair]:
 
 
 def norm_pairs(ours: str, theirs: str) -> list[Pair]:
-    return [Pair(ours + ".weight", theirs + "/scale", flat, flat), Pair(ours + ".bias", theirs + "/bias", flat, flat)]
+    return [Pair(ours + ".weight", theirs + "/scale"), Pair(ours + ".bias", theirs + "/bias")]
 
 
 def hybrid_pairs(cfg: ViTConfig) -> list[Pair]:
@@ -133,7 +129,7 @@ def is_flax_vit(arrays: dict) -> bool:
     return any(k.endswith("embedding/kernel") for k in arrays)
 
 
-def infer_config(t: dict[str, torch.Tensor], path: Path) -> dict:
+def infer_config(t: dict[str, torch.Tensor], path: Path, image_size_hint=None) -> dict:
     """The architecture, read from the shapes (the head count from the attention kernels)."""
     kernel = t["embedding/kernel"]
     if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1]:
@@ -156,12 +152,12 @@ def infer_config(t: dict[str, torch.Tensor], path: Path) -> dict:
                    resnet_width=t["conv_root/kernel"].shape[3] // 64, in_chans=t["conv_root/kernel"].shape[2])
     stride = ViTConfig(patch_size=cfg["patch_size"], resnet_layers=cfg.get("resnet_layers")).stride
     prefix = 1 if cfg["classifier"] == "token" else 0
-    side = square_grid(t[POSEMB].shape[1] - prefix, path, POSEMB)
-    cfg["image_size"] = side * stride
+    cfg["image_size"] = checkpoint_image_size(t[POSEMB].shape[1] - prefix, stride, path, POSEMB, image_size_hint)
     return cfg
 
 
-def load_official_npz(path: Path, arrays: dict[str, np.ndarray] | None = None, **overrides) -> nn.Module:
+def load_official_npz(path: Path, arrays: dict[str, np.ndarray] | None = None, image_size_hint=None,
+                      **overrides) -> nn.Module:
     """Load an official (or big_vision) ViT .npz; the architecture comes from the arrays' names and shapes."""
     from .big_vision import is_big_vision, to_official_names  # big_vision is the same Flax model, renamed
 
@@ -170,9 +166,10 @@ def load_official_npz(path: Path, arrays: dict[str, np.ndarray] | None = None, *
     if is_big_vision(arrays):
         arrays = to_official_names(arrays)
     tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()}
-    if POSEMB in tensors:
-        tensors[POSEMB] = add_class_slot(tensors[POSEMB], "cls" in tensors)
-    cfg = config_with_overrides(infer_config(tensors, path), overrides, path)
+    for k, v in tensors.items():  # some old files store GroupNorm parameters as (1, 1, 1, C)
+        if k.rpartition("/")[0].rpartition("/")[2].startswith("gn") and v.ndim == 4 and v.shape[:3] == (1, 1, 1):
+            tensors[k] = v.reshape(-1)
+    cfg = config_with_overrides(infer_config(tensors, path, image_size_hint), overrides, path)
     model = load_into_model(cfg, tensors, official_pairs(cfg), path, HINTS)
     model.label_names, model.preprocessing = None, {"normalisation": "minus_one_one"}
     return model

@@ -25,8 +25,8 @@ from torch import nn
 from ..fileio import atomic_write
 from ..models import ViTConfig, VisionTransformer
 from .files import read_tensors
-from .mapping import (CheckpointError, Pair, add_class_slot, as_float32, config_with_overrides, count_indexed,
-                      export_tensors, heads_for_width, load_into_model, square_grid)
+from .mapping import (CheckpointError, Pair, add_class_slot, as_float32, checkpoint_image_size, config_with_overrides,
+                      count_indexed, export_tensors, heads_for_width, is_square, load_into_model)
 
 RENAMES = (  # (ours, timm) as regular expressions on the key
     (r"^pre_logits\.", "pre_logits.fc."),
@@ -63,7 +63,7 @@ def is_timm_state_dict(tensors: dict) -> bool:
     return "patch_embed.proj.weight" in tensors and "blocks.0.attn.qkv.weight" in tensors
 
 
-def infer_config(t: dict[str, torch.Tensor], path: Path, num_heads: int | None) -> dict:
+def infer_config(t: dict[str, torch.Tensor], path: Path, num_heads: int | None, image_size_hint=None) -> dict:
     proj = t["patch_embed.proj.weight"]  # (D, C, P, P)
     if proj.ndim != 4 or proj.shape[2] != proj.shape[3]:
         raise CheckpointError(f"{path}: 'patch_embed.proj.weight' has shape {tuple(proj.shape)}, not (D, C, P, P)")
@@ -87,27 +87,45 @@ def infer_config(t: dict[str, torch.Tensor], path: Path, num_heads: int | None) 
                                        for s in range(stages)),
                    resnet_width=t[stem + "stem.conv.weight"].shape[0] // 64,
                    in_chans=t[stem + "stem.conv.weight"].shape[1])
-    stride = ViTConfig(patch_size=cfg["patch_size"], resnet_layers=cfg.get("resnet_layers")).stride
+    stride = infer_stride(t)
     if "pos_embed" not in t:
         raise CheckpointError(f"{path}: not a ViT checkpoint: missing key 'pos_embed'")
     prefix = 1 if cfg["classifier"] == "token" else 0
-    cfg["image_size"] = square_grid(t["pos_embed"].shape[1] - prefix, path, "pos_embed") * stride
+    cfg["image_size"] = checkpoint_image_size(t["pos_embed"].shape[1] - prefix, stride, path, "pos_embed",
+                                              image_size_hint)
     return cfg
 
 
-def load_timm(path: Path, tensors: dict[str, torch.Tensor] | None = None, **overrides) -> nn.Module:
+def load_timm(path: Path, tensors: dict[str, torch.Tensor] | None = None, image_size_hint=None,
+              **overrides) -> nn.Module:
     """Load a timm ViT state dict (.safetensors, or .pth/.bin read with weights_only=True)."""
     path = Path(path)
     tensors = as_float32(read_tensors(path) if tensors is None else tensors)
     if not is_timm_state_dict(tensors):
         raise CheckpointError(f"{path}: not a timm ViT state dict (no 'patch_embed.proj.weight' / "
                               f"'blocks.0.attn.qkv.weight'; found e.g. {sorted(tensors)[:5]})")
-    if "pos_embed" in tensors:  # timm's no_embed_class: no position row for the class token
-        tensors["pos_embed"] = add_class_slot(tensors["pos_embed"], "cls_token" in tensors)
-    cfg = config_with_overrides(infer_config(tensors, path, overrides.get("num_heads")), overrides, path)
+    if "pos_embed" in tensors and "cls_token" in tensors and lacks_class_row(tensors["pos_embed"].shape[1],
+                                                                             image_size_hint, tensors):
+        tensors["pos_embed"] = add_class_slot(tensors["pos_embed"])  # timm's no_embed_class=True
+    cfg = config_with_overrides(infer_config(tensors, path, overrides.get("num_heads"), image_size_hint), overrides, path)
     model = load_into_model(cfg, tensors, timm_pairs(cfg), path, HINTS)
     model.label_names, model.preprocessing = None, None
     return model
+
+
+def lacks_class_row(rows: int, image_size_hint, tensors: dict) -> bool:
+    """timm's no_embed_class tables have one row per patch; the usual ones one more, for the class token."""
+    if image_size_hint is not None:
+        stride = infer_stride(tensors)
+        h, w = (image_size_hint, image_size_hint) if isinstance(image_size_hint, int) else image_size_hint
+        return (h // stride) * (w // stride) == rows
+    return is_square(rows) and not is_square(rows - 1)
+
+
+def infer_stride(tensors: dict) -> int:
+    patch = tensors["patch_embed.proj.weight"].shape[-1]
+    stages = count_indexed(tensors, "patch_embed.backbone.stages.{}.blocks.0.conv1.weight")
+    return ViTConfig(patch_size=patch, resnet_layers=(1,) * stages if stages else None).stride
 
 
 def timm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
