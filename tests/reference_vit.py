@@ -48,7 +48,7 @@ def conv(x, kernel, stride, same=True):
     k = kernel.shape[0]
     if same:
         x = pad_same(x, k, stride)
-    return np.einsum("nhwcij,ijco->nhwo", windows(x, k, stride), kernel)
+    return np.tensordot(windows(x, k, stride), kernel, axes=([3, 4, 5], [2, 0, 1]))  # (N, oh, ow, O)
 
 
 def max_pool_same(x):

@@ -25,18 +25,18 @@ def sniff(path: Path) -> str:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
         except zipfile.BadZipFile as e:
-            raise CheckpointError(f"{path}: a damaged or truncated zip archive ({e})") from e
+            raise CheckpointError(f"{path}: truncated or damaged zip archive ({e})") from e
         if names and all(n.endswith(".npy") for n in names):
             return "npz"
         if any(n.endswith("data.pkl") for n in names):
             return "torch"
         return "unknown"
-    if head[:1] == b"\x80":  # a pickle protocol marker: torch's legacy format
-        return "torch"
-    if len(head) >= 9:
+    if len(head) >= 9:  # safetensors: an 8-byte little-endian header length, then the JSON header
         (header_len,) = struct.unpack("<Q", head[:8])
         if 0 < header_len < 100_000_000 and head[8:9] == b"{":
             return "safetensors"
+    if head[:1] == b"\x80":  # a pickle protocol marker: torch's legacy format
+        return "torch"
     return "unknown"
 
 
