@@ -30,7 +30,7 @@ from torch import nn
 
 from ..fileio import atomic_write, atomic_write_text
 from ..models import ViTConfig
-from .files import read_json, read_safetensors, read_tensors
+from .files import read_json, read_tensors
 from .mapping import CheckpointError, Pair, as_float32, config_with_overrides, export_tensors, load_into_model
 
 CONFIG_FILE, WEIGHTS_FILES = "config.json", ("model.safetensors", "pytorch_model.bin")

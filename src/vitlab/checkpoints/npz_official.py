@@ -27,6 +27,7 @@ from torch import nn
 
 from ..fileio import atomic_write
 from ..models import ViTConfig
+from .big_vision import is_big_vision, to_official_names  # big_vision is the same Flax model, renamed
 from .files import read_npz
 from .mapping import (CheckpointError, Pair, checkpoint_image_size, config_with_overrides, count_indexed,
                       export_tensors, load_into_model)
@@ -125,10 +126,6 @@ def strip_prefix(arrays: dict[str, np.ndarray], path: Path) -> dict[str, np.ndar
                           f"{sorted(arrays)[:5]})")
 
 
-def is_flax_vit(arrays: dict) -> bool:
-    return any(k.endswith("embedding/kernel") for k in arrays)
-
-
 def infer_config(t: dict[str, torch.Tensor], path: Path, image_size_hint=None) -> dict:
     """The architecture, read from the shapes (the head count from the attention kernels)."""
     kernel = t["embedding/kernel"]
@@ -140,6 +137,9 @@ def infer_config(t: dict[str, torch.Tensor], path: Path, image_size_hint=None) -
     for key in need:
         if key not in t:
             raise CheckpointError(f"{path}: not a ViT checkpoint: missing key {key!r}")
+    if t[q + "kernel"].ndim != 3:
+        raise CheckpointError(f"{path}: {q + 'kernel'!r} has shape {tuple(t[q + 'kernel'].shape)}, "
+                              "not (width, heads, head_dim)")
     cfg.update(depth=count_indexed(t, BLOCK + LN1 + "/scale"), num_heads=t[q + "kernel"].shape[1],
                mlp_dim=t[need[1]].shape[1], qkv_bias=q + "bias" in t,
                classifier="token" if "cls" in t else "gap",
@@ -159,8 +159,6 @@ def infer_config(t: dict[str, torch.Tensor], path: Path, image_size_hint=None) -
 def load_official_npz(path: Path, arrays: dict[str, np.ndarray] | None = None, image_size_hint=None,
                       **overrides) -> nn.Module:
     """Load an official (or big_vision) ViT .npz; the architecture comes from the arrays' names and shapes."""
-    from .big_vision import is_big_vision, to_official_names  # big_vision is the same Flax model, renamed
-
     path = Path(path)
     arrays = strip_prefix(read_npz(path) if arrays is None else arrays, path)
     if is_big_vision(arrays):
