@@ -10,8 +10,9 @@ from PIL import Image
 
 import vitlab
 from vitlab.cli import main
+from vitlab.data import BadImage
 from vitlab.inspection import (attention_distance, dataset_batches, inspect_model, load_image_files,
-                               normalise)
+                               normalise, resize)
 
 FIGURES = ["rollout.png", "attention_heads.png", "attention_distance.png", "posemb_similarity.png",
            "embedding_filters.png"]
@@ -95,17 +96,19 @@ class TinyGreyDataset:
         return len(self.images)
 
     def __getitem__(self, i):
-        if i >= len(self):
-            raise IndexError(i)
+        if i == 2:
+            raise BadImage(f"grey[{i}]", "cannot decode")
         return self.images[i], i % 2
 
 
 def test_grey_gap_model_streams_a_data_set(tmp_path):
     model = vitlab.create_model("ViT-Ti/16", **tiny(patch_size=4, image_size=28, in_chans=1, classifier="gap"))
     data = TinyGreyDataset(11)
-    batches = list(dataset_batches(data, model, num_images=9, batch_size=4))
+    with pytest.warns(UserWarning, match=r"grey\[2\]"):
+        batches = list(dataset_batches(data, model, num_images=9, batch_size=4))
     assert [len(b) for b, _ in batches] == [4, 4, 1] and batches[0][0].shape[1:] == (1, 28, 28)
-    assert batches[0][1][:2] == ["zero", "one"]
+    assert batches[0][1] == ["zero", "one", "one", "zero"]  # image 2 skipped
+    torch.testing.assert_close(batches[0][0][2].float(), resize(data.images[3], (28, 28)).float())
     written = inspect_model(model, tmp_path, batches[0][0], batches[0][1], distance_total=9,
                             distance_batches=(b for b, _ in batches), progress=False)
     assert set(FIGURES) <= {p.name for p in written.values()}
@@ -122,7 +125,7 @@ def test_hybrid_inspection_skips_the_filters(tmp_path):
     assert sorted(written) == ["attention_distance", "attention_distance_csv"]
 
 
-def test_bad_inputs_are_named(tmp_path, checkpoint):
+def test_bad_inputs_are_named(tmp_path, checkpoint, capsys):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
     model = vitlab.load_pretrained(checkpoint)
@@ -130,14 +133,14 @@ def test_bad_inputs_are_named(tmp_path, checkpoint):
         load_image_files([bad], model)
     with pytest.raises(SystemExit, match="--data"):
         main(["inspect", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")])
+    assert main(["inspect", "--checkpoint", str(checkpoint), str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "broken.png" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown figure"):
         inspect_model(model, tmp_path, torch.zeros(1, 3, 32, 32, dtype=torch.uint8), ["x"], figures_wanted=["pca"])
 
 
 def test_inspect_command_on_fashion_mnist(tmp_path):
-    data = pytest.importorskip("vitlab.data")
-    if not hasattr(data, "build_dataset"):
-        pytest.skip("vitlab.data.build_dataset is not in this tree yet")
+    from vitlab import data
     try:
         data.build_dataset("fashion_mnist", "test[:1%]", in_chans=1, download=False)
     except data.DataError as e:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -55,20 +56,28 @@ def load_model(args):
 
 
 def run(args) -> int:
-    from ..inspection import dataset_batches, inspect_model, load_image_files
-    from ..inspection.report import describe
-
     if not args.images and not args.data:
         raise SystemExit("vitlab inspect: give image files, or --data SPEC to take images from a data set")
     if args.num_images < 1 or args.show < 1:
         raise SystemExit("vitlab inspect: --num-images and --show must be at least 1")
+    try:
+        return inspect(args)
+    except (ValueError, FileNotFoundError) as e:  # a bad checkpoint, image file or data spec (DataError too)
+        print(f"vitlab inspect: {e}", file=sys.stderr)
+        return 2
+
+
+def inspect(args) -> int:
+    from ..data import build_dataset
+    from ..inspection import dataset_batches, inspect_model, load_image_files
+    from ..inspection.report import describe
+
     start = time.perf_counter()
     model = load_model(args).to(args.device).eval()
     label = f"{Path(args.checkpoint).name if args.checkpoint else args.model}: {describe(model.config)}"
 
     dataset = distance_batches = None
     if args.data:
-        from ..data import build_dataset
         dataset = build_dataset(args.data, args.split, root=args.data_root, in_chans=model.config.in_chans)
         distance_batches = (images for images, _ in dataset_batches(dataset, model, args.num_images, args.batch_size))
     if args.images:
@@ -80,9 +89,10 @@ def run(args) -> int:
             raise SystemExit(f"vitlab inspect: {args.data} split {args.split!r} has no images")
         images, captions = shown
     total = min(args.num_images, len(dataset)) if hasattr(dataset, "__len__") else None
+    wanted = [f.strip() for f in args.figures.split(",") if f.strip()]
     written = inspect_model(model, args.out, images, captions, distance_batches=distance_batches,
-                            distance_total=total, figures_wanted=[f.strip() for f in args.figures.split(",") if f.strip()],
-                            batch_size=args.batch_size, label=label, progress=not args.no_progress)
+                            distance_total=total, figures_wanted=wanted, batch_size=args.batch_size, label=label,
+                            progress=not args.no_progress)
     main = [p for k, p in written.items() if "/" not in k]
     print(f"wrote {len(written)} files to {args.out} in {time.perf_counter() - start:.1f} s:")
     for path in main:

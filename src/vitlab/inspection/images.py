@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -10,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from ..data import BadImage
 
 
 def load_image_files(paths: Iterable[str | Path], model: nn.Module) -> torch.Tensor:
@@ -37,15 +41,13 @@ def resize(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     return x[0].round().clamp(0, 255).to(torch.uint8)
 
 
-def dataset_batches(dataset, model: nn.Module, num_images: int, batch_size: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
+def dataset_batches(dataset, model: nn.Module, num_images: int,
+                    batch_size: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
     """The first `num_images` of a data set of (uint8 (C, H, W), label) as uint8 batches at the model's size,
-    each with a caption per image (its class name where the data set has them)."""
+    each with a caption per image (its class name where the data set has them). Undecodable images are skipped."""
     names = getattr(dataset, "class_names", None)
-    count = min(num_images, len(dataset)) if hasattr(dataset, "__len__") else num_images
     images, captions = [], []
-    for i, (image, label) in enumerate(dataset):
-        if i >= count:
-            break
+    for i, (image, label) in enumerate(itertools.islice(readable(dataset), num_images)):
         images.append(resize(image, model.config.image_hw))
         captions.append(names[label] if names else f"#{i} label {label}")
         if len(images) == batch_size:
@@ -53,6 +55,19 @@ def dataset_batches(dataset, model: nn.Module, num_images: int, batch_size: int)
             images, captions = [], []
     if images:
         yield torch.stack(images), captions
+
+
+def readable(dataset) -> Iterator:
+    """The samples of a map-style data set in order, skipping (with a warning) those that fail to decode;
+    an iterable data set (shards) skips them itself."""
+    if not hasattr(dataset, "__len__"):
+        yield from dataset
+        return
+    for i in range(len(dataset)):
+        try:
+            yield dataset[i]
+        except BadImage as e:
+            warnings.warn(f"skipping an image that cannot be decoded: {e}", stacklevel=2)
 
 
 def normalise(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
