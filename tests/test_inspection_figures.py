@@ -153,3 +153,15 @@ def test_inspect_command_on_fashion_mnist(tmp_path):
     assert len(list((out / "rollout").iterdir())) == 3
     with open(out / "attention_distance.csv") as f:
         assert {r["num_images"] for r in csv.DictReader(f)} == {"20"}
+
+
+@pytest.mark.parametrize("to,name", [("npz", "official.npz"), ("timm", "timm.safetensors"), ("hf", "hf")])
+def test_inspect_command_reads_other_checkpoint_formats(to, name, tmp_path, image_files):
+    from vitlab.checkpoints import export_checkpoint
+    model = vitlab.create_model("ViT-Ti/16", **tiny(patch_size=8, num_heads=4))
+    path = export_checkpoint(model, tmp_path / name, to)
+    out = tmp_path / "out"
+    assert main(["inspect", "--checkpoint", str(path), str(image_files[0]), "--num-heads", "4", "--out", str(out),
+                 "--figures", "rollout,posemb", "--no-progress"]) == 0
+    assert_drawn(out / "attention_heads.png", (None, 145))  # one image, one row
+    assert_drawn(out / "posemb_similarity.png", (640, 600))
