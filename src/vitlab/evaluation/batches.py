@@ -35,8 +35,8 @@ def normalise(x: torch.Tensor, preprocessing: dict) -> torch.Tensor:
     if kind == "minus_one_one":
         return x / 127.5 - 1.0
     if kind == "mean_std":
-        mean = torch.tensor(preprocessing["mean"], dtype=x.dtype).view(-1, 1, 1) * 255
-        std = torch.tensor(preprocessing["std"], dtype=x.dtype).view(-1, 1, 1) * 255
+        mean = torch.tensor(preprocessing["mean"], dtype=x.dtype, device=x.device).view(-1, 1, 1) * 255
+        std = torch.tensor(preprocessing["std"], dtype=x.dtype, device=x.device).view(-1, 1, 1) * 255
         return (x - mean) / std
     raise ValueError(f"unknown normalisation {kind!r} in the checkpoint's preprocessing {preprocessing}")
 
@@ -74,7 +74,7 @@ class _IterableShard(IterableDataset):
 
 class _Collate:
     def __init__(self, size, preprocessing):
-        self.size, self.preprocessing = size, preprocessing
+        self.size, self.preprocessing = size, preprocessing  # preprocessing None: keep pixels in [0, 255]
 
     def __call__(self, items):
         good = [it for it in items if it is not None]
@@ -84,14 +84,18 @@ class _Collate:
         images = torch.stack([resize(img, self.size) for img, _, _ in good])
         labels = torch.tensor([lab for _, lab, _ in good], dtype=torch.long)
         indices = torch.tensor([idx for _, _, idx in good], dtype=torch.long)
-        return normalise(images, self.preprocessing), labels, indices, skipped
+        images = images if self.preprocessing is None else normalise(images, self.preprocessing)
+        return images, labels, indices, skipped
 
 
 class EvalBatches:
-    """Iterable of (images float NCHW, labels int64, data set indices int64) for this rank's shard."""
+    """Iterable of (images float NCHW, labels int64, data set indices int64) for this rank's shard.
+
+    `indices` restricts it to those samples of the data set; `raw` leaves pixels in [0, 255] (not normalised).
+    """
 
     def __init__(self, dataset, *, image_size, batch_size: int = 256, preprocessing: dict | None = None,
-                 rank: int = 0, world_size: int = 1, num_workers: int = 0, indices=None):
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0, indices=None, raw: bool = False):
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if isinstance(dataset, IterableDataset):
             if indices is not None:
@@ -102,8 +106,9 @@ class EvalBatches:
             chosen = range(len(dataset)) if indices is None else [int(i) for i in indices]
             shard = _Shard(dataset, chosen[rank::world_size])
             self.num_samples = len(shard)
+        preprocessing = None if raw else preprocessing or {"normalisation": "minus_one_one"}
         self.loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, shuffle=False,
-                                 collate_fn=_Collate(size, preprocessing or {"normalisation": "minus_one_one"}))
+                                 collate_fn=_Collate(size, preprocessing))
         self.skipped = 0
 
     def __len__(self) -> int:

@@ -9,9 +9,6 @@ features, else Z Z^T (N x N) through the identity (Z^T Z + l2 I)^-1 Z^T = Z^T (Z
 
 from __future__ import annotations
 
-import json
-import math
-
 import numpy as np
 import torch
 
@@ -108,6 +105,3 @@ def format_fewshot(result: dict) -> str:
                      f"{100 * probe['accuracy']:.2f}%")
     return "\n".join(lines)
 
-
-def to_json(result: dict) -> str:
-    return json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v)
