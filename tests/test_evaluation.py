@@ -12,6 +12,15 @@ from vitlab.evaluation import (ClassificationCounts, EvalBatches, align_to_datas
 from vitlab.evaluation.fewshot import BIAS_CONSTANT, class_permutations, shots_needed
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models only lose from intra-op threads, and badly so on a shared, loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class FixedLogits(torch.nn.Module):
     """A 'model' whose logits for image i are row i of a table (the image's first pixel holds i)."""
 

@@ -16,7 +16,7 @@ def representation(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(images), pre_logits=True)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the features go on to train a linear probe
 def extract_features(model: nn.Module, batches: Iterable, *, device="cpu", amp_dtype=None, progress: bool = True,
                      desc: str = "features") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(features float32 (N, D), labels (N,), data set indices (N,)) on the CPU, sorted by index.
