@@ -194,3 +194,23 @@ def _small_settings(init):
         init(self, *a, **kw)
         self.train_images, self.val_images = 60, 30
     return small
+
+
+def test_eval_and_fewshot_on_an_image_folder(checkpoint, tmp_path, capsys):
+    pytest.importorskip("vitlab.data", reason="vitlab.data is built on the data branch")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 3)):
+        for c, colour in enumerate(([220, 30, 30], [30, 220, 30], [30, 30, 220])):
+            folder = tmp_path / "images" / split / NAMES[c]
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 30, (18, 22, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+    model = new_head(load_pretrained(checkpoint), 3)
+    three = save_pretrained(model, tmp_path / "three")
+    data = f"folder:{tmp_path / 'images'}"
+    assert main(["eval", "--checkpoint", str(three), "--data", data, "--num-workers", "0"]) == 0
+    metrics = json.loads((three / "eval" / "metrics.json").read_text())
+    assert metrics["num_samples"] == 9 and metrics["class_names"] == NAMES[:3] and "top5" not in metrics
+    assert main(["fewshot", "--checkpoint", str(three), "--data", data, "--shots", "1", "5", "--num-workers", "0"]) == 0
+    assert json.loads((three / "fewshot" / "fewshot.json").read_text())["linear_probe"]["num_train"] == 18

@@ -30,7 +30,9 @@ class ClassificationCounts:
 
     def __init__(self, num_classes: int, ks: Sequence[int] = (1, 5), *, real_labels: list[list[int]] | None = None,
                  device="cpu"):
-        self.num_classes, self.ks, self.real_labels = num_classes, tuple(ks), real_labels
+        # top-k is only reported for k below the class count (top-5 of 3 classes would always be 100%)
+        self.ks = tuple(k for k in ks if k == 1 or k < num_classes)
+        self.num_classes, self.real_labels = num_classes, real_labels
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)  # [true, predicted]
         self.topk_hits = torch.zeros(len(self.ks), dtype=torch.long, device=device)
         self.real = torch.zeros(2, dtype=torch.long)  # [correct, counted]
