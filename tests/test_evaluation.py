@@ -7,18 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from eval_fixtures import one_thread  # noqa: F401  (autouse)
 from vitlab.evaluation import (ClassificationCounts, EvalBatches, align_to_dataset, evaluate, fewshot_results,
                                fit_ridge, linear_probe, load_real_labels, real_hits, save_confusion_png, topk_correct)
 from vitlab.evaluation.fewshot import BIAS_CONSTANT, class_permutations, shots_needed
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models only lose from intra-op threads, and badly so on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class FixedLogits(torch.nn.Module):

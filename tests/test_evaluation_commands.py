@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import tiny
+from eval_fixtures import one_thread  # noqa: F401  (autouse)
 from vitlab import create_model, load_pretrained, save_pretrained
 from vitlab.cli import main
 from vitlab.commands import evalargs
@@ -15,15 +16,6 @@ from vitlab.evaluation.predict import imagenet1k_class_names, predict_files, rea
 from vitlab.evaluation.vtab import VTAB_TASKS, VTABSettings, group_means, lr_at, new_head, run_task, split_1k
 
 NAMES = ["ant", "bee", "cat", "dog", "eel"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models only lose from intra-op threads, and badly so on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

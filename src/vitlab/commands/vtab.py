@@ -88,7 +88,8 @@ def run(args) -> int:
         new_head(model, train.num_classes)
         results[name] = dict(run_task(model, train, test, settings, device=device, amp_dtype=amp,
                                       eval_batch_size=args.eval_batch_size), key=key)
-        print(f"{name}: val {100 * results[name]['val_accuracy']:.2f}%  test {100 * results[name]['test_accuracy']:.2f}%")
+        r = results[name]
+        print(f"{name}: val {100 * r['val_accuracy']:.2f}%  test {100 * r['test_accuracy']:.2f}%")
         evalargs.write_json(out, {"tasks": {**done, **results}})  # after every task, so a long run can resume
     if args.json:
         print(evalargs.json_text({"tasks": results}), end="")

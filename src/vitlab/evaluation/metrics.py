@@ -43,8 +43,8 @@ class ClassificationCounts:
         labels = labels.to(logits.device)
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             bad = labels[(labels < 0) | (labels >= self.num_classes)][0].item()
-            raise ValueError(f"label {bad} is outside the model's {self.num_classes} classes (0..{self.num_classes - 1})"
-                             "; evaluate with a checkpoint trained on this data set")
+            raise ValueError(f"label {bad} is outside the model's {self.num_classes} classes "
+                             f"(0..{self.num_classes - 1}); evaluate with a checkpoint trained on this data set")
         predicted = logits.argmax(dim=1)
         flat = labels * self.num_classes + predicted
         self.confusion += torch.bincount(flat, minlength=self.num_classes ** 2).view(self.num_classes, -1)
