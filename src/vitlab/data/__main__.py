@@ -5,6 +5,7 @@
 """
 import argparse
 import logging
+import sys
 import time
 
 from .config import DataConfig
@@ -13,9 +14,7 @@ from .loader import build_loader
 from .sources import build_dataset
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vitlab.data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="fashion_mnist | cifar10 | cifar100 | folder:/dir | shards:/dir/x-{000..009}.tar")
     parser.add_argument("--split", default="train")
     parser.add_argument("--root")
@@ -24,14 +23,17 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--scan", action="store_true", help="decode every image once (evaluation transform)")
-    args = parser.parse_args(argv)
+
+
+def run(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         cfg = DataConfig(dataset=args.dataset, root=args.root, image_size=args.image_size, in_chans=args.in_chans,
                          batch_size=args.batch_size, num_workers=args.num_workers)
         ds = build_dataset(cfg.dataset, args.split, root=cfg.root, in_chans=cfg.in_chans, max_pixels=cfg.max_pixels)
     except DataError as e:
-        parser.exit(2, f"error: {e}\n")
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     size = getattr(ds, "num_samples", None) if not hasattr(ds, "__len__") else len(ds)
     print(f"{args.dataset} {args.split}: {size if size is not None else 'unknown number of'} samples, "
           f"{ds.num_classes} classes: {', '.join(ds.class_names[:10])}{' ...' if ds.num_classes > 10 else ''}")
@@ -44,6 +46,13 @@ def main(argv=None) -> int:
         for name in loader.bad_files:
             print(f"  bad: {name}")
     return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vitlab.data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
