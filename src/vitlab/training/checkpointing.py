@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 
 from ..checkpoints import save_pretrained
 from ..checkpoints.vitlab_format import WEIGHTS_FILE
-from ..fileio import atomic_write, atomic_write_text, _fsync_dir
+from ..fileio import atomic_write, atomic_write_text, fsync_dir
 from .distributed import Dist, barrier
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -90,7 +90,7 @@ def save(run_dir: Path, step: int, *, model, optimizer, ema, loader, trainer_sta
                                                                  "world_size": d.world_size}, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     barrier(d)
