@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,14 @@ def env():
 def losses_in(run_dir: Path) -> list[float]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [r["loss"] for r in map(json.loads, lines) if "loss" in r]
+
+
+def assert_backend_stopped(proc: subprocess.CompletedProcess, ranks: int) -> None:
+    """Every rank's process group (its worker threads and sockets) is gone once `train` returns."""
+    lines = re.findall(r"threads at exit: \[[^\]]*\]", proc.stderr)
+    assert len(lines) == ranks, proc.stderr[-4000:]
+    if sys.platform == "linux":
+        assert not [line for line in lines if "gloo" in line], lines
 
 
 def run_cli(config: Path, *extra, torchrun: int = 0) -> subprocess.CompletedProcess:
@@ -92,7 +101,7 @@ def test_two_gloo_processes_equal_one_and_resume_under_fsdp(tmp_path):
     single = ts.write_config(tmp_path / "single.yaml", ts.tiny_config(tmp_path / "single", train={"steps": 8}))
     double = ts.write_config(tmp_path / "double.yaml", ts.tiny_config(tmp_path / "double", train={"steps": 8}))
     one = in_process_losses(single)
-    run_cli(double, torchrun=2)
+    assert_backend_stopped(run_cli(double, torchrun=2), ranks=2)
     two = losses_in(tmp_path / "double")
     assert len(one) == len(two) == 8
     assert torch.allclose(torch.tensor(one), torch.tensor(two), rtol=1e-5, atol=1e-6), (one, two)
@@ -107,6 +116,7 @@ def test_two_gloo_processes_equal_one_and_resume_under_fsdp(tmp_path):
     # resume it sharded with FSDP2 (checkpoints hold full weights, so the strategy may change)
     proc = run_cli(double, "--set", "distributed.strategy=fsdp", torchrun=2)
     assert "resuming from" in proc.stdout and "(step 4/8)" in proc.stdout
+    assert_backend_stopped(proc, ranks=2)  # DTensor's caches keep FSDP2's device mesh alive
     resumed = losses_in(tmp_path / "double")
     assert resumed[:4] == two[:4] and len(resumed) == 8
     assert torch.allclose(torch.tensor(resumed), torch.tensor(two), rtol=1e-5, atol=1e-6), (resumed, two)

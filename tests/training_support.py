@@ -163,11 +163,26 @@ def write_config(path: Path, raw: dict) -> Path:
     return path
 
 
+def native_threads() -> list[str]:
+    """Names of this process's OS threads (Linux), e.g. gloo's 'pt_gloo_runloop' and 'gloo_tcp_loop'."""
+    tasks = Path("/proc/self/task")
+    names = []
+    for task in tasks.iterdir() if tasks.is_dir() else ():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except FileNotFoundError:  # the thread ended meanwhile
+            pass
+    return sorted(names)
+
+
 def main(argv=None) -> int:
     install_fake_data()
     from vitlab.cli import main as cli_main
 
-    return cli_main(argv if argv is not None else sys.argv[1:])
+    rc = cli_main(argv if argv is not None else sys.argv[1:])
+    # a communication backend still running here would be torn down in C++ static destruction at exit()
+    sys.stderr.write(f"threads at exit: {native_threads()}\n")  # one write: ranks share the stream
+    return rc
 
 
 if __name__ == "__main__":

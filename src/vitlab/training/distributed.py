@@ -7,6 +7,7 @@ The same command runs on one process (no torchrun: world size 1, nothing initial
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -51,11 +52,22 @@ def setup(cfg: DistributedConfig) -> Dist:
     return Dist(rank, world_size, local_rank, device)
 
 
+# The FSDP2 device meshes this process built. DTensor's module-level caches (sharding propagation, mesh
+# topology) keep every mesh they have seen alive, and a mesh holds its process groups: without releasing them
+# here the gloo/NCCL backend, its worker threads and its sockets outlive destroy_process_group and the Python
+# interpreter, and die in C++ static destruction at exit(), where they abort the process now and then.
+_meshes: list = []
+
+
 def teardown() -> None:
     if dist.is_initialized():
         # every rank reaches here before any tears down: gloo aborts a process whose peer left mid-operation
         dist.barrier()
         dist.destroy_process_group()
+    for mesh in _meshes:
+        mesh._pg_registry.clear()  # the mesh's only references to its process groups
+    _meshes.clear()
+    gc.collect()  # the model (DDP/FSDP hold the group too) is in reference cycles: free the group now
 
 
 def wrap(model: nn.Module, cfg: DistributedConfig, d: Dist, *, bf16: bool = False) -> nn.Module:
@@ -63,10 +75,13 @@ def wrap(model: nn.Module, cfg: DistributedConfig, d: Dist, *, bf16: bool = Fals
     if not d.enabled:
         return model
     if cfg.strategy == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        mesh = init_device_mesh(d.device.type, (d.world_size,))
+        _meshes.append(mesh)
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
-        kwargs = {"mp_policy": mp} if mp is not None else {}
+        kwargs = {"mesh": mesh, **({"mp_policy": mp} if mp is not None else {})}
         for block in model.blocks:
             fully_shard(block, **kwargs)
         fully_shard(model, **kwargs)
