@@ -143,6 +143,7 @@ def contenders(case: Case, device: torch.device, x, y, with_timm: bool) -> dict:
 
 # ---- running a case ---------------------------------------------------------------------------------
 def run_case(case: Case, device: torch.device, rounds: int, warmup: int, repeats: int, with_timm: bool) -> Case:
+    torch._dynamo.reset()  # each case's fresh models would otherwise pile up against dynamo's recompile limit
     torch.manual_seed(0)
     x, y = random_batch(case.batch_size, 224, 1000, device)
     entries = contenders(case, device, x, y, with_timm)
@@ -301,6 +302,13 @@ def write_benchmarks_md(path: Path, device: torch.device, block: str) -> None:
     atomic_write_text(path, text)
 
 
+def save_json(path: Path, cases: list[Case]) -> None:
+    data = [{"case": c.label, "params": c.params, "peak_flops": c.peak_flops, "first_call_s": c.first_call_s,
+             "results": {n: {"times": r.times, "images_per_second": r.images_per_second,
+                             "peak_memory": r.peak_memory} for n, r in c.results.items()}} for c in cases]
+    atomic_write_text(path, json.dumps(data, indent=1))
+
+
 # ---- main -------------------------------------------------------------------------------------------
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -340,6 +348,8 @@ def main(argv=None) -> int:
         run_case(case, device, rounds, args.warmup, repeats, with_timm)
         v = case.results["vitlab"]
         others = ", ".join(f"{n} {r.images_per_second:.1f}" for n, r in case.results.items() if n != "vitlab")
+        if args.json:  # after every case, so that an interrupted run keeps what it measured
+            save_json(args.json, [c for c in cases if c.results])
         tqdm.write(f"{case.label}: vitlab {v.images_per_second:.1f} img/s; {others}  "
                    f"(params {case.params['vitlab']:,}; first call "
                    + ", ".join(f"{n} {s:.1f}s" for n, s in case.first_call_s.items()) + ")")
@@ -358,11 +368,6 @@ def main(argv=None) -> int:
             + ", ".join(f"{k} {v}" for k, v in memory_case.items()), ""] if memory_case else [])
         + [f"- {n}" for n in notes])
     print(block)
-    if args.json:
-        data = [{"case": c.label, "params": c.params, "peak_flops": c.peak_flops, "first_call_s": c.first_call_s,
-                 "results": {n: {"times": r.times, "images_per_second": r.images_per_second,
-                                 "peak_memory": r.peak_memory} for n, r in c.results.items()}} for c in cases]
-        atomic_write_text(args.json, json.dumps(data, indent=1))
     if args.write:
         write_benchmarks_md(ROOT / "BENCHMARKS.md", device, block)
     return 0

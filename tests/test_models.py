@@ -226,42 +226,20 @@ def test_weight_standardisation_and_same_padding():
     assert padded[0, 0, 0, 0] == 1 and padded[0, 0, -1, -1] == 0
 
 
-def _hf_from_ours(model):
-    """Copy our weights into transformers' ViTModel (the mapping is the HF layout's definition)."""
+def _hf_from_ours(model, directory):
+    """transformers' ViTModel holding our weights, through vitlab's Hugging Face export (checkpoints.hf)."""
     transformers = pytest.importorskip("transformers")
-    cfg = model.config
-    hf = transformers.ViTModel(transformers.ViTConfig(
-        hidden_size=cfg.width, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.mlp_dim, image_size=cfg.image_size, patch_size=cfg.patch_size,
-        num_channels=cfg.in_chans, layer_norm_eps=cfg.layer_norm_eps, hidden_act="gelu",
-        attn_implementation="eager"), add_pooling_layer=False).eval()
-    ours = model.state_dict()
-    D = cfg.width
-    sd = {
-        "embeddings.cls_token": ours["cls_token"],
-        "embeddings.position_embeddings": ours["pos_embed"],
-        "embeddings.patch_embeddings.projection.weight": ours["patch_embed.proj.weight"],
-        "embeddings.patch_embeddings.projection.bias": ours["patch_embed.proj.bias"],
-        "layernorm.weight": ours["norm.weight"], "layernorm.bias": ours["norm.bias"],
-    }
-    for i in range(cfg.depth):  # transformers 5's module names (the pinned version)
-        p, q = f"layers.{i}.", f"blocks.{i}."
-        for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
-            sd[p + f"attention.{name}.weight"] = ours[q + "attn.qkv.weight"][j * D:(j + 1) * D]
-            sd[p + f"attention.{name}.bias"] = ours[q + "attn.qkv.bias"][j * D:(j + 1) * D]
-        for hf_name, our_name in (("attention.o_proj", "attn.proj"), ("layernorm_before", "norm1"),
-                                  ("layernorm_after", "norm2"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
-            sd[p + hf_name + ".weight"] = ours[q + our_name + ".weight"]
-            sd[p + hf_name + ".bias"] = ours[q + our_name + ".bias"]
-    hf.load_state_dict(sd, strict=True)
-    return hf
+    from vitlab.checkpoints import export_checkpoint
+    export_checkpoint(model, directory, "hf")
+    return transformers.ViTModel.from_pretrained(directory, add_pooling_layer=False,
+                                                 attn_implementation="eager").eval()
 
 
-def test_parity_with_hugging_face_vitmodel():
+def test_parity_with_hugging_face_vitmodel(tmp_path):
     model = vitlab.create_model("ViT-S/16", width=64, depth=3, mlp_dim=128, num_heads=4, image_size=48).eval()
     for p in model.parameters():  # random everything, so no zero-initialised part hides a mistake
         torch.nn.init.normal_(p, std=0.1)
-    hf = _hf_from_ours(model)
+    hf = _hf_from_ours(model, tmp_path)
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         ours = model.forward_features(x)

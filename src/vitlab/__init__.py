@@ -12,5 +12,13 @@ from .models import (ViTConfig, VisionTransformer, count_flops, count_parameters
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # `vitlab.inspect` (the paper's figures) pulls in matplotlib, so it is imported on first use only
+    if name in ("inspect", "inspection"):
+        import importlib
+        return importlib.import_module(f"vitlab.{name}")
+    raise AttributeError(f"module 'vitlab' has no attribute {name!r}")
+
 __all__ = ["ViTConfig", "VisionTransformer", "count_flops", "count_parameters", "create_model", "list_models",
            "load_pretrained", "model_config", "save_pretrained"]

@@ -10,6 +10,7 @@ import sys
 COMMANDS = {
     "models": ("models", "list the registered models with parameters, GFLOPs and tokens"),
     "demo": ("demo", "build a model and classify a batch (a smoke test of the install)"),
+    "data": ("data", "look at a data source: its size, classes, and (with --scan) its unreadable files"),
     "train": ("train", "pre-train or fine-tune a model from a config file"),
     "eval": ("evaluate", "top-1/top-5 (and ImageNet ReaL) accuracy of a checkpoint on a data set"),
     "fewshot": ("fewshot", "few-shot linear evaluation on frozen features"),

@@ -1,6 +1,9 @@
-"""Checkpoints: reading every ViT weight format into our model, and writing ours."""
+"""Checkpoints: reading every ViT weight format into our model, and writing ours and theirs."""
 
-from .load import load_pretrained
+from .export import convert, export_checkpoint
+from .load import detect_format, load_checkpoint, load_pretrained
+from .mapping import CheckpointError
 from .vitlab_format import save_pretrained
 
-__all__ = ["load_pretrained", "save_pretrained"]
+__all__ = ["CheckpointError", "convert", "detect_format", "export_checkpoint", "load_checkpoint", "load_pretrained",
+           "save_pretrained"]

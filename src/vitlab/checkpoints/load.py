@@ -1,4 +1,10 @@
-"""`load_pretrained`: find out what a checkpoint is, load it, adapt it to the requested resolution and head."""
+"""`load_pretrained`: find out what a checkpoint is by looking inside it, load it, adapt it.
+
+    folder with config.json  -> "format": "vitlab"  -> vitlab_format
+                             -> "model_type": ...    -> hf (Hugging Face)
+    .npz (zip of .npy)       -> npz_official (official and big_vision layouts)
+    .safetensors/.pth/.bin   -> timm (or, with Hugging Face / vitlab names, a hint to pass the folder)
+"""
 
 from __future__ import annotations
 
@@ -7,20 +13,67 @@ from pathlib import Path
 from torch import nn
 
 from .adapt import adapt_model
-from .vitlab_format import is_vitlab_checkpoint, load_vitlab
+from .files import read_tensors, sniff
+from .hf import is_hf_folder, load_hf
+from .mapping import CheckpointError
+from .npz_official import load_official_npz
+from .timm import is_timm_state_dict, load_timm
+from .vitlab_format import WEIGHTS_FILE, is_vitlab_checkpoint, load_vitlab
+
+FORMATS = ("vitlab", "hf", "npz", "timm")
 
 
-def load_pretrained(path: str | Path, *, num_classes: int | None = None, image_size=None, **overrides) -> nn.Module:
-    """Load any supported checkpoint into a vitlab model.
-
-    `image_size` other than the checkpoint's resamples the position embeddings; `num_classes` other than the
-    checkpoint's replaces the head with a zero-initialised one (the paper's fine-tuning head).
-    """
+def detect_format(path: str | Path) -> str:
+    """'vitlab', 'hf', 'npz' or 'timm', from the file's contents (never from its name alone)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if is_vitlab_checkpoint(path):
-        model = load_vitlab(path, **overrides)
-    else:
-        raise ValueError(f"{path}: not a checkpoint format vitlab recognises")
-    return adapt_model(model, num_classes=num_classes, image_size=image_size)
+    if path.is_dir():
+        if is_vitlab_checkpoint(path):
+            return "vitlab"
+        if is_hf_folder(path):
+            return "hf"
+        if (path / WEIGHTS_FILE).is_file():
+            return "timm"
+        raise CheckpointError(f"{path}: a folder without a vitlab or Hugging Face config.json")
+    kind = sniff(path)
+    if kind == "npz":
+        return "npz"
+    if kind in ("safetensors", "torch"):
+        return "timm"
+    raise CheckpointError(f"{path}: not a checkpoint vitlab recognises (expected an official/big_vision .npz, "
+                          "a timm .safetensors/.pth/.bin state dict, or a vitlab / Hugging Face folder)")
+
+
+def load_checkpoint(path: str | Path, image_size_hint=None, **overrides) -> nn.Module:
+    """The model a checkpoint holds, exactly (no resampling, no new head).
+
+    `image_size_hint` tells a non-square resolution of a format that does not store it (npz, timm)."""
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "vitlab":
+        return load_vitlab(path, **overrides)
+    if fmt == "hf":
+        return load_hf(path, **overrides)
+    if fmt == "npz":
+        return load_official_npz(path, image_size_hint=image_size_hint, **overrides)
+    file = path / WEIGHTS_FILE if path.is_dir() else path
+    tensors = read_tensors(file)
+    if not is_timm_state_dict(tensors):
+        if any(k.startswith(("vit.", "embeddings.", "encoder.layer.")) for k in tensors):
+            raise CheckpointError(f"{file}: Hugging Face ViT weights; pass the folder with its config.json instead")
+    return load_timm(file, tensors, image_size_hint=image_size_hint, **overrides)
+
+
+def load_pretrained(path: str | Path, *, num_classes: int | None = None, image_size=None,
+                    posemb_method: str = "official", keep_pre_logits: bool = False, **overrides) -> nn.Module:
+    """Load any supported checkpoint into a vitlab model.
+
+    `image_size` other than the checkpoint's resamples the position embeddings (`posemb_method`: 'official' =
+    scipy.ndimage.zoom(order=1) on the grid, or 'bicubic' / 'bilinear' as timm and HF do); `num_classes` other
+    than the checkpoint's replaces the head with a zero-initialised one and drops the pre-logits layer unless
+    `keep_pre_logits`. Other keyword arguments override the inferred config (e.g. `num_heads=`, `drop_path=`).
+    """
+    model = load_checkpoint(path, image_size_hint=image_size, **overrides)
+    return adapt_model(model, num_classes=num_classes, image_size=image_size, posemb_method=posemb_method,
+                       keep_pre_logits=keep_pre_logits)

@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..fileio import atomic_write, atomic_write_text
 from ..models import BiTConfig, ViTConfig
 from ..models.registry import build_model
+from .files import read_safetensors
+from .mapping import CheckpointError, check_contents
 
 FORMAT = "vitlab"
 VERSION = 1
@@ -57,9 +59,9 @@ def read_config(directory: str | Path) -> dict:
     try:
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read a vitlab config: {e}") from e
+        raise CheckpointError(f"{path}: cannot read a vitlab config: {e}") from e
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a vitlab checkpoint (format is {meta.get('format')!r})")
+        raise CheckpointError(f"{path}: not a vitlab checkpoint (format is {meta.get('format')!r})")
     return meta
 
 
@@ -69,10 +71,15 @@ def load_vitlab(directory: str | Path, **overrides) -> nn.Module:
     meta = read_config(directory)
     cfg_dict = {**meta["config"], **overrides}
     config_cls = BiTConfig if meta.get("architecture") == "bit" else ViTConfig
-    cfg = config_cls.from_dict(cfg_dict)
+    try:
+        cfg = config_cls.from_dict(cfg_dict).validate()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {e}") from e
     with torch.device("meta"):
-        model = build_model(cfg.validate())
-    weights = load_file(str(directory / WEIGHTS_FILE))
+        model = build_model(cfg)
+    weights = read_safetensors(directory / WEIGHTS_FILE)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_contents(directory / WEIGHTS_FILE, {k: tuple(v.shape) for k, v in weights.items()}, expected)
     model.load_state_dict(weights, strict=True, assign=True)
     model.label_names = meta.get("label_names")
     model.preprocessing = meta.get("preprocessing")

@@ -131,11 +131,17 @@ def resnet_stride(layers: Sequence[int]) -> int:
 class HybridStem(nn.Module):
     """The R50 of the official R50+ViT hybrid, up to its last stage's feature map."""
 
-    def __init__(self, layers: Sequence[int], width_factor: int = 1, in_chans: int = 3):
+    def __init__(self, layers: Sequence[int], width_factor: int = 1, in_chans: int = 3,
+                 ws_eps: float = 1e-5, gn_eps: float = 1e-6):
         super().__init__()
         width = 64 * width_factor
         self.root = RootBlock(in_chans, width, post_activation=True)
         self.stages = make_stages(Bottleneck, layers, width)
+        for m in self.modules():  # checkpoints from other code (timm) were trained with other epsilons
+            if isinstance(m, StdConv2d):
+                m.eps = ws_eps
+            elif isinstance(m, nn.GroupNorm):
+                m.eps = gn_eps
         self.out_chans = 4 * width * 2 ** (len(layers) - 1)
         self.stride = resnet_stride(layers)
 

@@ -1,0 +1,54 @@
+"""`vitlab eval`: top-1/top-5, per-class accuracy, a confusion-matrix PNG, and ImageNet ReaL accuracy."""
+
+from __future__ import annotations
+
+from ..evaluation import EvalBatches, align_to_dataset, evaluate, load_real_labels, save_confusion_png
+from ..evaluation.metrics import format_summary
+from ..evaluation.runtime import init_distributed, model_preprocessing
+from . import evalargs
+
+
+def add_arguments(parser) -> None:
+    evalargs.add_model_arguments(parser)
+    evalargs.add_data_arguments(parser, split="test")
+    parser.add_argument("--real", default=None, help="ImageNet ReaL labels file (real.json) for ReaL accuracy")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of text")
+
+
+def run(args) -> int:
+    rank, world_size = init_distributed()
+    device, amp = evalargs.device_and_amp(args)
+    model = evalargs.load_model(args.checkpoint, image_size=args.image_size)
+    dataset = evalargs.build_dataset(args.data, args.split, root=args.root, in_chans=model.config.in_chans)
+    if getattr(dataset, "num_classes", model.num_classes) != model.num_classes:
+        raise SystemExit(f"{args.data} has {dataset.num_classes} classes but {args.checkpoint} predicts "
+                         f"{model.num_classes}; evaluate a checkpoint fine-tuned on this data set")
+    real = align_to_dataset(load_real_labels(args.real), dataset) if args.real else None
+    batches = EvalBatches(dataset, image_size=evalargs.image_size_of(model, args), batch_size=args.batch_size,
+                          preprocessing=model_preprocessing(model), rank=rank, world_size=world_size,
+                          num_workers=args.num_workers)
+    result = evaluate(model, batches, device=device, amp_dtype=amp, real_labels=real, desc=f"eval {args.split}")
+    result.update(checkpoint=str(args.checkpoint), data=args.data, split=args.split,
+                  skipped_images=_total_skipped(batches.skipped), class_names=getattr(dataset, "class_names", None))
+    if rank != 0:
+        return 0
+    out = evalargs.output_dir(args, args.checkpoint, "eval")
+    evalargs.write_json(out / "metrics.json", result)
+    save_confusion_png(result["confusion_matrix"], out / "confusion_matrix.png", result["class_names"],
+                       title=f"{args.data} {args.split}")
+    if args.json:
+        print(evalargs.json_text(result), end="")
+    else:
+        print(format_summary(result, result["class_names"]))
+        if result["skipped_images"]:
+            print(f"skipped {result['skipped_images']} images that could not be decoded")
+        print(f"wrote {out / 'metrics.json'} and {out / 'confusion_matrix.png'}")
+    return 0
+
+
+def _total_skipped(local: int) -> int:
+    import torch
+
+    from ..evaluation.runtime import all_reduce_sum
+
+    return int(all_reduce_sum(torch.tensor([local]))[0])

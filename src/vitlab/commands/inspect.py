@@ -1,0 +1,100 @@
+"""`vitlab inspect`: the paper's figures of what a ViT learned (Section 4.5, Appendix D) for a checkpoint.
+
+    vitlab inspect --checkpoint runs/fmnist --data fashion_mnist --num-images 256 --out inspect/
+    vitlab inspect --checkpoint ViT-B_16.npz cat.jpg dog.jpg --out inspect/
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("images", nargs="*", help="image files to draw attention maps for")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a checkpoint in any format load_pretrained reads")
+    which.add_argument("--model", help="a randomly initialised named model instead (e.g. ViT-B/16), for a smoke test")
+    parser.add_argument("--out", required=True, help="directory for the figures")
+    parser.add_argument("--data", help="data set spec (fashion_mnist, cifar10, folder:/dir, ...) to take images "
+                        "from: the first --show are drawn when no image files are given, and --num-images are "
+                        "streamed for the mean attention distance")
+    parser.add_argument("--split", default="test", help="split of --data (default: test)")
+    parser.add_argument("--data-root", help="where --data's files are")
+    parser.add_argument("--num-images", type=int, default=8,
+                        help="images of --data to average the mean attention distance over (default: 8)")
+    parser.add_argument("--show", type=int, default=8, help="images of --data to draw (default: 8)")
+    parser.add_argument("--figures", default=",".join(_figures()),
+                        help="comma-separated subset of rollout,distance,posemb,filters (default: all)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, help="run at this resolution (resamples position embeddings)")
+    parser.add_argument("--in-chans", type=int, help="input channels, with --model (default 3)")
+    parser.add_argument("--num-heads", type=int, help="head count, for checkpoint formats that do not store it")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _figures():
+    from ..inspection import FIGURES
+    return FIGURES
+
+
+def load_model(args):
+    from .. import create_model, load_pretrained
+    overrides = {"num_heads": args.num_heads} if args.num_heads else {}
+    if args.checkpoint:
+        return load_pretrained(args.checkpoint, image_size=args.image_size, **overrides)
+    if args.in_chans:
+        overrides["in_chans"] = args.in_chans
+    if args.image_size:
+        overrides["image_size"] = args.image_size
+    torch.manual_seed(0)
+    return create_model(args.model, **overrides)
+
+
+def run(args) -> int:
+    if not args.images and not args.data:
+        raise SystemExit("vitlab inspect: give image files, or --data SPEC to take images from a data set")
+    if args.num_images < 1 or args.show < 1:
+        raise SystemExit("vitlab inspect: --num-images and --show must be at least 1")
+    try:
+        return inspect(args)
+    except (ValueError, FileNotFoundError) as e:  # a bad checkpoint, image file or data spec (DataError too)
+        print(f"vitlab inspect: {e}", file=sys.stderr)
+        return 2
+
+
+def inspect(args) -> int:
+    from ..data import build_dataset
+    from ..inspection import dataset_batches, inspect_model, load_image_files
+    from ..inspection.report import describe
+
+    start = time.perf_counter()
+    model = load_model(args).to(args.device).eval()
+    label = f"{Path(args.checkpoint).name if args.checkpoint else args.model}: {describe(model.config)}"
+
+    dataset = distance_batches = None
+    if args.data:
+        dataset = build_dataset(args.data, args.split, root=args.data_root, in_chans=model.config.in_chans)
+        distance_batches = (images for images, _ in dataset_batches(dataset, model, args.num_images, args.batch_size))
+    if args.images:
+        images = load_image_files(args.images, model)
+        captions = [Path(p).stem for p in args.images]
+    else:
+        shown = next(dataset_batches(dataset, model, args.show, args.show), None)
+        if shown is None:
+            raise SystemExit(f"vitlab inspect: {args.data} split {args.split!r} has no images")
+        images, captions = shown
+    total = min(args.num_images, len(dataset)) if hasattr(dataset, "__len__") else None
+    wanted = [f.strip() for f in args.figures.split(",") if f.strip()]
+    written = inspect_model(model, args.out, images, captions, distance_batches=distance_batches,
+                            distance_total=total, figures_wanted=wanted, batch_size=args.batch_size, label=label,
+                            progress=not args.no_progress)
+    main = [p for k, p in written.items() if "/" not in k]
+    print(f"wrote {len(written)} files to {args.out} in {time.perf_counter() - start:.1f} s:")
+    for path in main:
+        print(f"  {path}")
+    return 0

@@ -1,0 +1,26 @@
+"""`vitlab predict`: the top-5 labels, with probabilities, of image files."""
+
+from __future__ import annotations
+
+from ..evaluation.predict import format_predictions, predict_files
+from . import evalargs
+
+
+def add_arguments(parser) -> None:
+    evalargs.add_model_arguments(parser)
+    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, BMP, GIF, TIFF, ...)")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run(args) -> int:
+    device, amp = evalargs.device_and_amp(args)
+    model = evalargs.load_model(args.checkpoint, image_size=args.image_size)
+    results = predict_files(model, args.images, topk=args.top_k, batch_size=args.batch_size, device=device,
+                            amp_dtype=amp)
+    if args.json:
+        print(evalargs.json_text(results), end="")
+    else:
+        print(format_predictions(results))
+    return 1 if any("error" in r for r in results) else 0

@@ -1,0 +1,47 @@
+"""`vitlab train CONFIG [--set key=value ...]`: pre-train or fine-tune; the same command again resumes.
+
+Under torchrun the same command trains on every process: `torchrun --nproc-per-node N -m vitlab train CONFIG`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("config", help="a training config, .toml or .yaml (see configs/ and docs/training.md)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set optim.lr=3e-4 --set train.steps=1000 (repeatable)")
+    parser.add_argument("--check", action="store_true", help="check the config, print it resolved, and exit")
+
+
+def run(args) -> int:
+    from ..data import DataError
+    from ..training import ConfigError, TrainingDiverged, load_config, train
+    from ..training.config import to_yaml
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (ConfigError, DataError) as e:
+        print(f"vitlab train: bad config: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(to_yaml(cfg), end="")
+        return 0
+    try:
+        result = train(cfg)
+    except TrainingDiverged as e:
+        print(f"vitlab train: {e}", file=sys.stderr)
+        return 3
+    except DataError as e:
+        print(f"vitlab train: data: {e}", file=sys.stderr)
+        return 2
+    if result.run_dir is not None and _is_main():
+        print(result.summary())
+    return 128 + int(result.interrupted_by) if result.interrupted_by is not None else 0
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"

@@ -1,0 +1,99 @@
+"""Top-k labels with probabilities for image files (`vitlab predict`)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
+
+from .batches import normalise, resize
+from .runtime import autocast, model_image_size, model_preprocessing
+
+IMAGENET1K_CLASSES = "imagenet1k_classes.txt"
+
+
+def imagenet1k_class_names() -> list[str]:
+    text = resources.files("vitlab").joinpath("resources", IMAGENET1K_CLASSES).read_text(encoding="utf-8")
+    names = text.splitlines()
+    assert len(names) == 1000, f"{IMAGENET1K_CLASSES} has {len(names)} lines, expected 1000"
+    return names
+
+
+def label_names(model: nn.Module) -> list[str]:
+    """The checkpoint's label names; ImageNet-1k's for a 1000-class model without them; else 'class N'."""
+    num_classes = model.num_classes
+    names = getattr(model, "label_names", None)
+    if names and len(names) == num_classes:
+        return list(names)
+    if num_classes == 1000:
+        return imagenet1k_class_names()
+    return [f"class {i}" for i in range(num_classes)]
+
+
+def read_image(path: str | Path, in_chans: int) -> torch.Tensor:
+    """An image file as uint8 C x H x W: EXIF rotation applied, transparency over white, grey or RGB."""
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                img.alpha_composite(rgba)
+            img = img.convert("L" if in_chans == 1 else "RGB")
+            array = np.asarray(img, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path}: cannot read as an image ({e})") from None
+    array = array[:, :, None] if array.ndim == 2 else array
+    if in_chans not in (1, 3):
+        raise ValueError(f"the model takes {in_chans}-channel input; predict reads grey (1) or RGB (3) images")
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+@torch.inference_mode()
+def predict_files(model: nn.Module, paths, *, topk: int = 5, batch_size: int = 32, device="cpu", amp_dtype=None,
+                  image_size=None) -> list[dict]:
+    """[{"file", "predictions": [{"label", "index", "probability"}, ...]} or {"file", "error"}] per path, in order."""
+    device = torch.device(device)
+    model = model.eval().to(device)
+    size = image_size or model_image_size(model)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    preprocessing, names = model_preprocessing(model), label_names(model)
+    in_chans = model.config.in_chans
+    k = min(topk, model.num_classes)
+    results = []
+    for start in range(0, len(paths), batch_size):
+        chunk, images = [], []
+        for path in paths[start:start + batch_size]:
+            try:
+                images.append(resize(read_image(path, in_chans), size))
+                chunk.append(str(path))
+            except ValueError as e:
+                results.append({"file": str(path), "error": str(e)})
+        if not images:
+            continue
+        x = normalise(torch.stack(images), preprocessing).to(device)
+        with autocast(device, amp_dtype):
+            logits = model(x)
+        probs = logits.float().softmax(dim=1)
+        top = probs.topk(k, dim=1)
+        for path, p, i in zip(chunk, top.values.tolist(), top.indices.tolist()):
+            results.append({"file": path, "predictions": [{"label": names[c], "index": c, "probability": q}
+                                                          for q, c in zip(p, i)]})
+    order = {str(p): n for n, p in enumerate(paths)}
+    return sorted(results, key=lambda r: order[r["file"]])
+
+
+def format_predictions(results: list[dict]) -> str:
+    lines = []
+    for r in results:
+        lines.append(r["file"])
+        if "error" in r:
+            lines.append(f"  error: {r['error']}")
+            continue
+        for p in r["predictions"]:
+            lines.append(f"  {100 * p['probability']:6.2f}%  {p['label']}")
+    return "\n".join(lines)

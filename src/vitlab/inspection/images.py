@@ -1,0 +1,90 @@
+"""Getting images into a model for inspection: files or a data set -> uint8 tensors -> normalised input."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ..data import BadImage
+
+
+def load_image_files(paths: Iterable[str | Path], model: nn.Module) -> torch.Tensor:
+    """Read image files with Pillow as uint8 (B, C, H, W) at the model's input size and channel count."""
+    mode = "L" if model.config.in_chans == 1 else "RGB"
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                array = np.asarray(img.convert(mode))
+        except (OSError, ValueError) as e:  # missing, not an image, truncated
+            raise ValueError(f"cannot read image {path}: {e}") from e
+        tensor = torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
+        images.append(resize(tensor, model.config.image_hw))
+    if not images:
+        raise ValueError("no image files given")
+    return torch.stack(images)
+
+
+def resize(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """uint8 (C, H, W) resized to `size_hw` with an antialiased bilinear filter (the paper's test-time resize)."""
+    if tuple(image.shape[-2:]) == tuple(size_hw):
+        return image
+    x = F.interpolate(image[None].float(), size=size_hw, mode="bilinear", antialias=True, align_corners=False)
+    return x[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def dataset_batches(dataset, model: nn.Module, num_images: int,
+                    batch_size: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """The first `num_images` of a data set of (uint8 (C, H, W), label) as uint8 batches at the model's size,
+    each with a caption per image (its class name where the data set has them). Undecodable images are skipped."""
+    names = getattr(dataset, "class_names", None)
+    images, captions = [], []
+    for i, (image, label) in enumerate(itertools.islice(readable(dataset), num_images)):
+        images.append(resize(image, model.config.image_hw))
+        captions.append(names[label] if names else f"#{i} label {label}")
+        if len(images) == batch_size:
+            yield torch.stack(images), captions
+            images, captions = [], []
+    if images:
+        yield torch.stack(images), captions
+
+
+def readable(dataset) -> Iterator:
+    """The samples of a map-style data set in order, skipping (with a warning) those that fail to decode;
+    an iterable data set (shards) skips them itself."""
+    if not hasattr(dataset, "__len__"):
+        yield from dataset
+        return
+    for i in range(len(dataset)):
+        try:
+            yield dataset[i]
+        except BadImage as e:
+            warnings.warn(f"skipping an image that cannot be decoded: {e}", stacklevel=2)
+
+
+def normalise(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """uint8 images to the float input the model was trained on, per `model.preprocessing`.
+
+    The default, and the official checkpoints', is x / 127.5 - 1; {"normalisation": "mean_std", "mean": [...],
+    "std": [...]} gives (x / 255 - mean) / std.
+    """
+    spec = getattr(model, "preprocessing", None) or {}
+    kind = spec.get("normalisation", spec.get("normalize", "minus_one_one"))
+    x = images.float()
+    if kind == "minus_one_one":
+        return x / 127.5 - 1.0
+    if kind == "mean_std":
+        channels = images.shape[1]
+        mean = torch.as_tensor(spec["mean"], dtype=x.dtype).reshape(-1, 1, 1)[:channels]
+        std = torch.as_tensor(spec["std"], dtype=x.dtype).reshape(-1, 1, 1)[:channels]
+        return (x / 255.0 - mean) / std
+    raise ValueError(f"unknown preprocessing normalisation {kind!r} in the checkpoint "
+                     "(expected 'minus_one_one' or 'mean_std')")

@@ -1,0 +1,344 @@
+"""TrainConfig: one training run as plain fields, read from TOML or YAML, checked before any work starts.
+
+A config file has the top-level keys `run_dir` and `seed` and one table per section below; `[data]` is
+`vitlab.data.DataConfig`. `--set section.key=value` overrides a key, the value parsed as TOML (so `0.1`,
+`true`, `[0.9, 0.999]`, `"text"`; a bare word is a string; `none` clears an optional key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from ..data import DataConfig, DataError
+
+
+class ConfigError(ValueError):
+    """A training config that cannot run; the message names the key and what is wrong with it."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "ViT-Ti/16"  # the paper's notation, see `vitlab models`
+    overrides: dict = field(default_factory=dict)  # ViTConfig fields: patch_size, width, depth, drop_path, ...
+    init: Optional[str] = None  # fine-tune from this checkpoint (any format load_pretrained reads)
+    reset_head: bool = True  # with init: a new zero-initialised head (and no pre-logits), as the paper does
+    grad_checkpointing: bool = False  # recompute activations in the backward pass to save memory
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adam | adamw | sgd | adagrad
+    lr: float = 1e-3  # peak learning rate, reached at the end of warm-up
+    weight_decay: float = 0.0
+    decay_all: bool = False  # also decay biases, norms, position embeddings and the class token
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
+    eps: float = 1e-8  # adam, adamw (adagrad uses 1e-10)
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    layer_decay: Optional[float] = None  # layer-wise lr decay: block i gets lr * decay ** (depth + 1 - layer)
+    implementation: str = "auto"  # auto | fused | foreach | for-loop
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_steps: int = 0  # linear warm-up from 0 to optim.lr
+    decay: str = "cosine"  # cosine | linear | constant, from the end of warm-up to the last step
+    end_factor: float = 0.0  # the learning rate at the last step, as a fraction of optim.lr
+
+
+@dataclass
+class LossConfig:
+    kind: str = "softmax"  # softmax cross-entropy, or sigmoid (binary cross-entropy per class, multi-label)
+    label_smoothing: float = 0.0  # for integer targets; the loader's data.label_smoothing smooths soft ones
+
+
+@dataclass
+class LoopConfig:
+    steps: Optional[int] = None  # optimiser steps; or give epochs
+    epochs: Optional[float] = None
+    accumulation_steps: int = 1  # micro-batches per optimiser step (data.batch_size is the global batch)
+    clip_grad_norm: Optional[float] = 1.0  # clip the global gradient norm to this; 0 (or none) = off
+    precision: str = "fp32"  # fp32 | bf16 (autocast; weights and optimiser stay fp32)
+    compile: bool = False  # torch.compile the model
+    ema_decay: Optional[float] = None  # Polyak/EMA averaging of the weights (the paper: 0.9999)
+    on_nan: str = "stop"  # stop | skip: what a NaN or infinite loss does
+    log_every: int = 50  # steps between metric lines
+    eval_every: int = 0  # steps between evaluations (0: only at the end)
+    checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 2  # the last K checkpoints are kept
+    plot: bool = True  # write the training-curve PNG
+
+
+@dataclass
+class DistributedConfig:
+    strategy: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard per block, for ViT-L / ViT-H)
+    backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/train"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "optim.name": ("adam", "adamw", "sgd", "adagrad"),
+    "optim.implementation": ("auto", "fused", "foreach", "for-loop"),
+    "schedule.decay": ("cosine", "linear", "constant"),
+    "loss.kind": ("softmax", "sigmoid"),
+    "train.precision": ("fp32", "bf16"),
+    "train.on_nan": ("stop", "skip"),
+    "distributed.strategy": ("ddp", "fsdp"),
+    "distributed.backend": ("auto", "nccl", "gloo"),
+    "distributed.device": ("auto", "cpu", "cuda"),
+}
+
+
+# ---- reading ------------------------------------------------------------------------------------------
+def read_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(text)
+        if path.suffix in (".yaml", ".yml"):
+            return yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from None
+    raise ConfigError(f"{path}: a config must be .toml, .yaml or .yml")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'optim.lr=3e-4' -> (['optim', 'lr'], 0.0003); the value is read as TOML, else kept as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set optim.lr=3e-4")
+    raw = raw.strip()
+    if raw.lower() in ("none", "null"):
+        value = None
+    else:
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        table = raw
+        for part in path[:-1]:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"--set {text}: {part} is not a table")
+        table[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), *, world_size: int | None = None,
+                check_paths: bool = True) -> TrainConfig:
+    """Read a config file (or start from the defaults), apply --set overrides, check everything."""
+    raw = read_file(path) if path is not None else {}
+    if path is not None and "run_dir" not in raw:
+        raw["run_dir"] = str(Path("runs") / Path(path).stem)
+    cfg = from_dict(apply_overrides(raw, list(overrides)))
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return validate(cfg, world_size=world_size, check_paths=check_paths)
+
+
+# ---- typed construction -------------------------------------------------------------------------------
+def from_dict(raw: dict) -> TrainConfig:
+    return _build(TrainConfig, raw, "")
+
+
+def _build(cls, raw: dict, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a table, not {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key {prefix}{key}{hint}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = _build(typ, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, typ, f"{prefix}{key}")
+    try:
+        return cls(**kwargs)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _type_name(typ) -> str:
+    return getattr(typ, "__name__", str(typ)).replace("NoneType", "none")
+
+
+def _coerce(value, typ, key: str):
+    """Check `value` against the field type `typ` (TOML/YAML give lists for tuples; ints are floats too)."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if typ is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    ok = None
+    if typ is bool:
+        ok = isinstance(value, bool)
+    elif typ is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif typ is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif typ is str:
+        ok = isinstance(value, str)
+    elif typ is dict or origin is dict:
+        ok = isinstance(value, dict)
+    elif origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, not {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis and len(value) != len(args):
+            raise ConfigError(f"{key} must hold {len(args)} values, not {len(value)}: {value!r}")
+        item_types = [args[0]] * len(value) if args and (origin is list or args[-1] is Ellipsis) else args
+        items = [_coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, item_types or [Any] * len(value)))]
+        return tuple(items) if origin is tuple else items
+    if ok is None:
+        return value
+    if not ok:
+        raise ConfigError(f"{key} must be {_type_name(typ)}, not {type(value).__name__} {value!r}")
+    return value
+
+
+# ---- semantic checks ------------------------------------------------------------------------------------
+def validate(cfg: TrainConfig, *, world_size: int = 1, check_paths: bool = True) -> TrainConfig:
+    """Refuse a config that cannot run, before any model is built or file read."""
+    for dotted, allowed in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{dotted} = {value!r} is not one of {', '.join(allowed)}{hint}")
+    _check_model(cfg)
+    loop = cfg.train
+    if (loop.steps is None) == (loop.epochs is None):
+        raise ConfigError("give exactly one of train.steps and train.epochs")
+    if loop.steps is not None and loop.steps < 1:
+        raise ConfigError(f"train.steps must be >= 1, not {loop.steps}")
+    if loop.epochs is not None and not loop.epochs > 0:
+        raise ConfigError(f"train.epochs must be > 0, not {loop.epochs}")
+    for key in ("accumulation_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if getattr(loop, key) < 1:
+            raise ConfigError(f"train.{key} must be >= 1, not {getattr(loop, key)}")
+    if loop.eval_every < 0:
+        raise ConfigError(f"train.eval_every must be >= 0 (0: only at the end), not {loop.eval_every}")
+    if loop.ema_decay is not None and not 0.0 < loop.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay must be in (0, 1), not {loop.ema_decay}")
+    if loop.clip_grad_norm is not None and not loop.clip_grad_norm >= 0:
+        raise ConfigError(f"train.clip_grad_norm must be >= 0 (0: off), not {loop.clip_grad_norm}")
+    _check_optim(cfg)
+    if cfg.schedule.warmup_steps < 0 or not 0.0 <= cfg.schedule.end_factor <= 1.0:
+        raise ConfigError("schedule.warmup_steps must be >= 0 and schedule.end_factor in [0, 1]")
+    if not 0.0 <= cfg.loss.label_smoothing < 1.0:
+        raise ConfigError(f"loss.label_smoothing must be in [0, 1), not {cfg.loss.label_smoothing}")
+    if cfg.loss.label_smoothing > 0 and cfg.data.label_smoothing > 0:
+        raise ConfigError("set label smoothing once: loss.label_smoothing or data.label_smoothing, not both")
+    per_step = world_size * loop.accumulation_steps
+    if cfg.data.batch_size % per_step:
+        raise ConfigError(
+            f"data.batch_size {cfg.data.batch_size} (the global batch) is not divisible by world size {world_size} "
+            f"x train.accumulation_steps {loop.accumulation_steps} = {per_step}")
+    if check_paths:
+        _check_paths(cfg)
+    return cfg
+
+
+def _check_model(cfg: TrainConfig) -> None:
+    from ..models.registry import canonical_name, model_config
+
+    try:
+        name = canonical_name(cfg.model.name)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"model.name: {e}") from None
+    if cfg.model.init is not None:
+        return  # the architecture comes from the checkpoint; load_pretrained checks the overrides
+    overrides = {"image_size": cfg.data.image_size, "in_chans": cfg.data.in_chans, **cfg.model.overrides}
+    try:
+        model_config(name, **overrides).validate()
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.overrides: {e}") from None
+
+
+def _check_optim(cfg: TrainConfig) -> None:
+    o = cfg.optim
+    if not o.lr > 0 or not math.isfinite(o.lr):
+        raise ConfigError(f"optim.lr must be a positive number, not {o.lr}")
+    if o.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay must be >= 0, not {o.weight_decay}")
+    if o.layer_decay is not None and not 0.0 < o.layer_decay <= 1.0:
+        raise ConfigError(f"optim.layer_decay must be in (0, 1], not {o.layer_decay}")
+    if not all(0.0 <= b < 1.0 for b in o.betas):
+        raise ConfigError(f"optim.betas must be in [0, 1), not {list(o.betas)}")
+
+
+def _check_paths(cfg: TrainConfig) -> None:
+    if cfg.model.init is not None and not Path(cfg.model.init).exists():
+        raise ConfigError(f"model.init: checkpoint not found: {cfg.model.init}")
+    spec = cfg.data.dataset
+    kind, _, location = spec.partition(":")
+    if kind == "folder" and not Path(location).is_dir():
+        raise ConfigError(f"data.dataset: folder not found: {location}")
+    if kind == "shards":
+        parent = Path(location).parent
+        if "://" not in location and not parent.is_dir():
+            raise ConfigError(f"data.dataset: shard directory not found: {parent}")
+    if cfg.data.root is not None and not Path(cfg.data.root).exists():
+        raise ConfigError(f"data.root: not found: {cfg.data.root}")
+
+
+# ---- writing ------------------------------------------------------------------------------------------
+def to_yaml(cfg: TrainConfig) -> str:
+    def plain(x):
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)

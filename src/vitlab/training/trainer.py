@@ -1,0 +1,336 @@
+"""`train(cfg)`: build the run (model, data, optimiser), resume it if it was started before, and train.
+
+The step: for each of `accumulation_steps` micro-batches, forward under optional bf16 autocast and backward
+(gradients synchronised across ranks only on the last); clip the global gradient norm; check the loss is
+finite; step the optimiser; update the EMA. Every `checkpoint_every` steps, at the end, and on SIGTERM/SIGINT
+the whole state is saved; running the same command again continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoints import load_pretrained
+from ..checkpoints.adapt import adapt_model
+from ..fileio import atomic_write_text
+from ..models import create_model
+from . import checkpointing
+from .config import TrainConfig, to_yaml
+from .distributed import Dist, all_reduce_sum, barrier, setup, teardown, unwrap, wrap
+from .ema import EMA
+from .loop import TrainingDiverged, autocast, classification_loss, evaluate_top1
+from .metrics import MetricsLog, Progress, format_duration, plot_curves
+from .optim import build_optimizer
+from .schedule import lr_factor, set_learning_rate
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int  # optimiser steps done, in total (this and earlier sessions)
+    last_accuracy: float | None = None
+    best_accuracy: float | None = None
+    last_accuracy_ema: float | None = None
+    wall_time_s: float = 0.0  # this session
+    images_per_s: float = 0.0  # this session
+    skipped_images: int = 0  # bad images the loader skipped
+    skipped_steps: int = 0  # steps skipped for a non-finite loss (train.on_nan = "skip")
+    resumed_from: int | None = None
+    interrupted_by: int | None = None  # the signal that stopped the run early
+    losses: list[float] = field(default_factory=list)  # this session's per-step losses
+
+    def summary(self) -> str:
+        def pct(x):
+            return "n/a" if x is None else f"{100 * x:.2f}%"
+
+        lines = [f"run {self.run_dir}: {self.steps} steps" + (f" (resumed at {self.resumed_from})"
+                                                              if self.resumed_from is not None else ""),
+                 f"  eval top-1: last {pct(self.last_accuracy)}, best {pct(self.best_accuracy)}"
+                 + (f", EMA {pct(self.last_accuracy_ema)}" if self.last_accuracy_ema is not None else ""),
+                 f"  wall time {format_duration(self.wall_time_s)}, {self.images_per_s:.0f} images/s",
+                 f"  skipped: {self.skipped_images} bad images, {self.skipped_steps} non-finite steps"]
+        if self.interrupted_by is not None:
+            lines.append(f"  interrupted by signal {self.interrupted_by}; run the same command again to resume")
+        return "\n".join(lines)
+
+
+def build_loaders(cfg: TrainConfig, d: Dist, micro_batch: int):
+    from ..data import build_loader
+
+    train = build_loader(cfg.data, cfg.data.train_split, train=True, rank=d.rank, world_size=d.world_size,
+                         device=d.device, batch_size=micro_batch)
+    evaluation = build_loader(cfg.data, cfg.data.eval_split, train=False, rank=d.rank, world_size=d.world_size,
+                              device=d.device, batch_size=micro_batch)
+    return train, evaluation
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """A fresh model from the registry, or one loaded from model.init for fine-tuning."""
+    overrides = dict(cfg.model.overrides)
+    if cfg.model.init is None:
+        kwargs = {"image_size": cfg.data.image_size, "in_chans": cfg.data.in_chans, "num_classes": num_classes}
+        return create_model(cfg.model.name, **{**kwargs, **overrides})
+    num_classes = overrides.pop("num_classes", num_classes)
+    model = load_pretrained(cfg.model.init, image_size=cfg.data.image_size, **overrides)
+    if cfg.model.reset_head and model.config.num_classes == num_classes:
+        adapt_model(model, num_classes=0)  # drop the old head (and pre-logits) so a fresh one is made below
+    return adapt_model(model, num_classes=num_classes)
+
+
+class SignalFlag:
+    """Remember a SIGTERM/SIGINT instead of dying, so the step can finish and a checkpoint be saved."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, loaders=None):
+        self.cfg = cfg
+        self.d = setup(cfg.distributed)
+        self.run_dir = Path(cfg.run_dir)
+        loop = cfg.train
+        self.bf16 = loop.precision == "bf16"
+        self.micro_batch = cfg.data.batch_size // (self.d.world_size * loop.accumulation_steps)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.train_loader, self.eval_loader = loaders or build_loaders(cfg, self.d, self.micro_batch)
+        self.num_classes = self.train_loader.num_classes
+        self.total_steps = loop.steps or math.ceil(
+            loop.epochs * len(self.train_loader) / loop.accumulation_steps)
+
+        model = build_model(cfg, self.num_classes)
+        self.model_config = model.config
+        self.label_names = getattr(self.train_loader, "class_names", None)
+        self.preprocessing = preprocessing_of(cfg)
+        if cfg.model.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        if self.d.is_main:
+            checkpointing.remove_partial(self.run_dir)
+        barrier(self.d)
+        self.resume_path = checkpointing.find_resumable(self.run_dir, self.d.world_size)
+        if self.resume_path is not None:  # weights first, before sharding
+            model.load_state_dict(checkpointing.load_model_weights(self.resume_path))
+        model.to(self.d.device)
+        self.model = wrap(model, cfg.distributed, self.d, bf16=self.bf16)
+        self.forward = torch.compile(self.model) if loop.compile else self.model
+        self.optimizer = build_optimizer(unwrap(self.model), cfg.optim, device_type=self.d.device.type,
+                                         sharded=cfg.distributed.strategy == "fsdp" and self.d.enabled)
+        self.ema = EMA(unwrap(self.model), loop.ema_decay) if loop.ema_decay else None
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.state = {"best_accuracy": None, "last_accuracy": None, "last_accuracy_ema": None,
+                      "skipped_steps": 0, "train_time_s": 0.0}
+        self.step = 0
+        if self.resume_path is not None:
+            saved = checkpointing.restore(self.resume_path, model=self.model, optimizer=self.optimizer,
+                                          ema=self.ema, loader=self.train_loader, d=self.d)
+            self.step = saved.pop("step")
+            saved.pop("world_size", None)
+            self.state.update(saved)
+        else:
+            torch.manual_seed(cfg.seed + self.d.rank)  # dropout and stochastic depth differ across ranks
+
+    # ---- the step ---------------------------------------------------------------------------------------
+    def micro_batches(self):
+        """Batches forever, epoch after epoch (the loader continues from its saved position).
+
+        The loader must not move the global RNG that dropout and stochastic depth draw from (a torch
+        DataLoader seeds its workers from it each epoch), or a resumed run would diverge: it is put back.
+        """
+        while True:
+            epoch = iter(self.train_loader)
+            empty = True
+            while True:
+                rng = torch.get_rng_state()
+                try:
+                    batch = next(epoch)
+                except StopIteration:
+                    break
+                finally:
+                    torch.set_rng_state(rng)
+                empty = False
+                yield batch
+            if empty:
+                raise RuntimeError("the training loader yielded no batch: is the split empty, or the batch too big?")
+
+    def sync_context(self, last: bool):
+        """Skip the gradient all-reduce on all but the last micro-batch of a step."""
+        if last or not self.d.enabled:
+            return contextlib.nullcontext()
+        if hasattr(self.model, "no_sync"):
+            return self.model.no_sync()
+        self.model.set_requires_gradient_sync(False)  # FSDP2; re-enabled below
+        return contextlib.nullcontext()
+
+    def train_step(self, batches) -> tuple[float, float, int]:
+        """One optimiser step; returns (loss, gradient norm, images) over all ranks."""
+        loop = self.cfg.train
+        accum = loop.accumulation_steps
+        loss_sum, images = 0.0, 0
+        for i in range(accum):
+            x, y = next(batches)
+            x, y = x.to(self.d.device, non_blocking=True), y.to(self.d.device, non_blocking=True)
+            last = i == accum - 1
+            if last and hasattr(self.model, "set_requires_gradient_sync"):
+                self.model.set_requires_gradient_sync(True)
+            with self.sync_context(last):
+                with autocast(self.d.device, self.bf16):
+                    logits = self.forward(x)
+                loss = classification_loss(logits, y, self.cfg.loss.kind, self.cfg.loss.label_smoothing) / accum
+                loss.backward()
+            loss_sum += loss.item()
+            images += x.shape[0]
+        max_norm = loop.clip_grad_norm or float("inf")  # inf: measure the norm, change nothing
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        loss_total, images, stop_flag = all_reduce_sum(
+            [loss_sum, images, float(self.signals.received is not None)], self.d)
+        self.stop_requested = stop_flag > 0
+        return loss_total / self.d.world_size, grad_norm, int(images)
+
+    def fit(self) -> TrainResult:
+        cfg, loop, d = self.cfg, self.cfg.train, self.d
+        if d.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", to_yaml(cfg))
+            if self.resume_path is not None:
+                self.metrics.truncate_after(self.step)
+        result = TrainResult(self.run_dir, self.step, resumed_from=self.step if self.resume_path else None)
+        progress = Progress(self.total_steps, self.step, loop.log_every, enabled=d.is_main)
+        if self.resume_path is not None:
+            progress.message(f"resuming from {self.resume_path} (step {self.step}/{self.total_steps})")
+        self.model.train()
+        batches = self.micro_batches()
+        start = time.perf_counter()
+        images_seen, window_images, window_start = 0, 0, time.perf_counter()
+        with SignalFlag() as self.signals:
+            while self.step < self.total_steps:
+                lr = set_learning_rate(self.optimizer, cfg.optim.lr, lr_factor(
+                    self.step, self.total_steps, cfg.schedule.warmup_steps, cfg.schedule.decay,
+                    cfg.schedule.end_factor))
+                loss, grad_norm, images = self.train_step(batches)
+                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                    self.handle_bad_step(loss, progress)
+                else:
+                    self.optimizer.step()
+                    if self.ema is not None:
+                        self.ema.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                images_seen += images
+                window_images += images
+                result.losses.append(loss)
+                if self.step % loop.log_every == 0 or self.step == self.total_steps:
+                    now = time.perf_counter()
+                    rate = window_images / max(now - window_start, 1e-9)
+                    window_images, window_start = 0, now
+                    if d.is_main:
+                        self.metrics.write({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                                            "images_per_s": rate})
+                progress.update(self.step, loss, images_seen / max(time.perf_counter() - start, 1e-9), lr)
+                if loop.eval_every and self.step % loop.eval_every == 0 and self.step < self.total_steps:
+                    self.evaluate(progress)
+                if self.stop_requested:
+                    result.interrupted_by = self.signals.received or signal.SIGTERM
+                    break
+                if self.step % loop.checkpoint_every == 0 and self.step < self.total_steps:
+                    self.save(start)
+        progress.close()
+        if result.interrupted_by is None:
+            self.evaluate(progress)
+        self.save(start)
+        wall = time.perf_counter() - start
+        result.steps = self.step
+        result.wall_time_s = wall
+        result.images_per_s = images_seen / max(wall, 1e-9)
+        result.best_accuracy = self.state["best_accuracy"]
+        result.last_accuracy = self.state["last_accuracy"]
+        result.last_accuracy_ema = self.state["last_accuracy_ema"]
+        result.skipped_steps = self.state["skipped_steps"]
+        result.skipped_images = int(all_reduce_sum([getattr(self.train_loader, "skipped", 0)], d)[0])
+        if d.is_main:
+            self.finish(result)
+        return result
+
+    def handle_bad_step(self, loss: float, progress: Progress) -> None:
+        where = f"non-finite loss {loss} at step {self.step + 1}"
+        if self.cfg.train.on_nan == "skip":
+            self.state["skipped_steps"] += 1
+            progress.message(f"{where}: step skipped (train.on_nan = 'skip')")
+            return
+        latest = checkpointing.list_checkpoints(self.run_dir)
+        kept = f"the last good checkpoint is {latest[-1]}" if latest else "no checkpoint was written yet"
+        raise TrainingDiverged(f"{where}; stopping ({kept}; set train.on_nan = 'skip' to skip such steps)")
+
+    def evaluate(self, progress: Progress) -> None:
+        acc = evaluate_top1(self.forward, self.eval_loader, self.d, bf16=self.bf16)
+        record = {"step": self.step, "eval_accuracy": acc}
+        if self.ema is not None:
+            with self.ema.applied():
+                record["eval_accuracy_ema"] = evaluate_top1(self.forward, self.eval_loader, self.d, bf16=self.bf16)
+            self.state["last_accuracy_ema"] = record["eval_accuracy_ema"]
+        best = self.state["best_accuracy"]
+        self.state["last_accuracy"] = acc
+        self.state["best_accuracy"] = acc if best is None else max(best, acc)
+        if self.d.is_main:
+            self.metrics.write(record)
+            if self.cfg.train.plot:
+                plot_curves(self.metrics.read(), self.run_dir / "training_curves.png", self.cfg.model.name)
+        ema_text = f", EMA {100 * record['eval_accuracy_ema']:.2f}%" if self.ema is not None else ""
+        progress.message(f"step {self.step}: eval top-1 {100 * acc:.2f}%{ema_text}")
+
+    def save(self, session_start: float) -> Path:
+        state = dict(self.state)
+        state["train_time_s"] = self.state["train_time_s"] + time.perf_counter() - session_start
+        return checkpointing.save(
+            self.run_dir, self.step, model=self.model, optimizer=self.optimizer, ema=self.ema,
+            loader=self.train_loader, trainer_state=state, model_config=self.model_config,
+            label_names=self.label_names, preprocessing=self.preprocessing, d=self.d,
+            keep=self.cfg.train.keep_checkpoints)
+
+    def finish(self, result: TrainResult) -> None:
+        import json
+
+        if self.cfg.train.plot:
+            plot_curves(self.metrics.read(), self.run_dir / "training_curves.png", self.cfg.model.name)
+        summary = {k: v for k, v in vars(result).items() if k != "losses"}
+        summary["run_dir"] = str(summary["run_dir"])
+        summary["final_checkpoint"] = str(checkpointing.list_checkpoints(self.run_dir)[-1])
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def preprocessing_of(cfg: TrainConfig) -> dict:
+    data = cfg.data
+    if data.normalize == "mean_std":
+        return {"normalisation": "mean_std", "mean": list(data.mean), "std": list(data.std),
+                "image_size": data.image_size}
+    return {"normalisation": "minus_one_one", "image_size": data.image_size}
+
+
+def train(cfg: TrainConfig, *, loaders=None) -> TrainResult:
+    """Run (or resume) the training `cfg` describes; the process group is torn down afterwards."""
+    try:
+        return Trainer(cfg, loaders=loaders).fit()
+    finally:
+        teardown()
