@@ -252,3 +252,21 @@ def test_benchmark_rewrites_only_its_own_block(tmp_path):
     assert "second table" in text and "first table" not in text
     assert text.index("notes stay") < text.index("second table") < text.index("## Later")
     assert "keep me" in text and "me too" in text and text.count("<!-- throughput:cpu:start -->") == 1
+
+
+def test_bf16_cpu_attention_takes_the_explicit_path_and_matches_sdpa(monkeypatch):
+    from vitlab.models import vit
+    attn = small().blocks[0].attn.eval()
+    x = torch.randn(2, 17, 32)
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(vit.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    with torch.no_grad():
+        ref, none = attn(x)
+        assert calls == [1] and none is None  # fp32 keeps the fused kernel: numerics unchanged
+        with autocast("cpu", "bf16"):
+            out, none = attn(x)
+        assert calls == [1] and none is None and out.dtype == torch.bfloat16
+        assert_close_bf16(out, ref)
+        bf16_out, _ = copy.deepcopy(attn).bfloat16()(x.bfloat16())
+        assert_close_bf16(bf16_out, ref)
