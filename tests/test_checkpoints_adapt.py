@@ -171,3 +171,15 @@ def test_convert_command_reports_errors(tmp_path, capsys):
     assert "not a checkpoint vitlab recognises" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: an unknown --to exits with the usage message
         main(["convert", "a", "b", "--to", "onnx"])
+
+
+def test_a_training_run_directory_loads_its_newest_complete_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    models = {}
+    for step in (10, 20):
+        models[step] = vitlab.create_model("ViT-Ti/16", **tiny(patch_size=8))
+        vitlab.save_pretrained(models[step], run / "checkpoints" / f"step-{step:08d}")
+    (run / "checkpoints" / "step-00000030.partial").mkdir()  # a save that was cut off
+    loaded = vitlab.load_pretrained(run)
+    for key, value in models[20].state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)

@@ -1,5 +1,6 @@
 """`load_pretrained`: find out what a checkpoint is by looking inside it, load it, adapt it.
 
+    `vitlab train` run dir   -> its newest checkpoints/step-N (vitlab format)
     folder with config.json  -> "format": "vitlab"  -> vitlab_format
                              -> "model_type": ...    -> hf (Hugging Face)
     .npz (zip of .npy)       -> npz_official (official and big_vision layouts)
@@ -29,6 +30,8 @@ def detect_format(path: str | Path) -> str:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
+        if latest_run_checkpoint(path) is not None:
+            return "vitlab"
         if is_vitlab_checkpoint(path):
             return "vitlab"
         if is_hf_folder(path):
@@ -45,12 +48,21 @@ def detect_format(path: str | Path) -> str:
                           "a timm .safetensors/.pth/.bin state dict, or a vitlab / Hugging Face folder)")
 
 
+def latest_run_checkpoint(path: Path) -> Path | None:
+    """For a `vitlab train` run directory, its newest complete checkpoint (unfinished ones end in .partial)."""
+    steps = sorted(p for p in (path / "checkpoints").glob("step-*") if p.is_dir() and p.suffix != ".partial")
+    steps = [p for p in steps if is_vitlab_checkpoint(p)]
+    return steps[-1] if steps and not is_vitlab_checkpoint(path) else None
+
+
 def load_checkpoint(path: str | Path, image_size_hint=None, **overrides) -> nn.Module:
     """The model a checkpoint holds, exactly (no resampling, no new head).
 
     `image_size_hint` tells a non-square resolution of a format that does not store it (npz, timm)."""
     path = Path(path)
     fmt = detect_format(path)
+    if path.is_dir() and (latest := latest_run_checkpoint(path)) is not None:
+        path = latest
     if fmt == "vitlab":
         return load_vitlab(path, **overrides)
     if fmt == "hf":
