@@ -27,17 +27,17 @@ from vitlab.throughput import inference_step, interleave, matmul_step, median, m
 
 
 def profile_split(fn) -> dict[str, float]:
-    """Seconds of one call spent in matmuls, in attention, and elsewhere."""
+    """Seconds of one call spent in the dense layers' matmuls, in attention (fused or bmm + softmax), elsewhere."""
     from torch.profiler import profile
     with profile() as prof:
         fn()
-    split = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
+    split = {"dense layers": 0.0, "attention": 0.0, "other": 0.0}
     for event in prof.key_averages():
         name, seconds = event.key, event.self_cpu_time_total / 1e6
-        if "attention" in name:
+        if any(k in name for k in ("attention", "bmm", "softmax")):
             split["attention"] += seconds
-        elif any(k in name for k in ("linear", "addmm", "aten::mm", "bmm", "matmul")):
-            split["matmul"] += seconds
+        elif any(k in name for k in ("linear", "addmm", "aten::mm")):
+            split["dense layers"] += seconds
         else:
             split["other"] += seconds
     return split
