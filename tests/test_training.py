@@ -48,6 +48,14 @@ def test_tiny_run_learns_and_leaves_its_files(tmp_path):
     assert model.config.num_classes == 4 and model.label_names == ["a", "b", "c", "d"]
 
 
+def test_time_budget_stops_evaluates_and_saves(tmp_path):
+    cfg = config(tmp_path, train={"steps": 16, "max_minutes": 1e-6})
+    result = train(cfg)
+    assert result.out_of_time and result.steps == 1 and result.last_accuracy is not None
+    assert (tmp_path / "run/checkpoints/step-00000001/model.safetensors").is_file()
+    assert "max_minutes reached" in result.summary()
+
+
 def test_resume_continues_the_same_trajectory_exactly(tmp_path):
     cfg = config(tmp_path, train={"steps": 12, "ema_decay": 0.9, "accumulation_steps": 2},
                  model={"overrides": dict(patch_size=4, width=32, depth=2, mlp_dim=64, num_heads=2,

@@ -67,6 +67,7 @@ class LossConfig:
 class LoopConfig:
     steps: Optional[int] = None  # optimiser steps; or give epochs
     epochs: Optional[float] = None
+    max_minutes: Optional[float] = None  # stop (evaluate, save) once training has taken this long, resumes included
     accumulation_steps: int = 1  # micro-batches per optimiser step (data.batch_size is the global batch)
     clip_grad_norm: Optional[float] = 1.0  # clip the global gradient norm to this; 0 (or none) = off
     precision: str = "fp32"  # fp32 | bf16 (autocast; weights and optimiser stay fp32)
@@ -259,6 +260,8 @@ def validate(cfg: TrainConfig, *, world_size: int = 1, check_paths: bool = True)
     loop = cfg.train
     if (loop.steps is None) == (loop.epochs is None):
         raise ConfigError("give exactly one of train.steps and train.epochs")
+    if loop.max_minutes is not None and not loop.max_minutes > 0:
+        raise ConfigError(f"train.max_minutes must be > 0, not {loop.max_minutes}")
     if loop.steps is not None and loop.steps < 1:
         raise ConfigError(f"train.steps must be >= 1, not {loop.steps}")
     if loop.epochs is not None and not loop.epochs > 0:

@@ -40,6 +40,7 @@ class TrainResult:
     best_accuracy: float | None = None
     last_accuracy_ema: float | None = None
     wall_time_s: float = 0.0  # this session
+    out_of_time: bool = False  # stopped early by train.max_minutes
     images_per_s: float = 0.0  # this session
     skipped_images: int = 0  # bad images the loader skipped
     skipped_steps: int = 0  # steps skipped for a non-finite loss (train.on_nan = "skip")
@@ -57,6 +58,8 @@ class TrainResult:
                  + (f", EMA {pct(self.last_accuracy_ema)}" if self.last_accuracy_ema is not None else ""),
                  f"  wall time {format_duration(self.wall_time_s)}, {self.images_per_s:.0f} images/s",
                  f"  skipped: {self.skipped_images} bad images, {self.skipped_steps} non-finite steps"]
+        if self.out_of_time:
+            lines.append("  stopped early: train.max_minutes reached")
         if self.interrupted_by is not None:
             lines.append(f"  interrupted by signal {self.interrupted_by}; run the same command again to resume")
         return "\n".join(lines)
@@ -209,6 +212,14 @@ class Trainer:
         self.stop_requested = stop_flag > 0
         return loss_total / self.d.world_size, grad_norm, int(images)
 
+    def out_of_time(self, session_start: float) -> bool:
+        """Whether the time budget is spent; decided on rank 0 and shared, so every rank stops together."""
+        budget = self.cfg.train.max_minutes
+        if budget is None:
+            return False
+        spent = self.state["train_time_s"] + time.perf_counter() - session_start
+        return all_reduce_sum([float(self.d.is_main and spent >= 60 * budget)], self.d)[0] > 0
+
     def fit(self) -> TrainResult:
         cfg, loop, d = self.cfg, self.cfg.train, self.d
         if d.is_main:
@@ -253,6 +264,10 @@ class Trainer:
                     self.evaluate(progress)
                 if self.stop_requested:
                     result.interrupted_by = self.signals.received or signal.SIGTERM
+                    break
+                if self.out_of_time(start):
+                    progress.message(f"train.max_minutes = {loop.max_minutes} reached at step {self.step}")
+                    result.out_of_time = True
                     break
                 if self.step % loop.checkpoint_every == 0 and self.step < self.total_steps:
                     self.save(start)
