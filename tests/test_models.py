@@ -129,6 +129,26 @@ def test_attention_rows_sum_to_one_and_paths_agree():
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
 
 
+def attention_kernels(model, x) -> set[str]:
+    """The scaled-dot-product-attention kernels a training step (forward + backward) dispatches to."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model(x).float().sum().backward()
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+
+
+def test_cpu_bf16_attention_takes_the_math_path_and_fp32_the_fused_one():
+    # the CPU flash kernel is several times slower than matmuls in bf16 at short sequences (BENCHMARKS.md)
+    model = vitlab.create_model("ViT-Ti/16", **tiny(patch_size=8))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = attention_kernels(model, x)
+    assert any("math" in k for k in bf16) and not any("flash" in k for k in bf16), bf16
+    assert any("flash" in k for k in attention_kernels(model, x))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.forward_features(x)
+    torch.testing.assert_close(out.float(), model.forward_features(x).detach(), atol=0.1, rtol=0.05)
+
+
 def test_drop_path_is_identity_in_eval_and_drops_whole_samples_in_training():
     x = torch.randn(1000, 4, 8)
     assert torch.equal(drop_path(x, 0.3, training=False), x)

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from .posemb import resample_posemb
@@ -131,6 +132,10 @@ class PatchEmbedding(nn.Module):
         return x.flatten(2).transpose(1, 2)  # (B, gh*gw, D), row-major over the grid
 
 
+# Up to this many tokens, bf16 attention on CPU runs on the math backend (flash only catches up near 200).
+CPU_BF16_MATH_ATTENTION_MAX_TOKENS = 256
+
+
 class MultiHeadSelfAttention(nn.Module):
     """MSA with one fused qkv projection; fused SDPA kernels unless the weights are asked for."""
 
@@ -151,6 +156,11 @@ class MultiHeadSelfAttention(nn.Module):
         if return_attention:
             weights = torch.softmax((q * self.head_dim**-0.5) @ k.transpose(-2, -1), dim=-1)
             out = F.dropout(weights, p) @ v
+        elif q.device.type == "cpu" and q.dtype == torch.bfloat16 and T <= CPU_BF16_MATH_ATTENTION_MAX_TOKENS:
+            # torch's CPU flash kernel is 2-6x slower than plain bf16 matmuls for short sequences, its backward
+            # above all (BENCHMARKS.md, "Fashion-MNIST recipe"); the math backend is the same attention
+            with sdpa_kernel(SDPBackend.MATH):
+                out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         out = out.transpose(1, 2).reshape(B, T, D)
