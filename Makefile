@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
+RUN := runs/fashion-mnist
+# Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning threads that wait for
+# a descheduled partner made 2-thread training up to 10x slower (BENCHMARKS.md, "Fashion-MNIST recipe").
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: main test install data clean
 
@@ -22,9 +26,15 @@ data:
 		(apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null); \
 	fi
 
+# Train the default recipe (10 minutes on 2 CPU cores; running it again resumes, or only re-evaluates), then the
+# test accuracy with per-class figures, and the paper's inspection figures of the trained model.
 main: install data
-	$(BIN)/vitlab models --filter vit-
-	$(BIN)/vitlab demo --model ViT-B/16
+	$(BIN)/vitlab train configs/fashion-mnist.toml
+	$(BIN)/vitlab eval --checkpoint $$(ls -d $(RUN)/checkpoints/step-* | tail -n 1) --data fashion_mnist \
+		--amp bf16 --output-dir $(RUN)/eval
+	$(BIN)/vitlab inspect --checkpoint $$(ls -d $(RUN)/checkpoints/step-* | tail -n 1) --data fashion_mnist \
+		--split test --num-images 256 --show 8 --out $(RUN)/inspect
+	@echo "run directory: $(RUN) (training_curves.png, eval/confusion_matrix.png, inspect/*.png)"
 
 test: install data
 	$(BIN)/python -m pytest
