@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
+# Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning threads that wait for
+# a descheduled partner made 2-thread training up to 10x slower (BENCHMARKS.md, "Fashion-MNIST recipe").
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: main test install data clean
 
