@@ -46,12 +46,13 @@ def autocast(device: str | torch.device, precision: str | torch.dtype = "bf16"):
 # ---- optimiser ---------------------------------------------------------------------------------------
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices and kernels only: not on biases, norms, or the model's `no_weight_decay()`."""
+    from .training.optim import is_decayed  # the one rule, shared with `vitlab train`
+
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or name in skip else decay).append(p)
+        if p.requires_grad:
+            (decay if is_decayed(name, p, skip) else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
