@@ -35,7 +35,7 @@ RENAMES = (  # (ours, timm) as regular expressions on the key
     (r"\.downsample\.0\.", ".downsample.conv."),
     (r"\.downsample\.1\.", ".downsample.norm."),
 )
-TIMM_HYBRID_EPS = dict(ws_eps=1e-8, gn_eps=1e-5)
+TIMM_HYBRID_EPS = dict(ws_eps=1e-8, gn_eps=1e-5, ws_eps_in_sqrt=True)
 HINTS = {
     "fc_norm": "timm's fc_norm (LayerNorm after average pooling) is not the paper's ViT and is not supported",
     "reg_token": "register tokens are not part of the paper's ViT and are not supported",

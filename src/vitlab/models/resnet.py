@@ -28,17 +28,22 @@ def same_padding(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) 
 
 
 class StdConv2d(nn.Conv2d):
-    """Conv2d whose kernel is standardised per output channel: (w - mean) / (std + eps), biased std."""
+    """Conv2d whose kernel is standardised per output channel: (w - mean) / (std + eps), biased std.
 
-    def __init__(self, in_chans: int, out_chans: int, kernel_size: int, stride: int = 1, eps: float = 1e-5):
+    With eps_in_sqrt, (w - mean) / sqrt(var + eps) instead: timm's form, for its checkpoints.
+    """
+
+    def __init__(self, in_chans: int, out_chans: int, kernel_size: int, stride: int = 1, eps: float = 1e-5,
+                 eps_in_sqrt: bool = False):
         super().__init__(in_chans, out_chans, kernel_size, stride=stride, padding=0, bias=False)
         self.eps = eps
+        self.eps_in_sqrt = eps_in_sqrt
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
         mean = w.mean(dim=(1, 2, 3), keepdim=True)
-        std = w.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
-        w = (w - mean) / (std + self.eps)
+        var = w.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
+        w = (w - mean) / (torch.sqrt(var + self.eps) if self.eps_in_sqrt else var.sqrt() + self.eps)
         x = same_padding(x, self.kernel_size[0], self.stride[0])
         return F.conv2d(x, w, None, self.stride)
 
@@ -132,14 +137,14 @@ class HybridStem(nn.Module):
     """The R50 of the official R50+ViT hybrid, up to its last stage's feature map."""
 
     def __init__(self, layers: Sequence[int], width_factor: int = 1, in_chans: int = 3,
-                 ws_eps: float = 1e-5, gn_eps: float = 1e-6):
+                 ws_eps: float = 1e-5, gn_eps: float = 1e-6, ws_eps_in_sqrt: bool = False):
         super().__init__()
         width = 64 * width_factor
         self.root = RootBlock(in_chans, width, post_activation=True)
         self.stages = make_stages(Bottleneck, layers, width)
         for m in self.modules():  # checkpoints from other code (timm) were trained with other epsilons
             if isinstance(m, StdConv2d):
-                m.eps = ws_eps
+                m.eps, m.eps_in_sqrt = ws_eps, ws_eps_in_sqrt
             elif isinstance(m, nn.GroupNorm):
                 m.eps = gn_eps
         self.out_chans = 4 * width * 2 ** (len(layers) - 1)

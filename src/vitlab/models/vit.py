@@ -44,6 +44,7 @@ class ViTConfig:
     resnet_width: int = 1  # hybrid: ResNet width factor
     ws_eps: float = 1e-5  # hybrid: weight-standardisation epsilon (official 1e-5; timm's hybrids 1e-8)
     gn_eps: float = 1e-6  # hybrid: GroupNorm epsilon (official 1e-6; timm's hybrids 1e-5)
+    ws_eps_in_sqrt: bool = False  # hybrid: standardise by sqrt(var + eps) (timm) rather than std + eps (official)
     dynamic_image_size: bool = False  # accept other input sizes, resampling position embeddings on the fly
     posemb_resample: str = "official"  # method for dynamic_image_size; see models.posemb
 
@@ -120,7 +121,8 @@ class PatchEmbedding(nn.Module):
         self.backbone = None
         in_chans = cfg.in_chans
         if cfg.resnet_layers is not None:
-            self.backbone = HybridStem(cfg.resnet_layers, cfg.resnet_width, cfg.in_chans, cfg.ws_eps, cfg.gn_eps)
+            self.backbone = HybridStem(cfg.resnet_layers, cfg.resnet_width, cfg.in_chans, cfg.ws_eps, cfg.gn_eps,
+                                       cfg.ws_eps_in_sqrt)
             in_chans = self.backbone.out_chans
         self.proj = nn.Conv2d(in_chans, cfg.width, cfg.patch_size, stride=cfg.patch_size)
 
