@@ -88,13 +88,23 @@ def save(run_dir: Path, step: int, *, model, optimizer, ema, loader, trainer_sta
     if d.is_main:
         atomic_write_text(partial / "trainer.json", json.dumps({**trainer_state, "step": step,
                                                                  "world_size": d.world_size}, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
+        if final.exists():
+            remove_checkpoint(final)
         partial.rename(final)
         fsync_dir(final.parent)
         for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_checkpoint(old)
     barrier(d)
     return final
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Rename to .partial first, so a process killed mid-deletion leaves no half-deleted 'complete' checkpoint."""
+    doomed = path.with_name(path.name + ".old.partial")  # not the name a checkpoint being written has
+    shutil.rmtree(doomed, ignore_errors=True)
+    path.rename(doomed)
+    fsync_dir(path.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def remove_partial(run_dir: Path) -> None:
