@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vitlab
 from vitlab.models import count_flops, count_parameters, list_models, model_config
-from vitlab.models.vit import drop_path
+from vitlab.models.vit import drop_patches, drop_path
 
 from conftest import tiny
 
@@ -69,6 +69,7 @@ def test_unknown_name_suggests_close_ones():
     (dict(image_size=225), "not divisible by the patch size 16"),
     (dict(num_heads=5), "not divisible by num_heads 5"),
     (dict(classifier="mean"), "classifier must be"),
+    (dict(patch_dropout=1.0), "patch_dropout must be in"),
     (dict(widht=3), "did you mean 'width'"),
 ])
 def test_impossible_configs_are_refused_before_allocation(overrides, message, monkeypatch):
@@ -141,6 +142,32 @@ def test_drop_path_is_identity_in_eval_and_drops_whole_samples_in_training():
     model = vitlab.create_model("ViT-Ti/16", **tiny(patch_size=8, drop_path=0.5, dropout=0.1)).eval()
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("prefix", [0, 1])
+def test_drop_patches_keeps_the_prefix_and_a_random_subset_of_each_images_patches(prefix):
+    tokens = torch.randn(3, prefix + 16, 8)
+    kept = drop_patches(tokens, 0.75, prefix)
+    assert kept.shape == (3, prefix + 4, 8)
+    assert torch.equal(kept[:, :prefix], tokens[:, :prefix])
+    for image, image_kept in zip(tokens, kept):
+        rows = [int((image[prefix:] == row).all(-1).nonzero()) for row in image_kept[prefix:]]
+        assert len(set(rows)) == 4  # distinct patches, none duplicated
+    assert not torch.equal(drop_patches(tokens, 0.75, prefix), kept)  # a new subset every call
+
+
+def test_patch_dropout_only_in_training_and_gradients_reach_every_table_row():
+    model = vitlab.create_model("ViT-Ti/16", **tiny(patch_size=4, classifier="gap", patch_dropout=0.5))
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    full = vitlab.create_model("ViT-Ti/16", **tiny(patch_size=4, classifier="gap"))
+    full.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(x), full.eval()(x))
+    model.train()
+    assert model.forward_features(x).shape == (2, 32, 32)  # 64 patches, half kept
+    torch.nn.init.normal_(model.head.weight)  # the zero-initialised head would pass no gradient back
+    model(torch.randn(64, 3, 32, 32)).square().sum().backward()
+    assert (model.pos_embed.grad.abs().sum(-1) > 0).all()
 
 
 def test_same_seed_same_model_and_outputs():

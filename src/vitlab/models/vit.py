@@ -37,6 +37,7 @@ class ViTConfig:
     dropout: float = 0.0
     attention_dropout: float = 0.0
     drop_path: float = 0.0
+    patch_dropout: float = 0.0  # training only: drop this fraction of patch tokens per image (PatchDropout)
     gelu: str = "exact"  # "exact" (erf) or "tanh" (the approximation flax, and so the official code, uses)
     layer_norm_eps: float = 1e-6
     qkv_bias: bool = True
@@ -83,7 +84,7 @@ class ViTConfig:
             problems.append(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.num_classes < 0:
             problems.append(f"num_classes must be >= 0, not {self.num_classes}")
-        for name in ("dropout", "attention_dropout", "drop_path"):
+        for name in ("dropout", "attention_dropout", "drop_path", "patch_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name} must be in [0, 1), not {getattr(self, name)}")
         h, w = self.image_hw
@@ -191,6 +192,20 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * keep / (1.0 - p)
 
 
+def drop_patches(tokens: torch.Tensor, rate: float, num_prefix_tokens: int) -> torch.Tensor:
+    """PatchDropout (Liu et al., 2022): keep a random subset of each image's patch tokens, and the [class] token.
+
+    Position embeddings are already added, so the kept tokens still know where they are; training costs
+    about the kept fraction of the compute, and evaluation sees every token.
+    """
+    prefix, patches = tokens[:, :num_prefix_tokens], tokens[:, num_prefix_tokens:]
+    B, N, D = patches.shape
+    keep = max(1, round(N * (1.0 - rate)))
+    kept = torch.rand(B, N, device=tokens.device).argsort(dim=1)[:, :keep]
+    patches = patches.gather(1, kept.unsqueeze(-1).expand(-1, -1, D))
+    return torch.cat([prefix, patches], dim=1) if num_prefix_tokens else patches
+
+
 class EncoderBlock(nn.Module):
     """z' = MSA(LN(z)) + z;  z = MLP(LN(z')) + z'  (pre-norm)."""
 
@@ -296,7 +311,10 @@ class VisionTransformer(nn.Module):
         tokens = self.patch_embed(x)
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
-        return self.pos_dropout(tokens + self.position_embedding(grid_hw).to(tokens.dtype))
+        tokens = tokens + self.position_embedding(grid_hw).to(tokens.dtype)
+        if self.training and self.config.patch_dropout > 0:
+            tokens = drop_patches(tokens, self.config.patch_dropout, self.num_prefix_tokens)
+        return self.pos_dropout(tokens)
 
     def forward_features(self, x: torch.Tensor, return_attention: bool = False):
         """The final normalised tokens (B, T, D); with return_attention also each layer's (B, heads, T, T)."""
