@@ -1,0 +1,70 @@
+"""Images/s of the main job's training step (configs/fashion-mnist.toml) as the recipe's knobs change.
+
+    python benchmarks/train_step.py                                   # the stage-1 recipe (patch_dropout 0.8)
+    python benchmarks/train_step.py --patch-dropout 0 0.5 0.75 0.8    # one line per value
+    python benchmarks/train_step.py --width 192 --batch-size 64 --image-size 16
+
+One optimiser step as `vitlab train` takes it: bf16 autocast forward and backward, label-smoothed cross-entropy,
+global-norm clipping, fused AdamW, on random 1-channel images. It times steps after a warm-up, with the
+threads torch was given (OMP_NUM_THREADS); the choices of BENCHMARKS.md ("Fashion-MNIST recipe") came from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import vitlab  # noqa: E402
+
+
+def time_steps(model, batch_size: int, image_size: int, steps: int, warmup: int = 5) -> float:
+    """Seconds per optimiser step, averaged over `steps` after `warmup` untimed ones."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    x = torch.randn(batch_size, 1, image_size, image_size)
+    y = torch.randint(0, 10, (batch_size,))
+
+    def step():
+        with torch.autocast("cpu", torch.bfloat16):
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patch-dropout", type=float, nargs="+", default=[0.8])
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=28)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args(argv)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for rate in args.patch_dropout:
+        model = vitlab.create_model(
+            "ViT-Ti/16", patch_size=4, width=args.width, depth=args.depth, mlp_dim=4 * args.width,
+            num_heads=max(args.width // 32, 1), classifier="gap", patch_dropout=rate, in_chans=1,
+            image_size=args.image_size, num_classes=10).train()
+        seconds = time_steps(model, args.batch_size, args.image_size, args.steps)
+        print(f"patch_dropout {rate:<4}  width {args.width}  depth {args.depth}  {args.image_size} px  "
+              f"batch {args.batch_size}: {seconds * 1000:6.1f} ms/step  {args.batch_size / seconds:6.0f} images/s")
+
+
+if __name__ == "__main__":
+    main()
