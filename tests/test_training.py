@@ -139,7 +139,13 @@ def test_weight_decay_spares_biases_norms_posemb_and_cls_token():
     assert scale["head.weight"] == 1.0 and scale["blocks.1.mlp.fc1.weight"] == 0.5
     assert scale["blocks.0.mlp.fc1.weight"] == 0.25 and scale["pos_embed"] == 0.125
     for name in ("adam", "adamw", "sgd", "adagrad"):
-        assert build_optimizer(model, OptimConfig(name=name)).__class__.__name__.lower() == name
+        optimizer = build_optimizer(model, OptimConfig(name=name))
+        assert optimizer.__class__.__name__.lower() == name
+        assert optimizer.defaults["fused"]  # one kernel for every parameter, on CPU too
+        assert not build_optimizer(model, OptimConfig(name=name), sharded=True).defaults.get("fused")
+        model.zero_grad()
+        model(torch.randn(2, model.config.in_chans, 16, 16)).square().sum().backward()
+        optimizer.step()  # the fused CPU kernel exists for this optimiser
 
 
 def test_schedule_warms_up_linearly_then_decays():

@@ -27,7 +27,7 @@ def extract_features(model: nn.Module, batches: Iterable, *, device="cpu", amp_d
     model = model.eval().to(device)
     feats, labels, indices = [], [], []
     rank, _ = rank_and_world()
-    for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress or rank != 0):
+    for batch in tqdm(batches, desc=desc, unit="batch", disable=None if progress and rank == 0 else True):
         images, batch_labels, batch_indices = unpack(batch)
         with autocast(device, amp_dtype):
             out = representation(model, images.to(device, non_blocking=True))

@@ -101,7 +101,8 @@ def evaluate(model: nn.Module, batches: Iterable, *, device="cpu", amp_dtype: to
     num_classes = num_classes or model.num_classes
     counts = ClassificationCounts(num_classes, ks, real_labels=real_labels, device=device)
     rank, _ = rank_and_world()
-    for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress or rank != 0):
+    # disable=None: tqdm draws only on a terminal, so logs get no carriage-return redraws
+    for batch in tqdm(batches, desc=desc, unit="batch", disable=None if progress and rank == 0 else True):
         images, labels, indices = unpack(batch)
         with autocast(device, amp_dtype):
             logits = model(images.to(device, non_blocking=True))

@@ -104,7 +104,7 @@ def finetune(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, setti
     micro = settings.micro_batch_size or settings.batch_size
     images, labels = images.to(device), labels.to(device)
     losses = []
-    for step in tqdm(range(settings.steps), desc="fine-tune", unit="step", disable=not progress):
+    for step in tqdm(range(settings.steps), desc="fine-tune", unit="step", disable=None if progress else True):
         for group in optimiser.param_groups:
             group["lr"] = lr_at(step, settings)
         batch = torch.randint(len(images), (settings.batch_size,), generator=generator)  # with replacement

@@ -55,7 +55,7 @@ def attention_distance(model: nn.Module, batches: Iterable[torch.Tensor], *, tot
     """
     cfg = check_vit(model)
     total_distance, count = 0.0, 0
-    with tqdm(total=total, desc="attention distance", unit="img", disable=not progress) as bar:
+    with tqdm(total=total, desc="attention distance", unit="img", disable=None if progress else True) as bar:
         for x in batches:
             _, attentions = attention_weights(model, x)
             d = mean_attention_distance(attentions, cfg.grid_size, cfg.stride, model.num_prefix_tokens)

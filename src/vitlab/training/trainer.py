@@ -234,7 +234,7 @@ class Trainer:
         self.model.train()
         batches = self.micro_batches()
         start = time.perf_counter()
-        images_seen, window_images, window_start = 0, 0, time.perf_counter()
+        images_seen, window_images, window_losses, window_start = 0, 0, [], time.perf_counter()
         with SignalFlag() as self.signals:
             while self.step < self.total_steps:
                 lr = set_learning_rate(self.optimizer, cfg.optim.lr, lr_factor(
@@ -252,13 +252,14 @@ class Trainer:
                 images_seen += images
                 window_images += images
                 result.losses.append(loss)
+                window_losses.append(loss)
                 if self.step % loop.log_every == 0 or self.step == self.total_steps:
                     now = time.perf_counter()
                     rate = window_images / max(now - window_start, 1e-9)
-                    window_images, window_start = 0, now
-                    if d.is_main:
-                        self.metrics.write({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                                            "images_per_s": rate})
+                    if d.is_main:  # the loss averaged since the last line: one step's loss is too noisy to plot
+                        self.metrics.write({"step": self.step, "loss": sum(window_losses) / len(window_losses),
+                                            "lr": lr, "grad_norm": grad_norm, "images_per_s": rate})
+                    window_images, window_losses, window_start = 0, [], now
                 progress.update(self.step, loss, images_seen / max(time.perf_counter() - start, 1e-9), lr)
                 if loop.eval_every and self.step % loop.eval_every == 0 and self.step < self.total_steps:
                     self.evaluate(progress)
