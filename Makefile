@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 # The tests run with idle OpenMP threads asleep (OMP_WAIT_POLICY=PASSIVE): on a CPU shared with other jobs,
 # threads spinning while they wait for a descheduled partner made 2-thread training up to 10x slower. The main
-# job keeps OpenMP's default (spin briefly, then sleep), ~1.3x faster on an idle machine (BENCHMARKS.md).
+# job keeps OpenMP's default (spin briefly, then sleep), ~7% faster on an idle machine (BENCHMARKS.md).
 
 .PHONY: main test install data clean
 
