@@ -13,37 +13,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import vitlab  # noqa: E402
+from vitlab.performance import make_adamw  # noqa: E402
+from vitlab.throughput import random_batch, time_call, training_step  # noqa: E402
 
 
 def time_steps(model, batch_size: int, image_size: int, steps: int, warmup: int = 5) -> float:
     """Seconds per optimiser step, averaged over `steps` after `warmup` untimed ones."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    x = torch.randn(batch_size, 1, image_size, image_size)
-    y = torch.randint(0, 10, (batch_size,))
-
-    def step():
-        with torch.autocast("cpu", torch.bfloat16):
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+    x, y = random_batch(batch_size, image_size, 10, "cpu", in_chans=1)
+    step = training_step(model, make_adamw(model, lr=1e-3, weight_decay=0.05), x, y, "bf16",
+                         label_smoothing=0.1, clip_grad_norm=1.0)
+    time_call(step, x.device, warmup)
+    return time_call(step, x.device, steps)
 
 
 def main(argv=None) -> None:

@@ -56,16 +56,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def fused_optimizer_devices() -> set[str]:
+    """Device types on which torch has fused optimiser kernels (one kernel for every parameter)."""
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+        return set(_get_fused_kernels_supported_devices())
+    except ImportError:  # older torch: the kernel exists on CUDA
+        return {"cuda"}
+
+
 def fused_adamw_supported(params: Iterable[torch.Tensor]) -> bool:
     """torch's fused AdamW needs floating-point parameters, all on one device type that has the kernel."""
     params = list(params)
-    try:
-        from torch.optim.optimizer import _get_fused_kernels_supported_devices
-        devices = set(_get_fused_kernels_supported_devices())
-    except ImportError:  # older torch: the kernel exists on CUDA
-        devices = {"cuda"}
     types = {p.device.type for p in params}
-    return bool(params) and len(types) == 1 and types <= devices and all(p.is_floating_point() for p in params)
+    return (bool(params) and len(types) == 1 and types <= fused_optimizer_devices()
+            and all(p.is_floating_point() for p in params))
 
 
 def make_adamw(params, lr: float = 1e-3, *, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

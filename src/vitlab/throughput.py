@@ -43,12 +43,15 @@ def inference_step(model: Callable, x: torch.Tensor, precision: str, logits: Cal
 
 
 def training_step(model: Callable, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                  precision: str, logits: Callable = lambda out: out):
-    """Forward, cross-entropy, backward, optimiser step: a full training step."""
+                  precision: str, logits: Callable = lambda out: out, *, label_smoothing: float = 0.0,
+                  clip_grad_norm: float | None = None):
+    """Forward, cross-entropy, backward, (clipping,) optimiser step: a full training step."""
     def step():
         with autocast(x.device, precision):
-            loss = F.cross_entropy(logits(model(x)), y)
+            loss = F.cross_entropy(logits(model(x)), y, label_smoothing=label_smoothing)
         loss.backward()
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss

@@ -207,18 +207,18 @@ class Trainer:
         max_norm = loop.clip_grad_norm or float("inf")  # inf: measure the norm, change nothing
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        loss_total, images, stop_flag = all_reduce_sum(
-            [loss_sum, images, float(self.signals.received is not None)], self.d)
-        self.stop_requested = stop_flag > 0
+        # a signal on any rank, or rank 0's clock past the budget, stops every rank after this step
+        loss_total, images, stop_flag, out_of_time = all_reduce_sum(
+            [loss_sum, images, float(self.signals.received is not None),
+             float(self.d.is_main and self.budget_spent())], self.d)
+        self.stop_requested, self.out_of_time = stop_flag > 0, out_of_time > 0
         return loss_total / self.d.world_size, grad_norm, int(images)
 
-    def out_of_time(self, session_start: float) -> bool:
-        """Whether the time budget is spent; decided on rank 0 and shared, so every rank stops together."""
+    def budget_spent(self) -> bool:
+        """Whether training (resumes included) has taken train.max_minutes."""
         budget = self.cfg.train.max_minutes
-        if budget is None:
-            return False
-        spent = self.state["train_time_s"] + time.perf_counter() - session_start
-        return all_reduce_sum([float(self.d.is_main and spent >= 60 * budget)], self.d)[0] > 0
+        spent = self.state["train_time_s"] + time.perf_counter() - self.session_start
+        return budget is not None and spent >= 60 * budget
 
     def fit(self) -> TrainResult:
         cfg, loop, d = self.cfg, self.cfg.train, self.d
@@ -233,7 +233,7 @@ class Trainer:
             progress.message(f"resuming from {self.resume_path} (step {self.step}/{self.total_steps})")
         self.model.train()
         batches = self.micro_batches()
-        start = time.perf_counter()
+        self.session_start = start = time.perf_counter()
         images_seen, window_images, window_losses, window_start = 0, 0, [], time.perf_counter()
         with SignalFlag() as self.signals:
             while self.step < self.total_steps:
@@ -266,7 +266,7 @@ class Trainer:
                 if self.stop_requested:
                     result.interrupted_by = self.signals.received or signal.SIGTERM
                     break
-                if self.out_of_time(start):
+                if self.out_of_time:
                     progress.message(f"train.max_minutes = {loop.max_minutes} reached at step {self.step}")
                     result.out_of_time = True
                     break
