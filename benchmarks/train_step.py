@@ -4,8 +4,8 @@
     python benchmarks/train_step.py --patch-dropout 0 0.5 0.75 0.8    # one line per value
     python benchmarks/train_step.py --width 192 --batch-size 64 --image-size 16
 
-One optimiser step as `vitlab train` takes it: bf16 autocast forward and backward, label-smoothed cross-entropy,
-global-norm clipping, fused AdamW, on random 1-channel images. It times steps after a warm-up, with the
+One optimiser step as `vitlab train` takes it: bf16 autocast forward and backward, cross-entropy (label smoothing
+as asked), global-norm clipping, fused AdamW, on random 1-channel images. It times steps after a warm-up, with the
 threads torch was given (OMP_NUM_THREADS); the choices of BENCHMARKS.md ("Fashion-MNIST recipe") came from it.
 """
 
@@ -24,11 +24,12 @@ from vitlab.performance import make_adamw  # noqa: E402
 from vitlab.throughput import random_batch, time_call, training_step  # noqa: E402
 
 
-def time_steps(model, batch_size: int, image_size: int, steps: int, warmup: int = 5) -> float:
+def time_steps(model, batch_size: int, image_size: int, steps: int, label_smoothing: float,
+               warmup: int = 5) -> float:
     """Seconds per optimiser step, averaged over `steps` after `warmup` untimed ones."""
     x, y = random_batch(batch_size, image_size, 10, "cpu", in_chans=1)
     step = training_step(model, make_adamw(model, lr=1e-3, weight_decay=0.05), x, y, "bf16",
-                         label_smoothing=0.1, clip_grad_norm=1.0)
+                         label_smoothing=label_smoothing, clip_grad_norm=1.0)
     time_call(step, x.device, warmup)
     return time_call(step, x.device, steps)
 
@@ -38,7 +39,8 @@ def main(argv=None) -> None:
     parser.add_argument("--patch-dropout", type=float, nargs="+", default=[0.8])
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--depth", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args(argv)
@@ -48,7 +50,7 @@ def main(argv=None) -> None:
             "ViT-Ti/16", patch_size=4, width=args.width, depth=args.depth, mlp_dim=4 * args.width,
             num_heads=max(args.width // 32, 1), classifier="gap", patch_dropout=rate, in_chans=1,
             image_size=args.image_size, num_classes=10).train()
-        seconds = time_steps(model, args.batch_size, args.image_size, args.steps)
+        seconds = time_steps(model, args.batch_size, args.image_size, args.steps, args.label_smoothing)
         print(f"patch_dropout {rate:<4}  width {args.width}  depth {args.depth}  {args.image_size} px  "
               f"batch {args.batch_size}: {seconds * 1000:6.1f} ms/step  {args.batch_size / seconds:6.0f} images/s")
 

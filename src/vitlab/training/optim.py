@@ -12,6 +12,7 @@ import re
 import torch
 from torch import nn
 
+from ..performance import fused_optimizer_devices
 from .config import OptimConfig
 
 
@@ -66,8 +67,6 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, *, device_type: str = "c
 def implementation_kwargs(implementation: str, device_type: str, sharded: bool) -> dict:
     """Fused kernels wherever torch has them, CPU included (on a small model on CPU the per-parameter loop of
     torch's default cost ~15% of the step); torch's default for FSDP's sharded DTensors."""
-    from ..performance import fused_optimizer_devices
-
     auto_fused = device_type in fused_optimizer_devices() and not sharded
     if implementation == "fused" or (implementation == "auto" and auto_fused):
         return {"fused": True}

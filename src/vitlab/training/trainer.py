@@ -145,6 +145,7 @@ class Trainer:
         self.state = {"best_accuracy": None, "last_accuracy": None, "last_accuracy_ema": None,
                       "skipped_steps": 0, "train_time_s": 0.0}
         self.step = 0
+        self.stop_requested = self.out_of_time = False  # set by each step's all-reduce
         if self.resume_path is not None:
             saved = checkpointing.restore(self.resume_path, model=self.model, optimizer=self.optimizer,
                                           ema=self.ema, loader=self.train_loader, d=self.d)
@@ -214,11 +215,14 @@ class Trainer:
         self.stop_requested, self.out_of_time = stop_flag > 0, out_of_time > 0
         return loss_total / self.d.world_size, grad_norm, int(images)
 
+    def train_time_s(self) -> float:
+        """Seconds of training so far, earlier sessions (before a resume) included."""
+        return self.state["train_time_s"] + time.perf_counter() - self.session_start
+
     def budget_spent(self) -> bool:
-        """Whether training (resumes included) has taken train.max_minutes."""
+        """Whether training has taken train.max_minutes."""
         budget = self.cfg.train.max_minutes
-        spent = self.state["train_time_s"] + time.perf_counter() - self.session_start
-        return budget is not None and spent >= 60 * budget
+        return budget is not None and self.train_time_s() >= 60 * budget
 
     def fit(self) -> TrainResult:
         cfg, loop, d = self.cfg, self.cfg.train, self.d
@@ -234,7 +238,7 @@ class Trainer:
         self.model.train()
         batches = self.micro_batches()
         self.session_start = start = time.perf_counter()
-        images_seen, window_images, window_losses, window_start = 0, 0, [], time.perf_counter()
+        images_seen, window_images, window_first, window_start = 0, 0, 0, time.perf_counter()
         with SignalFlag() as self.signals:
             while self.step < self.total_steps:
                 lr = set_learning_rate(self.optimizer, cfg.optim.lr, lr_factor(
@@ -252,14 +256,14 @@ class Trainer:
                 images_seen += images
                 window_images += images
                 result.losses.append(loss)
-                window_losses.append(loss)
                 if self.step % loop.log_every == 0 or self.step == self.total_steps:
                     now = time.perf_counter()
                     rate = window_images / max(now - window_start, 1e-9)
                     if d.is_main:  # the loss averaged since the last line: one step's loss is too noisy to plot
-                        self.metrics.write({"step": self.step, "loss": sum(window_losses) / len(window_losses),
+                        window = result.losses[window_first:]
+                        self.metrics.write({"step": self.step, "loss": sum(window) / len(window),
                                             "lr": lr, "grad_norm": grad_norm, "images_per_s": rate})
-                    window_images, window_losses, window_start = 0, [], now
+                    window_images, window_first, window_start = 0, len(result.losses), now
                 progress.update(self.step, loss, images_seen / max(time.perf_counter() - start, 1e-9), lr)
                 if loop.eval_every and self.step % loop.eval_every == 0 and self.step < self.total_steps:
                     self.evaluate(progress)
@@ -271,11 +275,11 @@ class Trainer:
                     result.out_of_time = True
                     break
                 if self.step % loop.checkpoint_every == 0 and self.step < self.total_steps:
-                    self.save(start)
+                    self.save()
         progress.close()
         if result.interrupted_by is None:
             self.evaluate(progress)
-        self.save(start)
+        self.save()
         wall = time.perf_counter() - start
         result.steps = self.step
         result.wall_time_s = wall
@@ -316,9 +320,8 @@ class Trainer:
         ema_text = f", EMA {100 * record['eval_accuracy_ema']:.2f}%" if self.ema is not None else ""
         progress.message(f"step {self.step}: eval top-1 {100 * acc:.2f}%{ema_text}")
 
-    def save(self, session_start: float) -> Path:
-        state = dict(self.state)
-        state["train_time_s"] = self.state["train_time_s"] + time.perf_counter() - session_start
+    def save(self) -> Path:
+        state = {**self.state, "train_time_s": self.train_time_s()}
         return checkpointing.save(
             self.run_dir, self.step, model=self.model, optimizer=self.optimizer, ema=self.ema,
             loader=self.train_loader, trainer_state=state, model_config=self.model_config,
