@@ -163,9 +163,8 @@ class MultiHeadSelfAttention(nn.Module):
 def explicit_attention_is_faster(q: torch.Tensor) -> bool:
     """On CPU in bf16, for ViT-length sequences, softmax(q k^T) v as three ops beats the fused SDPA kernel.
 
-    (Its bf16 CPU kernel runs at a fraction of matmul speed: at 197 tokens the explicit form is ~1.3x faster
-    forward and ~2.3x forward + backward; benchmarks/cpu_paths.py.) fp32, GPUs and long sequences, where the
-    T x T matrix would cost memory, keep SDPA.
+    (Its bf16 CPU kernel runs at a fraction of matmul speed; measured in BENCHMARKS.md, "Figures behind the
+    code's choices".) fp32, GPUs and long sequences, where the T x T matrix would cost memory, keep SDPA.
     """
     return q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] <= 256
 
