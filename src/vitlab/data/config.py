@@ -25,6 +25,7 @@ class DataConfig:
     num_workers: int = 0
     seed: int = 0
     max_pixels: int = 89_478_485  # larger images are skipped as decompression bombs (Pillow's limit)
+    max_member_bytes: int = 64 * 2**20  # shards: larger tar members are skipped unread
     shuffle_buffer: int = 2000  # shards only
     # Train transforms (the paper's): inception crop + flip.
     inception_crop: bool = True
@@ -112,6 +113,7 @@ class DataConfig:
         positive_int("image_size")
         positive_int("batch_size")
         positive_int("max_pixels")
+        positive_int("max_member_bytes")
         positive_int("shuffle_buffer")
         if self.in_chans not in (1, 3):
             bad("in_chans", "must be 1 or 3")

@@ -1,6 +1,5 @@
 """Opening and decoding one image with Pillow, robustly: every failure becomes BadImage."""
 import io
-import os
 import warnings
 
 import numpy as np
@@ -10,11 +9,11 @@ from PIL import Image
 from .errors import BadImage
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-FORMAT_OF_EXTENSION = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP"}
 
 
 def open_image(source, name: str, max_pixels: int) -> Image.Image:
-    """Open lazily (header only). `source` is a path or a binary file object."""
+    """Open lazily (header only). `source` is a path or a binary file object. The format is read from the
+    content, never from the name: a PNG called .jpg is a PNG."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -23,9 +22,6 @@ def open_image(source, name: str, max_pixels: int) -> Image.Image:
         raise BadImage(name, f"decompression bomb ({e})") from None
     except Exception as e:  # zero-byte, not an image, unreadable
         raise BadImage(name, f"cannot open ({type(e).__name__}: {e})") from None
-    expected = FORMAT_OF_EXTENSION.get(os.path.splitext(name)[1].lower())
-    if expected and img.format != expected:  # a mislabelled file often means a broken export: don't guess
-        raise BadImage(name, f"extension says {expected} but the content is {img.format}")
     w, h = img.size
     if w * h > max_pixels:
         raise BadImage(name, f"{w}x{h} pixels exceeds max_pixels={max_pixels} (decompression bomb?)")

@@ -83,6 +83,7 @@ class Loader:
             randaugment=RandAugment(cfg.randaugment_n, cfg.randaugment_m, cfg.randaugment_mstd) if use_randaugment else None)
         self.num_roles = max(1, cfg.num_workers)
         self.epoch, self.batch, self.skipped, self.bad_files = 0, 0, 0, []
+        self._note_bad(getattr(dataset, "unlisted", []))  # left out by the scan (e.g. a named pipe)
         self._reset_roles()
         self._device_images = None
         if not self.streamed and len(self) == 0:
@@ -273,6 +274,7 @@ def build_loader(cfg: DataConfig, split: str, *, train: bool, rank: int = 0, wor
     cfg.validate()
     if dataset is None:
         dataset = build_dataset(cfg.dataset, split, root=cfg.root, in_chans=cfg.in_chans, split_seed=cfg.split_seed,
-                                download=cfg.download, max_pixels=cfg.max_pixels)
+                                download=cfg.download, max_pixels=cfg.max_pixels,
+                                max_member_bytes=cfg.max_member_bytes)
     return Loader(dataset, cfg, train=train, rank=rank, world_size=world_size, device=device,
                   batch_size=batch_size, seed=epoch_seed)

@@ -24,6 +24,7 @@ from .images import IMAGE_EXTENSIONS, decode, open_image
 from .splits import Split, key_fraction, split_text
 
 log = logging.getLogger(__name__)
+MAX_MEMBER_BYTES = 64 * 2**20  # far above any real image; DataConfig.max_member_bytes changes it
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -41,8 +42,16 @@ def expand_braces(pattern: str) -> list[str]:
     return [p for o in options for p in expand_braces(head + o + tail)]
 
 
-def tar_samples(url: str):
-    """Yield (key, {ext: bytes}) for the consecutive member groups of one tar file, streaming."""
+class Oversized:
+    """Stands in for a member larger than max_member_bytes, which is never read (a sparse member of a 10 KB tar
+    can claim gigabytes)."""
+
+    def __init__(self, name: str, size: int, limit: int):
+        self.reason = f"member {name} claims {size} bytes, over data.max_member_bytes = {limit}"
+
+
+def tar_samples(url: str, max_member_bytes: int = MAX_MEMBER_BYTES):
+    """Yield (key, {ext: bytes or Oversized}) for the consecutive member groups of one tar file, streaming."""
     key, parts = None, {}
     with tarfile.open(url, mode="r|*") as tar:
         for member in tar:
@@ -57,9 +66,26 @@ def tar_samples(url: str):
                 yield key, parts
                 parts = {}
             key = k
-            parts[ext.lower()] = tar.extractfile(member).read()
+            if member.size > max_member_bytes:
+                parts[ext.lower()] = Oversized(member.name, member.size, max_member_bytes)
+            else:
+                parts[ext.lower()] = tar.extractfile(member).read()
     if parts:
         yield key, parts
+
+
+def sample_problem(parts: dict) -> str | None:
+    """Why a sample must be skipped before decoding, or None."""
+    for value in parts.values():
+        if isinstance(value, Oversized):
+            return value.reason
+    label = parts.get("cls")
+    if label is not None:
+        try:
+            label.decode("utf-8")
+        except UnicodeDecodeError:
+            return f".cls label is not UTF-8 text ({label[:16]!r})"
+    return None
 
 
 def shuffled(items, size: int, rng: np.random.Generator):
@@ -79,7 +105,8 @@ def shuffled(items, size: int, rng: np.random.Generator):
 class ShardDataset(IterableDataset):
     """Iterating it directly yields (uint8 C x H x W, label) for every sample of the split, in order."""
 
-    def __init__(self, pattern: str, split: Split, *, in_chans=3, split_seed: int | None = 0, max_pixels=89_478_485):
+    def __init__(self, pattern: str, split: Split, *, in_chans=3, split_seed: int | None = 0, max_pixels=89_478_485,
+                 max_member_bytes: int = MAX_MEMBER_BYTES):
         if "{split}" in pattern:
             pattern = pattern.replace("{split}", split.name)
         elif split.name != "train":
@@ -100,6 +127,7 @@ class ShardDataset(IterableDataset):
         self.class_names = [s.strip() for s in names_file.read_text().splitlines() if s.strip()]
         self.num_classes = len(self.class_names)
         self.split, self.in_chans, self.max_pixels = split, in_chans, max_pixels
+        self.max_member_bytes = max_member_bytes
         self.split_seed = split_seed or 0
         self.fraction = None if split.is_whole else split.fraction_range()
         self.num_samples = self._count(directory / "sizes.json")
@@ -114,22 +142,29 @@ class ShardDataset(IterableDataset):
         return int(round(n * (hi - lo)))  # an estimate: the split is by key hash
 
     def samples(self, urls):
-        """(name, image bytes or None, label or None) for the split's samples of the given shards."""
+        """(name, image bytes, label text, problem) for the split's samples of the given shards; `problem` says why
+        a sample (or the rest of a damaged shard) must be skipped, else None."""
         for url in urls:
             try:
-                for key, parts in tar_samples(url):
+                for key, parts in tar_samples(url, self.max_member_bytes):
                     if self.fraction and not self.fraction[0] <= key_fraction(key, self.split_seed) < self.fraction[1]:
+                        continue
+                    problem = sample_problem(parts)
+                    if problem:
+                        yield f"{url}:{key}", None, None, problem
                         continue
                     image = next((parts[e] for e in parts if "." + e in IMAGE_EXTENSIONS), None)
                     label = parts.get("cls")
-                    yield f"{url}:{key}", image, None if label is None else label.decode().strip()
+                    yield f"{url}:{key}", image, None if label is None else label.decode().strip(), None
             except (tarfile.TarError, OSError, EOFError) as e:
                 log.warning("shard %s is damaged, skipping the rest of it: %s", url, e)
-                yield f"{url}", None, f"damaged shard: {e}"
+                yield f"{url}", None, None, f"damaged shard: {e}"
 
-    def decode_sample(self, name, image, label, transform=None, rng=None):
+    def decode_sample(self, name, image, label, problem=None, transform=None, rng=None):
+        if problem:
+            raise BadImage(name, problem)
         if image is None:
-            raise BadImage(name, label if label and label.startswith("damaged") else "no image file in the sample")
+            raise BadImage(name, "no image file in the sample")
         try:
             y = int(label)
         except (TypeError, ValueError):
@@ -140,12 +175,26 @@ class ShardDataset(IterableDataset):
             return decode(io.BytesIO(image), name, self.in_chans, self.max_pixels), y
         return transform(open_image(io.BytesIO(image), name, self.max_pixels), rng, name), y
 
-    def __iter__(self):
-        for name, image, label in self.samples(self.urls):
+    def records(self, wanted=None):
+        """(index, (image, label) or None for a bad sample) in stream order; with `wanted`, only the indices it
+        accepts are decoded (evaluation shares the stream out by index)."""
+        for index, (name, image, label, problem) in enumerate(self.samples(self.urls)):
+            if wanted is not None and not wanted(index):
+                continue
             try:
-                yield self.decode_sample(name, image, label)
+                yield index, self.decode_sample(name, image, label, problem)
             except BadImage as e:
                 log.warning("skipping %s: %s", e.name, e.reason)
+                yield index, None
+
+    def __iter__(self):
+        """(image, label) of every readable sample; bad ones are logged and counted in `self.skipped`."""
+        self.skipped = 0
+        for _, sample in self.records():
+            if sample is None:
+                self.skipped += 1
+            else:
+                yield sample
 
 
 class ShardStream(IterableDataset):
@@ -178,12 +227,12 @@ class ShardStream(IterableDataset):
         if p["train"]:
             stream = shuffled(stream, p["shuffle_buffer"], np.random.default_rng(key + (1,)))
         images, labels, bad, position = [], [], [], 0
-        for name, image, label in stream:
+        for name, image, label, problem in stream:
             position += 1
             if position <= skip:  # resume: pass over what was consumed, without decoding
                 continue
             try:
-                x, y = self.dataset.decode_sample(name, image, label, p["transform"],
+                x, y = self.dataset.decode_sample(name, image, label, problem, p["transform"],
                                                   np.random.default_rng(key + (position,)))
             except BadImage as e:
                 bad.append((e.name, e.reason))

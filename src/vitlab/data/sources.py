@@ -26,7 +26,7 @@ check_spec = parse_spec
 
 
 def build_dataset(spec: str, split: str, *, root=None, in_chans: int = 3, split_seed: int | None = 0,
-                  download: bool = True, max_pixels: int = 89_478_485):
+                  download: bool = True, max_pixels: int = 89_478_485, max_member_bytes: int = shards.MAX_MEMBER_BYTES):
     """A data set of (uint8 C x H x W tensor, int label) with `num_classes` and `class_names`.
 
     Map-style for everything but shards (an IterableDataset, split across ranks and workers by
@@ -35,7 +35,8 @@ def build_dataset(spec: str, split: str, *, root=None, in_chans: int = 3, split_
     kind, arg = parse_spec(spec)
     s = parse_split(split)
     if kind == "shards":
-        return shards.ShardDataset(arg, s, in_chans=in_chans, split_seed=split_seed, max_pixels=max_pixels)
+        return shards.ShardDataset(arg, s, in_chans=in_chans, split_seed=split_seed, max_pixels=max_pixels,
+                                   max_member_bytes=max_member_bytes)
     if kind == "fashion_mnist":
         base = fashion_mnist.load(s.name, root, in_chans=in_chans, allow_download=download)
     elif kind in ("cifar10", "cifar100"):

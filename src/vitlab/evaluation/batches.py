@@ -11,7 +11,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 try:  # the data package's "this one file cannot be decoded" error
     from ..data.errors import BadImage
@@ -61,15 +61,18 @@ class _Shard(Dataset):
 
 
 class _IterableShard(IterableDataset):
-    """Every world_size-th sample of a streamed data set; indices count samples in stream order."""
+    """Every world_size-th sample of a streamed data set (each DataLoader worker a share of those); indices count
+    samples in stream order. A sample that cannot be decoded comes out as None, so the collate counts it."""
 
     def __init__(self, dataset, rank, world_size):
         self.dataset, self.rank, self.world_size = dataset, rank, world_size
 
     def __iter__(self):
-        for index, (image, label) in enumerate(self.dataset):
-            if index % self.world_size == self.rank:
-                yield image, int(label), index
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        slots, mine = self.world_size * workers, self.rank * workers + worker
+        for index, sample in self.dataset.records(wanted=lambda i: i % slots == mine):
+            yield None if sample is None else (sample[0], int(sample[1]), index)
 
 
 class _Collate:
@@ -109,7 +112,7 @@ class EvalBatches:
         preprocessing = None if raw else preprocessing or {"normalisation": "minus_one_one"}
         self.loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, shuffle=False,
                                  collate_fn=_Collate(size, preprocessing))
-        self.skipped = 0
+        self.skipped = len(getattr(dataset, "unlisted", []))  # left out by the folder scan (e.g. a named pipe)
 
     def __len__(self) -> int:
         return len(self.loader)

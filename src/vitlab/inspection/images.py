@@ -7,29 +7,30 @@ import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
-from ..data import BadImage
+from ..data import BadImage, DataConfig
+from ..data.images import decode
+
+MAX_PIXELS = DataConfig.max_pixels  # larger images are refused as decompression bombs
 
 
-def load_image_files(paths: Iterable[str | Path], model: nn.Module) -> torch.Tensor:
-    """Read image files with Pillow as uint8 (B, C, H, W) at the model's input size and channel count."""
-    mode = "L" if model.config.in_chans == 1 else "RGB"
-    images = []
+def load_image_files(paths: Iterable[str | Path], model: nn.Module, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Read image files as uint8 (B, C, H, W) at the model's input size and channel count. A file that cannot be
+    read (missing, not an image, truncated, a decompression bomb) is skipped with a warning naming it."""
+    images, skipped = [], []
     for path in paths:
         try:
-            with Image.open(path) as img:
-                array = np.asarray(img.convert(mode))
-        except (OSError, ValueError) as e:  # missing, not an image, truncated
-            raise ValueError(f"cannot read image {path}: {e}") from e
-        tensor = torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
+            tensor = decode(str(path), str(path), model.config.in_chans, max_pixels)
+        except BadImage as e:
+            warnings.warn(f"skipping an image that cannot be read: {e}", stacklevel=2)
+            skipped.append(str(e))
+            continue
         images.append(resize(tensor, model.config.image_hw))
     if not images:
-        raise ValueError("no image files given")
+        raise ValueError("no readable image files" + (f" ({'; '.join(skipped)})" if skipped else " given"))
     return torch.stack(images)
 
 
