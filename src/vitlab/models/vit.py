@@ -191,18 +191,28 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * keep / (1.0 - p)
 
 
+def random_patch_subset(batch: int, num_patches: int, keep: int, device=None, generator=None) -> torch.Tensor:
+    """(batch, keep) indices: for each image, `keep` of its `num_patches` patches drawn without replacement."""
+    return torch.rand(batch, num_patches, device=device, generator=generator).argsort(dim=1)[:, :keep]
+
+
+def keep_patches(tokens: torch.Tensor, kept: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """The prefix tokens and, for each image, the patch tokens at `kept` (B, K), in that order."""
+    prefix, patches = tokens[:, :num_prefix_tokens], tokens[:, num_prefix_tokens:]
+    patches = patches.gather(1, kept.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+    return torch.cat([prefix, patches], dim=1) if num_prefix_tokens else patches
+
+
 def drop_patches(tokens: torch.Tensor, rate: float, num_prefix_tokens: int) -> torch.Tensor:
     """PatchDropout (Liu et al., 2022): keep a random subset of each image's patch tokens, and the [class] token.
 
     Position embeddings are already added, so the kept tokens still know where they are; training costs
-    about the kept fraction of the compute, and evaluation sees every token.
+    about the kept fraction of the compute, and evaluation sees every token. (MAE's masking is the same
+    selection: see training/objectives/mae.py.)
     """
-    prefix, patches = tokens[:, :num_prefix_tokens], tokens[:, num_prefix_tokens:]
-    B, N, D = patches.shape
-    keep = max(1, round(N * (1.0 - rate)))
-    kept = torch.rand(B, N, device=tokens.device).argsort(dim=1)[:, :keep]
-    patches = patches.gather(1, kept.unsqueeze(-1).expand(-1, -1, D))
-    return torch.cat([prefix, patches], dim=1) if num_prefix_tokens else patches
+    B, N = tokens.shape[0], tokens.shape[1] - num_prefix_tokens
+    kept = random_patch_subset(B, N, max(1, round(N * (1.0 - rate))), tokens.device)
+    return keep_patches(tokens, kept, num_prefix_tokens)
 
 
 class EncoderBlock(nn.Module):
@@ -299,8 +309,13 @@ class VisionTransformer(nn.Module):
                 self.config.posemb_resample)
         return self._posemb_cache[grid_hw]
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """z_0 = [x_class; x_p E] + E_pos, then dropout."""
+    def embed(self, x: torch.Tensor, *, patch_transform=None, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """z_0 = [x_class; x_p E] + E_pos, then dropout.
+
+        Hooks for training objectives: `patch_transform` maps the patch embeddings x_p E (B, N, D) before the
+        [class] token and position embeddings join them (masked patch prediction corrupts them here); `keep`
+        (B, K) patch indices keeps only those patch tokens, after position embeddings (MAE's visible patches).
+        """
         if x.shape[1] != self.config.in_chans:
             raise ValueError(f"expected {self.config.in_chans} input channels, got input of shape {tuple(x.shape)}")
         stride = self.config.stride
@@ -308,16 +323,23 @@ class VisionTransformer(nn.Module):
         if x.shape[-2] % stride or x.shape[-1] % stride:
             raise ValueError(f"input size {x.shape[-2]}x{x.shape[-1]} is not divisible by the stride {stride}")
         tokens = self.patch_embed(x)
+        if patch_transform is not None:
+            tokens = patch_transform(tokens)
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
         tokens = tokens + self.position_embedding(grid_hw).to(tokens.dtype)
-        if self.training and self.config.patch_dropout > 0:
+        if keep is not None:
+            tokens = keep_patches(tokens, keep, self.num_prefix_tokens)
+        elif self.training and self.config.patch_dropout > 0:
             tokens = drop_patches(tokens, self.config.patch_dropout, self.num_prefix_tokens)
         return self.pos_dropout(tokens)
 
-    def forward_features(self, x: torch.Tensor, return_attention: bool = False):
-        """The final normalised tokens (B, T, D); with return_attention also each layer's (B, heads, T, T)."""
-        x = self.embed(x)
+    def forward_features(self, x: torch.Tensor, return_attention: bool = False, **embed_hooks):
+        """The final normalised tokens (B, T, D); with return_attention also each layer's (B, heads, T, T).
+
+        `embed_hooks` (patch_transform, keep) go to `embed`, for training objectives.
+        """
+        x = self.embed(x, **embed_hooks)
         attentions = []
         for block in self.blocks:
             if self.grad_checkpointing and self.training and not return_attention:

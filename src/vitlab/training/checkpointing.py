@@ -2,7 +2,8 @@
 
 run_dir/checkpoints/step-00001000/
     config.json, model.safetensors   the model in vitlab format (load_pretrained reads it)
-    ema/                             the EMA weights in vitlab format, when EMA is on
+    objective.json, objective.safetensors   the objective's own parts (MPP's head, MAE's decoder), if any
+    ema/                             the EMA weights of both, in the same layout, when EMA is on
     optimizer.pt                     optimiser state (torch.save; read back with weights_only=True)
     rank-0.pt, rank-1.pt, ...        each rank's RNG and data-loader position
     trainer.json                     step, epoch, best accuracy, time spent
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
@@ -31,8 +32,10 @@ from ..checkpoints import save_pretrained
 from ..checkpoints.vitlab_format import WEIGHTS_FILE
 from ..fileio import atomic_write, atomic_write_text, fsync_dir
 from .distributed import Dist, barrier
+from .objectives import join_state_dicts, split_state_dict
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
+OBJECTIVE_FILE, OBJECTIVE_RECORD = "objective.safetensors", "objective.json"
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
@@ -63,13 +66,16 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def save(run_dir: Path, step: int, *, model, optimizer, ema, loader, trainer_state: dict, model_config,
-         label_names, preprocessing, d: Dist, keep: int) -> Path:
-    """Collective: every rank calls it. Rank 0 writes the shared files, each rank its own RNG and loader state."""
+         label_names, preprocessing, d: Dist, keep: int, objective_record: dict | None = None) -> Path:
+    """Collective: every rank calls it. Rank 0 writes the shared files, each rank its own RNG and loader state.
+
+    `model` is the (wrapped) objectives.TrainingModule: the model and the objective's parts.
+    """
     final = checkpoint_dir(run_dir) / f"step-{step:08d}"
     partial = final.with_name(final.name + ".partial")
-    model_sd = get_model_state_dict(model, options=FULL)
+    model_sd, objective_sd = split_state_dict(get_model_state_dict(model, options=FULL))
     optim_sd = get_optimizer_state_dict(model, optimizer, options=FULL)
-    ema_sd = ema.full_state_dict() if ema is not None else None
+    ema_sd, ema_objective_sd = split_state_dict(ema.full_state_dict()) if ema is not None else (None, None)
     if d.is_main:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -77,8 +83,10 @@ def save(run_dir: Path, step: int, *, model, optimizer, ema, loader, trainer_sta
     if d.is_main:
         snapshot = WeightsSnapshot(model_config, model_sd, label_names, preprocessing)
         save_pretrained(snapshot, partial)
+        save_objective(partial, objective_record, objective_sd)
         if ema_sd is not None:
             save_pretrained(WeightsSnapshot(model_config, ema_sd, label_names, preprocessing), partial / "ema")
+            save_objective(partial / "ema", objective_record, ema_objective_sd)
         atomic_write(partial / "optimizer.pt", lambda tmp: torch.save(optim_sd, tmp))
     rank_state = {"rng_cpu": torch.get_rng_state(), "loader": to_tensors(loader.state_dict())}
     if d.device.type == "cuda":
@@ -96,6 +104,27 @@ def save(run_dir: Path, step: int, *, model, optimizer, ema, loader, trainer_sta
             remove_checkpoint(old)
     barrier(d)
     return final
+
+
+def save_objective(directory: Path, record: dict | None, weights: dict) -> None:
+    """The objective's parts beside the encoder (nothing for an objective without parameters)."""
+    if not weights:
+        return
+    weights = {k: v.contiguous() for k, v in weights.items()}
+    atomic_write(directory / OBJECTIVE_FILE, lambda tmp: save_file(weights, str(tmp)))
+    atomic_write_text(directory / OBJECTIVE_RECORD, json.dumps(record or {}, indent=2) + "\n")
+
+
+def load_objective_weights(path: Path) -> dict:
+    """The objective's parts saved in checkpoint `path` (empty when it had none)."""
+    file = Path(path) / OBJECTIVE_FILE
+    return load_file(str(file)) if file.is_file() else {}
+
+
+def read_objective_record(path: Path) -> dict | None:
+    """objective.json of a checkpoint (name and settings), or None for a plain classification checkpoint."""
+    file = Path(path) / OBJECTIVE_RECORD
+    return json.loads(file.read_text()) if file.is_file() else None
 
 
 def remove_checkpoint(path: Path) -> None:
@@ -147,7 +176,7 @@ def restore(path: Path, *, model, optimizer, ema, loader, d: Dist) -> dict:
     if ema is not None:
         ema_file = path / "ema" / WEIGHTS_FILE
         if ema_file.is_file():
-            ema.load_full_state_dict(load_file(str(ema_file)))
+            ema.load_full_state_dict(join_state_dicts(load_file(str(ema_file)), load_objective_weights(path / "ema")))
         else:
             warnings.warn(f"{path} has no EMA weights; EMA restarts from the current weights")
     rank_file = path / f"rank-{d.rank}.pt"

@@ -21,6 +21,8 @@ from typing import Any, Optional, Union
 import yaml
 
 from ..data import DataConfig, DataError
+from .objectives.settings import ObjectiveConfig
+from .objectives.settings import check as check_objective
 
 
 class ConfigError(ValueError):
@@ -99,6 +101,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # classification, mpp or mae
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -257,6 +260,7 @@ def validate(cfg: TrainConfig, *, world_size: int = 1, check_paths: bool = True)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{dotted} = {value!r} is not one of {', '.join(allowed)}{hint}")
     _check_model(cfg)
+    _check_objective(cfg)
     loop = cfg.train
     if (loop.steps is None) == (loop.epochs is None):
         raise ConfigError("give exactly one of train.steps and train.epochs")
@@ -306,6 +310,18 @@ def _check_model(cfg: TrainConfig) -> None:
         model_config(name, **overrides).validate()
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.overrides: {e}") from None
+
+
+def _check_objective(cfg: TrainConfig) -> None:
+    patch = None  # the pixels one token sees, when the architecture is known before loading model.init
+    if cfg.model.init is None:
+        from ..models.registry import canonical_name, model_config
+
+        overrides = {"image_size": cfg.data.image_size, "in_chans": cfg.data.in_chans, **cfg.model.overrides}
+        patch = model_config(canonical_name(cfg.model.name), **overrides).stride
+    problems = check_objective(cfg.objective, cfg.model.overrides, patch)
+    if problems:
+        raise ConfigError(problems[0])
 
 
 def _check_optim(cfg: TrainConfig) -> None:

@@ -71,7 +71,12 @@ def teardown() -> None:
 
 
 def wrap(model: nn.Module, cfg: DistributedConfig, d: Dist, *, bf16: bool = False) -> nn.Module:
-    """DDP (every rank holds the whole model) or FSDP2 (parameters sharded per encoder block)."""
+    """DDP (every rank holds the whole model) or FSDP2 (parameters sharded per encoder block).
+
+    `model` is an objectives.TrainingModule: under FSDP each of its parts (the ViT; the objective's, when it
+    has parameters) is sharded on its own, block by block, and the ViT's `forward_features` goes through
+    FSDP like its `forward` (objectives call it).
+    """
     if not d.enabled:
         return model
     if cfg.strategy == "fsdp":
@@ -82,9 +87,18 @@ def wrap(model: nn.Module, cfg: DistributedConfig, d: Dist, *, bf16: bool = Fals
         _meshes.append(mesh)
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
         kwargs = {"mesh": mesh, **({"mp_policy": mp} if mp is not None else {})}
-        for block in model.blocks:
-            fully_shard(block, **kwargs)
-        fully_shard(model, **kwargs)
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        for part in model.children():
+            if not any(p.requires_grad for p in part.parameters()):
+                continue
+            for name, blocks in part.named_modules():
+                if name.split(".")[-1].endswith("blocks") and isinstance(blocks, nn.ModuleList):
+                    for block in blocks:
+                        fully_shard(block, **kwargs)
+            fully_shard(part, **kwargs)
+            if hasattr(part, "forward_features"):
+                register_fsdp_forward_method(part, "forward_features")
         return model
     from torch.nn.parallel import DistributedDataParallel
 
@@ -92,7 +106,7 @@ def wrap(model: nn.Module, cfg: DistributedConfig, d: Dist, *, bf16: bool = Fals
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The ViT inside DDP and/or torch.compile."""
+    """The module inside DDP and/or torch.compile."""
     model = getattr(model, "_orig_mod", model)
     return getattr(model, "module", model)
 

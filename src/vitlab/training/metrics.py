@@ -37,25 +37,38 @@ class MetricsLog:
         return records
 
 
-def plot_curves(records: list[dict], path: Path, title: str = "") -> None:
-    """Training loss, learning rate and evaluation accuracy against the step, as one PNG."""
+def metric_label(metric: str) -> str:
+    """'eval_accuracy' -> 'eval top-1', 'eval_masked_accuracy' -> 'eval masked accuracy'."""
+    return "eval top-1" if metric == "eval_accuracy" else metric.replace("_", " ")
+
+
+def format_metric(metric: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.2f}%" if metric.endswith("accuracy") else f"{value:.4f}"
+
+
+def plot_curves(records: list[dict], path: Path, title: str = "", metric: str = "eval_accuracy") -> None:
+    """Training loss, learning rate and the evaluation metric (top-1, or a training objective's) against the
+    step, as one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     train = [r for r in records if "loss" in r]
-    evals = [r for r in records if "eval_accuracy" in r]
+    evals = [r for r in records if metric in r]
+    percent = metric.endswith("accuracy")
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
     axes[0].set(xlabel="step", ylabel="training loss", yscale="log")
     axes[1].plot([r["step"] for r in train], [r["lr"] for r in train], lw=1)
     axes[1].set(xlabel="step", ylabel="learning rate")
-    for key, label in (("eval_accuracy", "model"), ("eval_accuracy_ema", "EMA")):
-        pts = [(r["step"], 100 * r[key]) for r in evals if key in r]
+    for key, label in ((metric, "model"), (f"{metric}_ema", "EMA")):
+        pts = [(r["step"], 100 * r[key] if percent else r[key]) for r in evals if key in r]
         if pts:
             axes[2].plot(*zip(*pts), marker="o", label=label)
-    axes[2].set(xlabel="step", ylabel="eval top-1 (%)")
+    axes[2].set(xlabel="step", ylabel=metric_label(metric) + (" (%)" if percent else ""))
     if evals:
         axes[2].legend()
     for ax in axes:

@@ -21,7 +21,11 @@ def is_decayed(name: str, param: torch.Tensor, no_decay_names: set[str]) -> bool
 
 
 def layer_id(name: str, depth: int) -> int:
-    """0 for the embeddings, i + 1 for encoder block i, depth + 1 for the final norm and the head."""
+    """0 for the embeddings, i + 1 for encoder block i, depth + 1 for the final norm, the head and the
+    training objective's parts (names are the model's, or a TrainingModule's: 'model.blocks.0...')."""
+    if name.startswith("objective."):
+        return depth + 1
+    name = name.removeprefix("model.")
     if name.startswith(("patch_embed.", "cls_token", "pos_embed")):
         return 0
     match = re.match(r"blocks\.(\d+)\.", name)
@@ -31,7 +35,7 @@ def layer_id(name: str, depth: int) -> int:
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """One group per (decayed?, lr scale); each group carries its `lr_scale` for the schedule."""
     no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    depth = len(getattr(model, "blocks", ()))
+    depth = len(getattr(getattr(model, "model", model), "blocks", ()))
     groups: dict[tuple[bool, float], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:

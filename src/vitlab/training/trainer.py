@@ -26,8 +26,9 @@ from . import checkpointing
 from .config import TrainConfig, to_yaml
 from .distributed import Dist, all_reduce_sum, barrier, setup, teardown, unwrap, wrap
 from .ema import EMA
-from .loop import TrainingDiverged, autocast, classification_loss, evaluate_top1
-from .metrics import MetricsLog, Progress, format_duration, plot_curves
+from .loop import TrainingDiverged, autocast
+from .metrics import MetricsLog, Progress, format_duration, format_metric, metric_label, plot_curves
+from .objectives import TrainingModule, build_objective, head_classes, loss_and_logs
 from .optim import build_optimizer
 from .schedule import lr_factor, set_learning_rate
 
@@ -36,6 +37,7 @@ from .schedule import lr_factor, set_learning_rate
 class TrainResult:
     run_dir: Path
     steps: int  # optimiser steps done, in total (this and earlier sessions)
+    # the objective's validation metric (`metric`: top-1 for classification; see training/objectives)
     last_accuracy: float | None = None
     best_accuracy: float | None = None
     last_accuracy_ema: float | None = None
@@ -47,14 +49,15 @@ class TrainResult:
     resumed_from: int | None = None
     interrupted_by: int | None = None  # the signal that stopped the run early
     losses: list[float] = field(default_factory=list)  # this session's per-step losses
+    metric: str = "eval_accuracy"
 
     def summary(self) -> str:
         def pct(x):
-            return "n/a" if x is None else f"{100 * x:.2f}%"
+            return format_metric(self.metric, x)
 
         lines = [f"run {self.run_dir}: {self.steps} steps" + (f" (resumed at {self.resumed_from})"
                                                               if self.resumed_from is not None else ""),
-                 f"  eval top-1: last {pct(self.last_accuracy)}, best {pct(self.best_accuracy)}"
+                 f"  {metric_label(self.metric)}: last {pct(self.last_accuracy)}, best {pct(self.best_accuracy)}"
                  + (f", EMA {pct(self.last_accuracy_ema)}" if self.last_accuracy_ema is not None else ""),
                  f"  wall time {format_duration(self.wall_time_s)}, {self.images_per_s:.0f} images/s",
                  f"  skipped: {self.skipped_images} bad images, {self.skipped_steps} non-finite steps"]
@@ -123,10 +126,12 @@ class Trainer:
         self.total_steps = loop.steps or math.ceil(
             loop.epochs * len(self.train_loader) / loop.accumulation_steps)
 
-        model = build_model(cfg, self.num_classes)
-        self.model_config = model.config
-        self.label_names = getattr(self.train_loader, "class_names", None)
         self.preprocessing = preprocessing_of(cfg)
+        model = build_model(cfg, head_classes(cfg.objective, self.num_classes))
+        objective = build_objective(cfg.objective, model_config=model.config, preprocessing=self.preprocessing,
+                                    loss=cfg.loss)
+        self.model_config = model.config
+        self.label_names = getattr(self.train_loader, "class_names", None) if objective.reads_labels else None
         if cfg.model.grad_checkpointing:
             model.set_grad_checkpointing(True)
         if self.d.is_main:
@@ -135,19 +140,24 @@ class Trainer:
         self.resume_path = checkpointing.find_resumable(self.run_dir, self.d.world_size)
         if self.resume_path is not None:  # weights first, before sharding
             model.load_state_dict(checkpointing.load_model_weights(self.resume_path))
-        model.to(self.d.device)
-        self.model = wrap(model, cfg.distributed, self.d, bf16=self.bf16)
-        self.forward = torch.compile(self.model) if loop.compile else self.model
-        self.optimizer = build_optimizer(unwrap(self.model), cfg.optim, device_type=self.d.device.type,
+            objective.load_state_dict(checkpointing.load_objective_weights(self.resume_path))
+        # self.model: the ViT (what the checkpoint's model.safetensors holds); self.network: it and the
+        # objective's parts, wrapped for DDP/FSDP; self.forward(images, targets): the loss
+        self.model, self.objective = model.to(self.d.device), objective.to(self.d.device)
+        self.network = wrap(TrainingModule(self.model, self.objective), cfg.distributed, self.d, bf16=self.bf16)
+        self.forward = torch.compile(self.network) if loop.compile else self.network
+        self.eval_model = torch.compile(self.model) if loop.compile else self.model
+        self.optimizer = build_optimizer(unwrap(self.network), cfg.optim, device_type=self.d.device.type,
                                          sharded=cfg.distributed.strategy == "fsdp" and self.d.enabled)
-        self.ema = EMA(unwrap(self.model), loop.ema_decay) if loop.ema_decay else None
+        self.ema = EMA(unwrap(self.network), loop.ema_decay) if loop.ema_decay else None
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.state = {"best_accuracy": None, "last_accuracy": None, "last_accuracy_ema": None,
                       "skipped_steps": 0, "train_time_s": 0.0}
         self.step = 0
+        self.window_logs: dict[str, float] = {}  # an objective's extra logs, summed since the last metric line
         self.stop_requested = self.out_of_time = False  # set by each step's all-reduce
         if self.resume_path is not None:
-            saved = checkpointing.restore(self.resume_path, model=self.model, optimizer=self.optimizer,
+            saved = checkpointing.restore(self.resume_path, model=self.network, optimizer=self.optimizer,
                                           ema=self.ema, loader=self.train_loader, d=self.d)
             self.step = saved.pop("step")
             saved.pop("world_size", None)
@@ -182,9 +192,9 @@ class Trainer:
         """Skip the gradient all-reduce on all but the last micro-batch of a step."""
         if last or not self.d.enabled:
             return contextlib.nullcontext()
-        if hasattr(self.model, "no_sync"):
-            return self.model.no_sync()
-        self.model.set_requires_gradient_sync(False)  # FSDP2; re-enabled below
+        if hasattr(self.network, "no_sync"):
+            return self.network.no_sync()
+        set_gradient_sync(self.network, False)  # FSDP2; re-enabled below
         return contextlib.nullcontext()
 
     def train_step(self, batches) -> tuple[float, float, int]:
@@ -196,17 +206,19 @@ class Trainer:
             x, y = next(batches)
             x, y = x.to(self.d.device, non_blocking=True), y.to(self.d.device, non_blocking=True)
             last = i == accum - 1
-            if last and hasattr(self.model, "set_requires_gradient_sync"):
-                self.model.set_requires_gradient_sync(True)
+            if last:
+                set_gradient_sync(self.network, True)
             with self.sync_context(last):
                 with autocast(self.d.device, self.bf16):
-                    logits = self.forward(x)
-                loss = classification_loss(logits, y, self.cfg.loss.kind, self.cfg.loss.label_smoothing) / accum
+                    loss, logs = loss_and_logs(self.forward(x, y))
+                loss = loss / accum
                 loss.backward()
+            for key, value in logs.items():  # summed here, averaged over the log window in fit()
+                self.window_logs[key] = self.window_logs.get(key, 0.0) + float(value) / accum
             loss_sum += loss.item()
             images += x.shape[0]
         max_norm = loop.clip_grad_norm or float("inf")  # inf: measure the norm, change nothing
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), max_norm)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         # a signal on any rank, or rank 0's clock past the budget, stops every rank after this step
         loss_total, images, stop_flag, out_of_time = all_reduce_sum(
@@ -261,8 +273,10 @@ class Trainer:
                     rate = window_images / max(now - window_start, 1e-9)
                     if d.is_main:  # the loss averaged since the last line: one step's loss is too noisy to plot
                         window = result.losses[window_first:]
+                        logs = {k: v / len(window) for k, v in self.window_logs.items()}
                         self.metrics.write({"step": self.step, "loss": sum(window) / len(window),
-                                            "lr": lr, "grad_norm": grad_norm, "images_per_s": rate})
+                                            "lr": lr, "grad_norm": grad_norm, "images_per_s": rate, **logs})
+                    self.window_logs = {}
                     window_images, window_first, window_start = 0, len(result.losses), now
                 progress.update(self.step, loss, images_seen / max(time.perf_counter() - start, 1e-9), lr)
                 if loop.eval_every and self.step % loop.eval_every == 0 and self.step < self.total_steps:
@@ -288,6 +302,7 @@ class Trainer:
         result.last_accuracy = self.state["last_accuracy"]
         result.last_accuracy_ema = self.state["last_accuracy_ema"]
         result.skipped_steps = self.state["skipped_steps"]
+        result.metric = self.objective.metric
         result.skipped_images = int(all_reduce_sum([getattr(self.train_loader, "skipped", 0)], d)[0])
         if d.is_main:
             self.finish(result)
@@ -304,26 +319,30 @@ class Trainer:
         raise TrainingDiverged(f"{where}; stopping ({kept}; set train.on_nan = 'skip' to skip such steps)")
 
     def evaluate(self, progress: Progress) -> None:
-        acc = evaluate_top1(self.forward, self.eval_loader, self.d, bf16=self.bf16)
-        record = {"step": self.step, "eval_accuracy": acc}
+        """The objective's validation metrics (top-1 for classification), also with the EMA weights."""
+        objective, metric = self.objective, self.objective.metric
+        record = {"step": self.step, **objective.evaluate(self.eval_model, self.eval_loader, self.d, bf16=self.bf16)}
         if self.ema is not None:
             with self.ema.applied():
-                record["eval_accuracy_ema"] = evaluate_top1(self.forward, self.eval_loader, self.d, bf16=self.bf16)
-            self.state["last_accuracy_ema"] = record["eval_accuracy_ema"]
-        best = self.state["best_accuracy"]
-        self.state["last_accuracy"] = acc
-        self.state["best_accuracy"] = acc if best is None else max(best, acc)
+                ema = objective.evaluate(self.eval_model, self.eval_loader, self.d, bf16=self.bf16)
+            record.update({f"{k}_ema": v for k, v in ema.items()})
+            self.state["last_accuracy_ema"] = record[f"{metric}_ema"]
+        value, best = record[metric], self.state["best_accuracy"]
+        self.state["last_accuracy"] = value
+        better = max if objective.higher_is_better else min
+        self.state["best_accuracy"] = value if best is None else better(best, value)
         if self.d.is_main:
             self.metrics.write(record)
             if self.cfg.train.plot:
-                plot_curves(self.metrics.read(), self.run_dir / "training_curves.png", self.cfg.model.name)
-        ema_text = f", EMA {100 * record['eval_accuracy_ema']:.2f}%" if self.ema is not None else ""
-        progress.message(f"step {self.step}: eval top-1 {100 * acc:.2f}%{ema_text}")
+                plot_curves(self.metrics.read(), self.run_dir / "training_curves.png", self.cfg.model.name, metric)
+        ema_text = f", EMA {format_metric(metric, record[f'{metric}_ema'])}" if self.ema is not None else ""
+        progress.message(f"step {self.step}: {metric_label(metric)} {format_metric(metric, value)}{ema_text}")
 
     def save(self) -> Path:
         state = {**self.state, "train_time_s": self.train_time_s()}
         return checkpointing.save(
-            self.run_dir, self.step, model=self.model, optimizer=self.optimizer, ema=self.ema,
+            self.run_dir, self.step, model=self.network, optimizer=self.optimizer, ema=self.ema,
+            objective_record=self.objective.record(),
             loader=self.train_loader, trainer_state=state, model_config=self.model_config,
             label_names=self.label_names, preprocessing=self.preprocessing, d=self.d,
             keep=self.cfg.train.keep_checkpoints)
@@ -332,11 +351,19 @@ class Trainer:
         import json
 
         if self.cfg.train.plot:
-            plot_curves(self.metrics.read(), self.run_dir / "training_curves.png", self.cfg.model.name)
+            plot_curves(self.metrics.read(), self.run_dir / "training_curves.png", self.cfg.model.name,
+                        self.objective.metric)
         summary = {k: v for k, v in vars(result).items() if k != "losses"}
         summary["run_dir"] = str(summary["run_dir"])
         summary["final_checkpoint"] = str(checkpointing.list_checkpoints(self.run_dir)[-1])
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def set_gradient_sync(network: nn.Module, enabled: bool) -> None:
+    """FSDP2: (stop) all-reducing gradients in each sharded part (the encoder, the objective's parts)."""
+    for module in network.children():
+        if hasattr(module, "set_requires_gradient_sync"):
+            module.set_requires_gradient_sync(enabled)
 
 
 def preprocessing_of(cfg: TrainConfig) -> dict:

@@ -1,0 +1,40 @@
+"""Training objectives: what `vitlab train` minimises, chosen by the config's `[objective]` table.
+
+- classification (default): cross-entropy of the model's logits against the labels;
+- mpp: the paper's masked patch prediction (Section 4.6, Appendix B.1.2), self-supervised;
+- mae: the masked autoencoder (He et al., 2021), self-supervised.
+
+An objective is an `nn.Module` (see `base.Objective`): `loss = objective(model, images, targets)`,
+`objective.evaluate(model, loader, d)` for the validation metrics, and its own trainable parts, which the
+checkpoint keeps beside the encoder (objective.safetensors) so that model.safetensors stays a plain ViT.
+"""
+
+from __future__ import annotations
+
+from .base import Objective, TrainingModule, join_state_dicts, loss_and_logs, split_state_dict
+from .settings import NAMES, SELF_SUPERVISED, ObjectiveConfig
+
+
+def head_classes(cfg: ObjectiveConfig, num_classes: int) -> int:
+    """The size of the encoder's own classifier: none (0) for a self-supervised objective, which predicts
+    with its own head; a later fine-tune (model.init) adds a fresh one."""
+    return 0 if cfg.name in SELF_SUPERVISED else num_classes
+
+
+def build_objective(cfg: ObjectiveConfig, *, model_config=None, preprocessing: dict | None = None,
+                    loss=None) -> Objective:
+    """The objective `cfg` names. `model_config` (the encoder's ViTConfig) and `preprocessing` (the
+    input normalisation) size and feed the self-supervised targets; `loss` is the classification settings."""
+    if cfg.name == "classification":
+        from .classification import Classification
+
+        return Classification(loss.kind, loss.label_smoothing) if loss is not None else Classification()
+    if cfg.name == "mpp":
+        from .mpp import MaskedPatchPrediction
+
+        return MaskedPatchPrediction(cfg.mpp, model_config, preprocessing)
+    raise ValueError(f"unknown objective {cfg.name!r}: one of {', '.join(NAMES)}")
+
+
+__all__ = ["NAMES", "Objective", "ObjectiveConfig", "TrainingModule", "build_objective", "head_classes", "join_state_dicts",
+           "loss_and_logs", "split_state_dict"]

@@ -1,0 +1,85 @@
+"""The `[objective]` table of a training config: which objective, and each objective's settings.
+
+    [objective]
+    name = "mpp"            # classification (default) | mpp | mae
+    [objective.mpp]
+    corrupt_rate = 0.5
+
+Plain dataclasses (no torch), so that reading a config stays cheap; the objectives themselves are in the
+sibling modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+NAMES = ("classification", "mpp")
+SELF_SUPERVISED = ("mpp", "mae")  # read no labels
+
+
+@dataclass
+class MPPConfig:
+    """Masked patch prediction (the paper's Section 4.6 and Appendix B.1.2)."""
+
+    target: str = "mean_color"  # mean_color (1 x 2^(3C) classes) | downsized (4x4 cells, each a 3-bit colour) | pixels (L2)
+    corrupt_rate: float = 0.5  # fraction of patch embeddings corrupted (each patch independently)
+    replace_with_mask: float = 0.8  # of the corrupted: replaced by the learned [mask] embedding
+    replace_with_random: float = 0.1  # of the corrupted: replaced by another patch's embedding from the batch
+    # the rest (0.1) of the corrupted patches are kept as they are, but still predicted
+    color_bits: int = 3  # levels per channel = 2 ** color_bits
+    downsized_size: int = 4  # target = "downsized": the patch is averaged down to this many cells per side
+
+
+@dataclass
+class MAEConfig:
+    """Masked autoencoder (He et al., 2021): the encoder sees the visible patches only, a light decoder
+    reconstructs the masked ones."""
+
+    mask_rate: float = 0.75  # fraction of each image's patches hidden from the encoder
+    decoder_width: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    decoder_mlp_dim: int = 2048
+    norm_pix_loss: bool = True  # targets: each patch's pixels normalised by the patch's own mean and std
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "classification"  # classification | mpp | mae
+    mpp: MPPConfig = field(default_factory=MPPConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
+
+
+def check(cfg: ObjectiveConfig, model_overrides: dict, patch: int | None = None) -> list[str]:
+    """Problems with the objective's settings, each naming its key (empty when it can run); `patch` is the
+    number of pixels on a side of the region one token sees, when known."""
+    problems = []
+    if cfg.name not in NAMES:
+        return [f"objective.name = {cfg.name!r} is not one of {', '.join(NAMES)}"]
+    if cfg.name != "classification" and model_overrides.get("patch_dropout", 0.0):
+        problems.append(f"objective.name = {cfg.name!r} chooses its own patches: set model.overrides.patch_dropout "
+                        "to 0")
+    m = cfg.mpp
+    if m.target not in ("mean_color", "downsized", "pixels"):
+        problems.append(f"objective.mpp.target = {m.target!r} is not one of mean_color, downsized, pixels")
+    if not 0.0 < m.corrupt_rate <= 1.0:
+        problems.append(f"objective.mpp.corrupt_rate must be in (0, 1], not {m.corrupt_rate}")
+    if m.replace_with_mask < 0 or m.replace_with_random < 0 or m.replace_with_mask + m.replace_with_random > 1:
+        problems.append("objective.mpp.replace_with_mask and replace_with_random must be >= 0 and sum to <= 1, not "
+                        f"{m.replace_with_mask} and {m.replace_with_random}")
+    if not 1 <= m.color_bits <= 8:
+        problems.append(f"objective.mpp.color_bits must be in 1..8, not {m.color_bits}")
+    if m.downsized_size < 1:
+        problems.append(f"objective.mpp.downsized_size must be >= 1, not {m.downsized_size}")
+    elif cfg.name == "mpp" and m.target == "downsized" and patch is not None and patch % m.downsized_size:
+        problems.append(f"objective.mpp.downsized_size {m.downsized_size} does not divide the patch size {patch}")
+    a = cfg.mae
+    if not 0.0 < a.mask_rate < 1.0:
+        problems.append(f"objective.mae.mask_rate must be in (0, 1), not {a.mask_rate}")
+    for key in ("decoder_width", "decoder_depth", "decoder_heads", "decoder_mlp_dim"):
+        if getattr(a, key) < 1:
+            problems.append(f"objective.mae.{key} must be >= 1, not {getattr(a, key)}")
+    if a.decoder_heads >= 1 and a.decoder_width % a.decoder_heads:
+        problems.append(f"objective.mae.decoder_width {a.decoder_width} is not divisible by decoder_heads "
+                        f"{a.decoder_heads}")
+    return problems
