@@ -22,8 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import vitlab  # noqa: E402
-from vitlab.performance import compile_model, fast_inference, precision_dtype  # noqa: E402
-from vitlab.throughput import inference_step, interleave, matmul_step, median, model_flops, random_batch  # noqa: E402
+from vitlab.bench import inference_step, interleave, matmul_step, median, model_flops, random_batch  # noqa: E402
+from vitlab.models.fast import compile_model, fast_inference  # noqa: E402
+from vitlab.runtime import precision_dtype  # noqa: E402
 
 
 def profile_split(fn) -> dict[str, float]:

@@ -13,8 +13,8 @@ Every contender runs the same workload: a random batch, inference under torch.in
 step (forward, cross-entropy, backward, fused AdamW step, which is also what the transformers Trainer uses by
 default); bf16 means autocast with fp32 master weights for every library. Timings are interleaved
 (A B C A B C ...) after warm-up and reported as medians of the rounds. Parameter counts are printed and must
-be equal. torch.compile uses the same settings for every library (vitlab.performance.compile_model: inductor,
-plus weight freezing for CPU inference). "vitlab fast" is vitlab.performance.fast_inference (bf16 weights cast
+be equal. torch.compile uses the same settings for every library (vitlab.models.fast.compile_model: inductor,
+plus weight freezing for CPU inference). "vitlab fast" is vitlab.models.fast.fast_inference (bf16 weights cast
 once, oneDNN-packed matmuls with GELU fused on CPU); its natural peer is "HF bf16" (HF cast with .to(bf16)).
 """
 
@@ -39,11 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import vitlab  # noqa: E402
+from vitlab.bench import (Result, Variant, datasheet_peak, format_bytes, inference_step,  # noqa: E402
+                          interleave, matmul_step, median, model_flops, peak_step_memory, random_batch,
+                          training_step, vitlab_step)
 from vitlab.fileio import atomic_write_text  # noqa: E402
-from vitlab.performance import compile_model, make_adamw, onednn_bf16_available, precision_dtype  # noqa: E402
-from vitlab.throughput import (Result, Variant, datasheet_peak, format_bytes, inference_step,  # noqa: E402
-                               interleave, matmul_step, median, model_flops, peak_step_memory, random_batch,
-                               training_step, vitlab_step)
+from vitlab.models.fast import compile_model, onednn_bf16_available  # noqa: E402
+from vitlab.runtime import precision_dtype  # noqa: E402
+from vitlab.training.optim import make_adamw  # noqa: E402
 
 TIMM_NAMES = {"ViT-Ti/16": "vit_tiny_patch16_224", "ViT-S/16": "vit_small_patch16_224",
               "ViT-B/16": "vit_base_patch16_224", "ViT-L/16": "vit_large_patch16_224"}

@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import vitlab  # noqa: E402
-from vitlab.performance import make_adamw  # noqa: E402
-from vitlab.throughput import random_batch, time_call, training_step  # noqa: E402
+from vitlab.bench import random_batch, time_call, training_step  # noqa: E402
+from vitlab.training.optim import make_adamw  # noqa: E402
 
 
 def time_steps(model, batch_size: int, image_size: int, steps: int, label_smoothing: float,

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from vitlab.data import augment
+from vitlab.training.losses import classification_loss
 from vitlab.data.randaugment import OPS, RandAugment
 from vitlab.data.splits import parse_split, select
 from vitlab.data.transforms import (CropResize, centre_box, crop_flip_batch, normalize, resize_batch,
@@ -168,10 +169,10 @@ def test_random_erasing():
     assert torch.equal(augment.random_erase(x, np.random.default_rng(0), 0.0), x)
 
 
-def test_cross_entropy_hard_and_soft_agree():
+def test_the_training_loss_reads_the_loaders_soft_targets_as_their_labels():
     logits, labels = torch.randn(5, 7), torch.randint(0, 7, (5,))
-    hard = augment.cross_entropy(logits, labels)
-    assert torch.allclose(hard, augment.cross_entropy(logits, augment.soft_targets(labels, 7)))
+    hard = classification_loss(logits, labels)
+    assert torch.allclose(hard, classification_loss(logits, augment.soft_targets(labels, 7)))
 
 
 @pytest.mark.parametrize("channels", [1, 3])

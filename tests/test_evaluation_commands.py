@@ -13,7 +13,8 @@ from vitlab import create_model, load_pretrained, save_pretrained
 from vitlab.cli import main
 from vitlab.commands import evalargs
 from vitlab.evaluation.predict import imagenet1k_class_names, predict_files, read_image
-from vitlab.evaluation.vtab import VTAB_TASKS, VTABSettings, group_means, lr_at, new_head, run_task, split_1k
+from vitlab.checkpoints.adapt import reset_head
+from vitlab.evaluation.vtab import VTAB_TASKS, VTABSettings, group_means, run_task, split_1k
 
 NAMES = ["ant", "bee", "cat", "dog", "eel"]
 
@@ -108,7 +109,7 @@ def blobs(monkeypatch):
 
 def test_eval_command_writes_metrics_and_confusion_png(checkpoint, tmp_path, blobs, capsys):
     model = load_pretrained(checkpoint)
-    new_head(model, 3)
+    reset_head(model, 3)
     three = save_pretrained(model, tmp_path / "three")
     real = [[int(y)] if i % 2 else [] for i, y in enumerate(blobs["test"].labels)]
     (tmp_path / "real.json").write_text(json.dumps(real))
@@ -142,15 +143,12 @@ def test_fewshot_command_table_and_json(checkpoint, tmp_path, blobs, capsys):
     assert "linear_probe" not in json.loads(capsys.readouterr().out)
 
 
-def test_vtab_split_schedule_and_groups():
+def test_vtab_split_and_groups():
     train, val = split_1k(1500, seed=3)
     assert len(train) == 800 and len(val) == 200 and not set(train) & set(val)
     assert np.array_equal(split_1k(1500, seed=3)[0], train)
     with pytest.raises(ValueError, match="has 999 images; VTAB-1k needs 1000"):
         split_1k(999)
-    s = VTABSettings(steps=100, warmup_steps=10, lr=0.01)
-    assert lr_at(0, s) == pytest.approx(0.001) and lr_at(9, s) == pytest.approx(0.01)
-    assert lr_at(55, s) == pytest.approx(0.005) and lr_at(100, s) == pytest.approx(0.0, abs=1e-12)
     groups = [g for g in VTAB_TASKS.values()]
     assert (groups.count("natural"), groups.count("specialized"), groups.count("structured")) == (7, 4, 8)
     means = group_means({"dtd": 0.5, "svhn": 0.7, "eurosat": 0.9, "dmlab": 0.2})
@@ -161,7 +159,7 @@ def test_vtab_split_schedule_and_groups():
 def test_vtab_task_fine_tunes_and_command_resumes(checkpoint, tmp_path, blobs, monkeypatch, capsys):
     settings = VTABSettings(train_images=60, val_images=30, steps=10, batch_size=16, micro_batch_size=8,
                             warmup_steps=2, lr=0.1, flip=True)
-    model = new_head(load_pretrained(checkpoint), 3)
+    model = reset_head(load_pretrained(checkpoint), 3)
     result = run_task(model, blobs["train"], blobs["test"], settings, progress=False)
     assert result["num_train"] == 60 and result["num_val"] == 30 and result["num_test"] == 30
     assert result["final_loss"] < result["first_loss"] and result["test_accuracy"] > 0.6
@@ -189,7 +187,6 @@ def _small_settings(init):
 
 
 def test_eval_and_fewshot_on_an_image_folder(checkpoint, tmp_path, capsys):
-    pytest.importorskip("vitlab.data", reason="vitlab.data is built on the data branch")
     rng = np.random.default_rng(0)
     for split, n in (("train", 6), ("test", 3)):
         for c, colour in enumerate(([220, 30, 30], [30, 220, 30], [30, 30, 220])):
@@ -198,7 +195,7 @@ def test_eval_and_fewshot_on_an_image_folder(checkpoint, tmp_path, capsys):
             for i in range(n):
                 pixels = np.clip(np.array(colour) + rng.normal(0, 30, (18, 22, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
-    model = new_head(load_pretrained(checkpoint), 3)
+    model = reset_head(load_pretrained(checkpoint), 3)
     three = save_pretrained(model, tmp_path / "three")
     data = f"folder:{tmp_path / 'images'}"
     assert main(["eval", "--checkpoint", str(three), "--data", data, "--num-workers", "0"]) == 0
@@ -206,3 +203,34 @@ def test_eval_and_fewshot_on_an_image_folder(checkpoint, tmp_path, capsys):
     assert metrics["num_samples"] == 9 and metrics["class_names"] == NAMES[:3] and "top5" not in metrics
     assert main(["fewshot", "--checkpoint", str(three), "--data", data, "--shots", "1", "5", "--num-workers", "0"]) == 0
     assert json.loads((three / "fewshot" / "fewshot.json").read_text())["linear_probe"]["num_train"] == 18
+
+
+def test_vtab_fine_tunes_through_the_trainer_with_the_one_schedule_and_head_reset(tmp_path, blobs, monkeypatch):
+    from vitlab.training.schedule import lr_factor
+    from vitlab.training.trainer import Trainer
+
+    # a checkpoint with a pre-logits layer and as many classes as the task: the head is still made afresh
+    model = create_model("ViT-Ti/16", **tiny(patch_size=8, image_size=16, num_classes=3, representation_size=12))
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    checkpoint = save_pretrained(model, tmp_path / "ckpt")
+    seen = {"models": [], "lrs": []}
+    init, step = Trainer.__init__, Trainer.train_step
+
+    def spy_init(self, cfg, **kwargs):
+        seen["models"].append(kwargs.get("model"))
+        seen["head_at_start"] = kwargs["model"].head.weight.detach().clone()
+        init(self, cfg, **kwargs)
+
+    def spy_step(self, batches):
+        seen["lrs"].append(self.optimizer.param_groups[0]["lr"])
+        return step(self, batches)
+
+    monkeypatch.setattr(Trainer, "__init__", spy_init)
+    monkeypatch.setattr(Trainer, "train_step", spy_step)
+    monkeypatch.setattr(VTABSettings, "__init__", _small_settings(VTABSettings.__init__))
+    assert main(["vtab", "--checkpoint", str(checkpoint), "--task", "dtd=blobs", "--steps", "6", "--batch-size", "8",
+                 "--warmup-steps", "2", "--lr", "0.05", "--output-dir", str(tmp_path / "vtab")]) == 0
+    (tuned,) = seen["models"]
+    assert tuned.pre_logits is None and not seen["head_at_start"].any()  # reset_head: the paper's new head
+    assert seen["lrs"] == pytest.approx([0.05 * lr_factor(s, 6, 2) for s in range(6)])  # the Trainer's schedule
+    assert not list((tmp_path / "vtab").glob(".vtab-run-*"))  # the fine-tuning run's checkpoints are not kept

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from conftest import tiny
 from vitlab import create_model
 from vitlab.evaluation import EvalBatches, evaluate, extract_features
-from vitlab.evaluation.runtime import init_distributed
+from vitlab.runtime import setup, teardown
 
 NUM_SAMPLES = 7  # not divisible by the 2 processes: one rank gets a sample more, none is padded or repeated
 
@@ -49,10 +49,11 @@ def _worker(rank, port, out):
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    assert init_distributed() == (rank, 2)
+    d = setup("cpu")
+    assert (d.rank, d.world_size) == (rank, 2)
     result, features, labels, indices = run_eval(rank, 2)
     torch.save({"result": result, "features": features, "labels": labels, "indices": indices}, f"{out}.{rank}")
-    dist.destroy_process_group()
+    teardown()
 
 
 def free_port():

@@ -8,11 +8,8 @@ import pytest
 import torch
 
 import training_support as ts
-
-ts.install_fake_data()
-
-from vitlab.training import Trainer, from_dict, train  # noqa: E402
-from vitlab.training.config import ConfigError, validate  # noqa: E402
+from vitlab.training import Trainer, from_dict, train
+from vitlab.training.config import ConfigError, validate
 
 
 def config(tmp_path, **sections):

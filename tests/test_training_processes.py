@@ -64,7 +64,6 @@ def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float = 
 
 def in_process_losses(config: Path) -> list[float]:
     """The uninterrupted run, trained in this process (numerically the same as a 1-thread subprocess)."""
-    ts.install_fake_data()
     from vitlab.training import load_config, train
 
     return train(load_config(config)).losses

@@ -17,12 +17,27 @@ def adapt_model(model: nn.Module, *, num_classes: int | None = None, image_size=
     elif image_size is not None:
         cfg.image_size = image_size
     if num_classes is not None and num_classes != cfg.num_classes:
-        if isinstance(cfg, ViTConfig) and model.pre_logits is not None and not keep_pre_logits:
-            model.pre_logits = None  # the paper drops the pre-training head's hidden layer when fine-tuning
-            model.num_features = cfg.width
-            cfg.representation_size = None
+        if not keep_pre_logits:
+            drop_pre_logits(model)
         replace_head(model, num_classes)
     return model
+
+
+def reset_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """The paper's fine-tuning head, always fresh: the pre-training hidden layer (pre-logits) dropped and a
+    zero-initialised linear layer for `num_classes` (the one rule of `vitlab train` and `vitlab vtab`)."""
+    drop_pre_logits(model)
+    replace_head(model, num_classes)
+    return model
+
+
+def drop_pre_logits(model: nn.Module) -> None:
+    """The paper drops the pre-training head's hidden layer when fine-tuning."""
+    cfg = model.config
+    if isinstance(cfg, ViTConfig) and model.pre_logits is not None:
+        model.pre_logits = None
+        model.num_features = cfg.width
+        cfg.representation_size = None
 
 
 def set_image_size(model: nn.Module, image_size, method: str = "official") -> None:

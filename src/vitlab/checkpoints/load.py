@@ -21,9 +21,6 @@ from .npz_official import load_official_npz
 from .timm import is_timm_state_dict, load_timm
 from .vitlab_format import WEIGHTS_FILE, is_vitlab_checkpoint, load_vitlab
 
-FORMATS = ("vitlab", "hf", "npz", "timm")
-
-
 def detect_format(path: str | Path) -> str:
     """'vitlab', 'hf', 'npz' or 'timm', from the file's contents (never from its name alone)."""
     path = Path(path)

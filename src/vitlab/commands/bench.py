@@ -15,9 +15,10 @@ import json
 
 import torch
 
-from ..performance import precision_dtype
-from ..throughput import (Result, Variant, datasheet_peak, format_bytes, interleave, matmul_step, model_flops,
+from ..bench import (Result, Variant, datasheet_peak, format_bytes, interleave, matmul_step, model_flops,
                           peak_step_memory, random_batch, vitlab_step)
+from ..runtime import pick_device, precision_dtype, resolve_precision
+from .evalargs import precision_argument
 
 
 def add_arguments(parser) -> None:
@@ -26,15 +27,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=None, help="default: the model's own")
     parser.add_argument("--task", choices=("inference", "train", "both"), default="both")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                        help="bf16/fp16: autocast (matmuls in low precision, fp32 master weights)")
+    parser.add_argument("--precision", type=precision_argument, default="fp32",
+                        help="fp32, bf16, fp16 or auto; bf16/fp16: autocast (matmuls in low precision, fp32 weights)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (one graph)")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
     parser.add_argument("--fast", action="store_true",
-                        help="inference: vitlab.performance.fast_inference (weights cast once; packed on CPU)")
+                        help="inference: vitlab.models.fast.fast_inference (weights cast once; packed on CPU)")
     parser.add_argument("--cuda-graph", action="store_true", help="inference on CUDA: replay a CUDA graph")
     parser.add_argument("--grad-checkpointing", action="store_true", help="training: recompute activations")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (auto: a GPU when there is one)")
     parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (the median is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
@@ -52,7 +53,8 @@ def build(args):
 
 
 def run(args) -> int:
-    device = torch.device(args.device)
+    device = pick_device(args.device)
+    precision = resolve_precision(args.precision, device)
     if args.threads:
         torch.set_num_threads(args.threads)
     tasks = ("inference", "train") if args.task == "both" else (args.task,)
@@ -62,14 +64,14 @@ def run(args) -> int:
     x, y = random_batch(args.batch_size, image_size, max(model.num_classes, 1), device, model.config.in_chans)
     steps, results = {}, {}
     for task in tasks:
-        variant = Variant(task, args.precision, args.compile, args.fast, args.cuda_graph, args.grad_checkpointing,
+        variant = Variant(task, precision, args.compile, args.fast, args.cuda_graph, args.grad_checkpointing,
                           args.compile_mode)
         # each task its own copy: train/eval modes (and compiled graphs) must not flip between calls
         steps[task] = vitlab_step(copy.deepcopy(model), variant, x, y)
         results[task] = Result(task, args.batch_size, model_flops(model, image_size, task))
     peak = datasheet_peak(device)
     if peak is None:  # the CPU's practical peak: a matmul of the same dtype, timed between the model's steps
-        mm, mm_flops = matmul_step(precision_dtype(args.precision), device)
+        mm, mm_flops = matmul_step(precision_dtype(precision), device)
         steps["matmul"] = mm
     times = interleave(steps, device, rounds=args.rounds, warmup=args.warmup, repeats=repeats)
     peak_flops = peak[1] if peak else mm_flops / sorted(times["matmul"])[len(times["matmul"]) // 2]
@@ -79,9 +81,9 @@ def run(args) -> int:
             result.peak_memory = peak_step_memory(steps[task], device)
     report = {
         "model": args.checkpoint or args.model, "parameters": sum(p.numel() for p in model.parameters()), "device": str(device),
-        "batch_size": args.batch_size, "image_size": image_size, "precision": args.precision,
+        "batch_size": args.batch_size, "image_size": image_size, "precision": precision,
         "compile": args.compile, "fast": args.fast, "cuda_graph": args.cuda_graph,
-        "peak_flops": peak_flops, "peak_source": f"datasheet {peak[0]}" if peak else f"{args.precision} matmul",
+        "peak_flops": peak_flops, "peak_source": f"datasheet {peak[0]}" if peak else f"{precision} matmul",
         "results": {task: {"images_per_second": r.images_per_second, "ms_per_step": 1e3 * r.seconds,
                            "model_flops_per_second": r.flops_per_second,
                            "utilisation": r.flops_per_second / peak_flops, "peak_memory_bytes": r.peak_memory}

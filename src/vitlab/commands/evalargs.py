@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
 
-from ..evaluation.runtime import model_image_size, parse_amp, pick_device
+from ..evaluation.batches import model_image_size
+from ..runtime import Dist, RuntimeSettingError, check_precision, resolve_precision, setup
 
 
 def add_model_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint (vitlab dir, .npz, timm or HF)")
     parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the checkpoint's)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: a GPU when there is one)")
-    parser.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
-                        help="mixed precision (auto: bf16 on a GPU that has it)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (auto: a GPU when there is one)")
+    parser.add_argument("--precision", "--amp", dest="precision", default="auto", type=precision_argument,
+                        help="fp32, bf16, fp16 (autocast) or auto: bf16 on a GPU that has it, else fp32")
+
+
+def precision_argument(text: str) -> str:
+    """argparse type for a precision: every command accepts the same values, with the same message."""
+    try:
+        return check_precision(text)
+    except RuntimeSettingError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_data_arguments(parser, *, split: str | None = "test") -> None:
@@ -27,9 +37,10 @@ def add_data_arguments(parser, *, split: str | None = "test") -> None:
     parser.add_argument("--output-dir", default=None, help="where to write results (default: CHECKPOINT/eval)")
 
 
-def device_and_amp(args):
-    device = pick_device(args.device)
-    return device, parse_amp(args.amp, device)
+def runtime_of(args) -> tuple[Dist, str]:
+    """This process's place in the run (device, rank; joins torchrun's group) and the precision to run in."""
+    d = setup(args.device)
+    return d, resolve_precision(args.precision, d.device)
 
 
 def load_model(checkpoint: str, *, image_size: int | None = None, num_classes: int | None = None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..evaluation import EvalBatches, align_to_dataset, evaluate, load_real_labels, save_confusion_png
 from ..evaluation.metrics import format_summary
-from ..evaluation.runtime import init_distributed, model_preprocessing
+from ..evaluation.batches import model_preprocessing
 from . import evalargs
 
 
@@ -16,8 +16,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    rank, world_size = init_distributed()
-    device, amp = evalargs.device_and_amp(args)
+    d, precision = evalargs.runtime_of(args)
     model = evalargs.load_model(args.checkpoint, image_size=args.image_size)
     dataset = evalargs.build_dataset(args.data, args.split, root=args.root, in_chans=model.config.in_chans)
     if getattr(dataset, "num_classes", model.num_classes) != model.num_classes:
@@ -25,12 +24,12 @@ def run(args) -> int:
                          f"{model.num_classes}; evaluate a checkpoint fine-tuned on this data set")
     real = align_to_dataset(load_real_labels(args.real), dataset) if args.real else None
     batches = EvalBatches(dataset, image_size=evalargs.image_size_of(model, args), batch_size=args.batch_size,
-                          preprocessing=model_preprocessing(model), rank=rank, world_size=world_size,
+                          preprocessing=model_preprocessing(model), rank=d.rank, world_size=d.world_size,
                           num_workers=args.num_workers)
-    result = evaluate(model, batches, device=device, amp_dtype=amp, real_labels=real, desc=f"eval {args.split}")
+    result = evaluate(model, batches, device=d.device, precision=precision, real_labels=real, desc=f"eval {args.split}")
     result.update(checkpoint=str(args.checkpoint), data=args.data, split=args.split,
                   skipped_images=_total_skipped(batches.skipped), class_names=getattr(dataset, "class_names", None))
-    if rank != 0:
+    if not d.is_main:
         return 0
     out = evalargs.output_dir(args, args.checkpoint, "eval")
     evalargs.write_json(out / "metrics.json", result)
@@ -49,6 +48,6 @@ def run(args) -> int:
 def _total_skipped(local: int) -> int:
     import torch
 
-    from ..evaluation.runtime import all_reduce_sum
+    from ..runtime import all_reduce_sum
 
     return int(all_reduce_sum(torch.tensor([local]))[0])

@@ -10,7 +10,7 @@ import torch
 from ..evaluation import EvalBatches, extract_features, fewshot_results, linear_probe
 from ..evaluation.fewshot import DEFAULT_L2, DEFAULT_SHOTS, format_fewshot, shots_needed
 from ..evaluation.probe import DEFAULT_PROBE_L2
-from ..evaluation.runtime import init_distributed, model_preprocessing
+from ..evaluation.batches import model_preprocessing
 from . import evalargs
 
 
@@ -36,8 +36,7 @@ def dataset_labels(dataset) -> np.ndarray:
 
 
 def run(args) -> int:
-    rank, world_size = init_distributed()
-    device, amp = evalargs.device_and_amp(args)
+    d, precision = evalargs.runtime_of(args)
     model = evalargs.load_model(args.checkpoint, image_size=args.image_size)
     in_chans = model.config.in_chans
     train = evalargs.build_dataset(args.data, args.train_split, root=args.root, in_chans=in_chans)
@@ -48,9 +47,9 @@ def run(args) -> int:
 
     def features(dataset, indices, desc):
         batches = EvalBatches(dataset, image_size=evalargs.image_size_of(model, args), batch_size=args.batch_size,
-                              preprocessing=model_preprocessing(model), rank=rank, world_size=world_size,
+                              preprocessing=model_preprocessing(model), rank=d.rank, world_size=d.world_size,
                               num_workers=args.num_workers, indices=indices)
-        return extract_features(model, batches, device=device, amp_dtype=amp, desc=desc)
+        return extract_features(model, batches, device=d.device, precision=precision, desc=desc)
 
     if args.linear_probe:  # the probe needs every train image, which covers the few-shot sets too
         train_x, train_y, train_idx = features(train, None, f"features {args.train_split}")
@@ -58,13 +57,13 @@ def run(args) -> int:
         train_x, train_y, train_idx = features(train, shots_needed(labels, num_classes, args.shots, seeds),
                                                f"features {args.train_split} (few-shot images)")
     test_x, test_y, _ = features(test, None, f"features {args.test_split}")
-    if rank != 0:
+    if not d.is_main:
         return 0
     result = fewshot_results(labels, train_x, test_x, test_y, num_classes, train_indices=train_idx.numpy(),
                              shots=args.shots, seeds=seeds, l2=args.l2)
     if args.linear_probe:
         result["linear_probe"] = linear_probe(train_x, train_y, test_x, test_y, num_classes, l2=args.probe_l2,
-                                              device=device)
+                                              device=d.device)
     result.update(checkpoint=str(args.checkpoint), data=args.data, train_split=args.train_split,
                   test_split=args.test_split, feature_dim=int(train_x.shape[1]))
     out = evalargs.output_dir(args, args.checkpoint, "fewshot")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from ..runtime import pick_device
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("images", nargs="*", help="image files to draw attention maps for")
@@ -33,7 +35,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--image-size", type=int, help="run at this resolution (resamples position embeddings)")
     parser.add_argument("--in-chans", type=int, help="input channels, with --model (default 3)")
     parser.add_argument("--num-heads", type=int, help="head count, for checkpoint formats that do not store it")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (auto: a GPU when there is one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -73,7 +75,7 @@ def inspect(args) -> int:
     from ..inspection.report import describe
 
     start = time.perf_counter()
-    model = load_model(args).to(args.device).eval()
+    model = load_model(args).to(pick_device(args.device)).eval()
     label = f"{Path(args.checkpoint).name if args.checkpoint else args.model}: {describe(model.config)}"
 
     dataset = distance_batches = None

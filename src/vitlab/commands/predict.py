@@ -15,10 +15,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    device, amp = evalargs.device_and_amp(args)
+    d, precision = evalargs.runtime_of(args)
     model = evalargs.load_model(args.checkpoint, image_size=args.image_size)
-    results = predict_files(model, args.images, topk=args.top_k, batch_size=args.batch_size, device=device,
-                            amp_dtype=amp)
+    results = predict_files(model, args.images, topk=args.top_k, batch_size=args.batch_size, device=d.device,
+                            precision=precision)
     if args.json:
         print(evalargs.json_text(results), end="")
     else:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from ..evaluation.vtab import VTAB_TASKS, VTABSettings, format_table, new_head, run_task, task_group
+from ..checkpoints.adapt import reset_head
+from ..evaluation.vtab import VTAB_TASKS, VTABSettings, format_table, run_task, task_group
 from . import evalargs
 
 DEFAULTS = VTABSettings()
@@ -67,7 +68,7 @@ def task_specs(args) -> dict[str, dict]:
 
 
 def run(args) -> int:
-    device, amp = evalargs.device_and_amp(args)
+    d, precision = evalargs.runtime_of(args)
     settings = VTABSettings(steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                             micro_batch_size=args.micro_batch_size, warmup_steps=min(args.warmup_steps, args.steps),
                             image_size=args.image_size, flip=args.flip, seed=args.seed)
@@ -85,9 +86,9 @@ def run(args) -> int:
         in_chans = model.config.in_chans
         train = evalargs.build_dataset(spec["data"], spec["train_split"], root=args.root, in_chans=in_chans)
         test = evalargs.build_dataset(spec["data"], spec["test_split"], root=args.root, in_chans=in_chans)
-        new_head(model, train.num_classes)
-        results[name] = dict(run_task(model, train, test, settings, device=device, amp_dtype=amp,
-                                      eval_batch_size=args.eval_batch_size), key=key)
+        reset_head(model, train.num_classes)
+        results[name] = dict(run_task(model, train, test, settings, device=d.device, precision=precision,
+                                      eval_batch_size=args.eval_batch_size, work_dir=out.parent), key=key)
         r = results[name]
         print(f"{name}: val {100 * r['val_accuracy']:.2f}%  test {100 * r['test_accuracy']:.2f}%")
         evalargs.write_json(out, {"tasks": {**done, **results}})  # after every task, so a long run can resume

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
@@ -78,9 +77,3 @@ def random_erase(x: torch.Tensor, rng: np.random.Generator, prob: float) -> torc
     noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
     return torch.where(mask.unsqueeze(1), noise, x)
 
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy for int labels (B,) or soft targets (B, K), whichever the loader yields."""
-    if targets.ndim == 2:
-        return -(targets * F.log_softmax(logits.float(), -1)).sum(-1).mean()
-    return F.cross_entropy(logits, targets)

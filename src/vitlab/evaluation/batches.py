@@ -13,12 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-try:  # the data package's "this one file cannot be decoded" error
-    from ..data.errors import BadImage
-except ImportError:  # pragma: no cover - before vitlab.data exists
-    BadImage = OSError
+from ..data.errors import BadImage  # the data package's "this one file cannot be decoded" error
 
 SKIPPABLE = (BadImage, OSError)
+
+
+def model_image_size(model) -> tuple[int, int]:
+    size = model.config.image_size
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def model_preprocessing(model) -> dict:
+    """How the checkpoint expects pixels normalised; the paper's x / 127.5 - 1 when it does not say."""
+    return getattr(model, "preprocessing", None) or {"normalisation": "minus_one_one"}
 
 
 def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

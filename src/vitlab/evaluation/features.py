@@ -9,7 +9,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .metrics import unpack
-from .runtime import all_gather_objects, autocast, rank_and_world
+from ..runtime import all_gather_objects, autocast, rank_and_world
 
 
 def representation(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -17,7 +17,7 @@ def representation(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()  # not inference_mode: the features go on to train a linear probe
-def extract_features(model: nn.Module, batches: Iterable, *, device="cpu", amp_dtype=None, progress: bool = True,
+def extract_features(model: nn.Module, batches: Iterable, *, device="cpu", precision: str = "fp32", progress: bool = True,
                      desc: str = "features") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(features float32 (N, D), labels (N,), data set indices (N,)) on the CPU, sorted by index.
 
@@ -29,7 +29,7 @@ def extract_features(model: nn.Module, batches: Iterable, *, device="cpu", amp_d
     rank, _ = rank_and_world()
     for batch in tqdm(batches, desc=desc, unit="batch", disable=None if progress and rank == 0 else True):
         images, batch_labels, batch_indices = unpack(batch)
-        with autocast(device, amp_dtype):
+        with autocast(device, precision):
             out = representation(model, images.to(device, non_blocking=True))
         feats.append(out.float().cpu())
         labels.append(batch_labels.cpu())

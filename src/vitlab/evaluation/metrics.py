@@ -14,7 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .real import real_hits
-from .runtime import all_reduce_sum, autocast, rank_and_world
+from ..runtime import all_reduce_sum, autocast, rank_and_world
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
@@ -87,7 +87,7 @@ def unpack(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches: Iterable, *, device="cpu", amp_dtype: torch.dtype | None = None,
+def evaluate(model: nn.Module, batches: Iterable, *, device="cpu", precision: str = "fp32",
              num_classes: int | None = None, ks: Sequence[int] = (1, 5), real_labels: list[list[int]] | None = None,
              progress: bool = True, desc: str = "eval") -> dict:
     """Top-k, per-class accuracy and confusion matrix of `model` over `batches` (this rank's share of them).
@@ -104,11 +104,33 @@ def evaluate(model: nn.Module, batches: Iterable, *, device="cpu", amp_dtype: to
     # disable=None: tqdm draws only on a terminal, so logs get no carriage-return redraws
     for batch in tqdm(batches, desc=desc, unit="batch", disable=None if progress and rank == 0 else True):
         images, labels, indices = unpack(batch)
-        with autocast(device, amp_dtype):
+        with autocast(device, precision):
             logits = model(images.to(device, non_blocking=True))
         counts.update(logits.float(), labels.to(device), indices)
     counts.all_reduce()
     return counts.summary()
+
+
+@torch.no_grad()
+def top1_accuracy(model, loader: Iterable, device: torch.device, precision: str = "fp32") -> float:
+    """Top-1 accuracy over a training run's evaluation loader (every rank sees its shard; the counts are summed).
+
+    The loader yields (images, targets), targets as class indices or soft (per-class) targets.
+    """
+    was_training = getattr(model, "training", False)
+    model.eval()
+    correct = total = 0
+    for images, targets in loader:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with autocast(device, precision):
+            logits = model(images)
+        if targets.is_floating_point():
+            targets = targets.argmax(-1)
+        correct += (logits.argmax(-1) == targets).sum().item()
+        total += targets.numel()
+    model.train(was_training)
+    correct, total = all_reduce_sum(torch.tensor([correct, total], dtype=torch.float64)).tolist()
+    return correct / max(total, 1)
 
 
 def format_summary(result: dict, class_names: list[str] | None = None, max_classes: int = 20) -> str:

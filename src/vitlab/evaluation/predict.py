@@ -10,8 +10,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from .batches import normalise, resize
-from .runtime import autocast, model_image_size, model_preprocessing
+from ..runtime import autocast
+from .batches import model_image_size, model_preprocessing, normalise, resize
 
 IMAGENET1K_CLASSES = "imagenet1k_classes.txt"
 
@@ -54,7 +54,7 @@ def read_image(path: str | Path, in_chans: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_files(model: nn.Module, paths, *, topk: int = 5, batch_size: int = 32, device="cpu", amp_dtype=None,
+def predict_files(model: nn.Module, paths, *, topk: int = 5, batch_size: int = 32, device="cpu", precision: str = "fp32",
                   image_size=None) -> list[dict]:
     """[{"file", "predictions": [{"label", "index", "probability"}, ...]} or {"file", "error"}] per path, in order."""
     device = torch.device(device)
@@ -76,7 +76,7 @@ def predict_files(model: nn.Module, paths, *, topk: int = 5, batch_size: int = 3
         if not images:
             continue
         x = normalise(torch.stack(images), preprocessing).to(device)
-        with autocast(device, amp_dtype):
+        with autocast(device, precision):
             logits = model(x)
         probs = logits.float().softmax(dim=1)
         top = probs.topk(k, dim=1)

@@ -3,25 +3,27 @@
 For each task: 1000 training images (a seeded random choice from the task's training split), of which 800
 train and 200 validate; fine-tune the whole model for 2,500 steps at learning rate 0.01 with the paper's
 fine-tuning recipe (SGD, momentum 0.9, no weight decay, linear warm-up then cosine decay, gradient clipping at
-global norm 1, batch 512), then report validation and test accuracy. The results table gives the mean of each
+global norm 1, batch 512) through the same Trainer as `vitlab train`, then report validation and test accuracy. The results table gives the mean of each
 group (Natural, Specialized, Structured) and the mean over all tasks, which is what "VTAB (19 tasks)" reports.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from ..checkpoints.adapt import adapt_model, replace_head
-from .batches import EvalBatches, normalise
+from ..data import DataConfig
+from ..training.config import DistributedConfig, OptimConfig, ScheduleConfig, TrainConfig, TrainSettings
+from ..training.trainer import TrainResult, train
+from .batches import EvalBatches, model_preprocessing, normalise
 from .metrics import evaluate
-from .runtime import autocast, model_preprocessing
 
 GROUPS = ("natural", "specialized", "structured")
 
@@ -77,75 +79,97 @@ def load_uint8(dataset, indices, image_size) -> tuple[torch.Tensor, torch.Tensor
     return torch.cat(images), torch.cat(labels)
 
 
-def new_head(model: nn.Module, num_classes: int) -> nn.Module:
-    """The paper's fine-tuning head: a zero-initialised linear layer for the task's classes, always fresh."""
-    if model.num_classes != num_classes:
-        adapt_model(model, num_classes=num_classes)  # also drops the pre-training pre-logits layer
-    else:
-        replace_head(model, num_classes)
-    return model
+class MemoryBatches:
+    """In-memory uint8 images as a Trainer's loader: normalised float batches on the device.
 
+    train=True: endless seeded micro-batches drawn with replacement (optionally flipped), the protocol's
+    sampler; its position is the generator's state, saved with a checkpoint. train=False: each image once.
+    """
 
-def lr_at(step: int, settings: VTABSettings) -> float:
-    """Linear warm-up to settings.lr, then cosine decay to zero at the last step."""
-    if step < settings.warmup_steps:
-        return settings.lr * (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
-    return settings.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_size: int, *,
+                 preprocessing: dict, device, train: bool, flip: bool = False, seed: int = 0):
+        self.device = torch.device(device)
+        self.images, self.labels = images.to(self.device), labels.to(self.device)
+        self.num_classes, self.batch_size, self.preprocessing = num_classes, batch_size, preprocessing
+        self.train, self.flip = train, flip
+        self.generator = torch.Generator().manual_seed(seed)
 
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
 
-def finetune(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: VTABSettings, *,
-             preprocessing: dict, device="cpu", amp_dtype=None, progress: bool = True) -> list[float]:
-    """Fine-tune on in-memory uint8 images with the paper's recipe; returns the loss of every step."""
-    device = torch.device(device)
-    model.train().to(device)
-    optimiser = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(settings.seed)
-    micro = settings.micro_batch_size or settings.batch_size
-    images, labels = images.to(device), labels.to(device)
-    losses = []
-    for step in tqdm(range(settings.steps), desc="fine-tune", unit="step", disable=None if progress else True):
-        for group in optimiser.param_groups:
-            group["lr"] = lr_at(step, settings)
-        batch = torch.randint(len(images), (settings.batch_size,), generator=generator)  # with replacement
-        optimiser.zero_grad(set_to_none=True)
-        total = 0.0
-        for part in batch.split(micro):
-            x = normalise(images[part].float(), preprocessing)
-            if settings.flip:
-                flip = (torch.rand(len(part), generator=generator) < 0.5).to(device)
+    def __iter__(self):
+        if not self.train:
+            for start in range(0, len(self.images), self.batch_size):
+                part = slice(start, start + self.batch_size)
+                yield normalise(self.images[part].float(), self.preprocessing), self.labels[part]
+            return
+        while True:
+            part = torch.randint(len(self.images), (self.batch_size,), generator=self.generator).to(self.device)
+            x = normalise(self.images[part].float(), self.preprocessing)
+            if self.flip:
+                flip = (torch.rand(len(part), generator=self.generator) < 0.5).to(self.device)
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            with autocast(device, amp_dtype):
-                loss = F.cross_entropy(model(x).float(), labels[part])
-            (loss * len(part) / len(batch)).backward()
-            total += loss.item() * len(part) / len(batch)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimiser.step()
-        losses.append(total)
-    return losses
+            yield x, self.labels[part]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def finetune_config(settings: VTABSettings, run_dir, *, device="cpu", precision: str = "fp32") -> TrainConfig:
+    """The paper's fine-tuning recipe as a training config: SGD with momentum, no weight decay, linear
+    warm-up then cosine decay to zero, the global gradient norm clipped, micro-batches accumulated."""
+    micro = settings.micro_batch_size or settings.batch_size
+    if settings.batch_size % micro:
+        raise ValueError(f"the batch ({settings.batch_size}) must be a multiple of the micro-batch ({micro})")
+    return TrainConfig(
+        run_dir=str(run_dir), seed=settings.seed,
+        data=DataConfig(batch_size=settings.batch_size),
+        optim=OptimConfig(name="sgd", lr=settings.lr, momentum=settings.momentum, weight_decay=0.0),
+        schedule=ScheduleConfig(warmup_steps=min(settings.warmup_steps, settings.steps), decay="cosine"),
+        train=TrainSettings(steps=settings.steps, accumulation_steps=settings.batch_size // micro,
+                            clip_grad_norm=settings.grad_clip, precision=precision, log_every=max(1, settings.steps // 10),
+                            checkpoint_every=settings.steps, keep_checkpoints=1, plot=False),
+        distributed=DistributedConfig(device=str(device)))
+
+
+def finetune(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images: torch.Tensor,
+             val_labels: torch.Tensor, settings: VTABSettings, *, preprocessing: dict, device="cpu",
+             precision: str = "fp32", work_dir=None) -> TrainResult:
+    """Fine-tune on in-memory uint8 images with the paper's recipe, through the Trainer (in a temporary run
+    directory under `work_dir`); the result's last_accuracy is the validation accuracy."""
+    micro = settings.micro_batch_size or settings.batch_size
+    memory = functools.partial(MemoryBatches, num_classes=model.num_classes, preprocessing=preprocessing,
+                               device=device)
+    loaders = (memory(images, labels, batch_size=micro, train=True, flip=settings.flip, seed=settings.seed),
+               memory(val_images, val_labels, batch_size=micro, train=False))
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".vtab-run-", dir=work_dir) as run_dir:
+        cfg = finetune_config(settings, run_dir, device=device, precision=precision)
+        result = train(cfg, loaders=loaders, model=model)
+    if result.interrupted_by is not None:
+        raise KeyboardInterrupt(f"VTAB fine-tuning interrupted by signal {result.interrupted_by}")
+    return result
 
 
 def run_task(model: nn.Module, train_dataset, test_dataset, settings: VTABSettings, *, device="cpu",
-             amp_dtype=None, eval_batch_size: int = 256, progress: bool = True) -> dict:
+             precision: str = "fp32", eval_batch_size: int = 256, progress: bool = True, work_dir=None) -> dict:
     """Fine-tune `model` (already given a head for the task's classes) on the 800 and report val/test accuracy."""
     size = settings.image_size or model.config.image_size
     preprocessing = model_preprocessing(model)
     train_idx, val_idx = split_1k(len(train_dataset), settings.train_images, settings.val_images, settings.seed)
     images, labels = load_uint8(train_dataset, train_idx, size)
-    losses = finetune(model, images, labels, settings, preprocessing=preprocessing, device=device,
-                      amp_dtype=amp_dtype, progress=progress)
-
-    def accuracy(dataset, indices, desc):
-        batches = EvalBatches(dataset, image_size=size, batch_size=eval_batch_size, preprocessing=preprocessing,
-                              indices=indices)
-        return evaluate(model, batches, device=device, amp_dtype=amp_dtype, ks=(1,), progress=progress,
-                        desc=desc)
-
-    val = accuracy(train_dataset, val_idx, "val")
-    test = accuracy(test_dataset, None, "test")
-    return {"val_accuracy": val["top1"], "test_accuracy": test["top1"], "num_train": len(train_idx),
-            "num_val": val["num_samples"], "num_test": test["num_samples"], "final_loss": losses[-1],
-            "first_loss": losses[0], "settings": asdict(settings)}
+    val_images, val_labels = load_uint8(train_dataset, val_idx, size)
+    result = finetune(model, images, labels, val_images, val_labels, settings, preprocessing=preprocessing,
+                      device=device, precision=precision, work_dir=work_dir)
+    batches = EvalBatches(test_dataset, image_size=size, batch_size=eval_batch_size, preprocessing=preprocessing)
+    test = evaluate(model, batches, device=device, precision=precision, ks=(1,), progress=progress, desc="test")
+    return {"val_accuracy": result.last_accuracy, "test_accuracy": test["top1"], "num_train": len(train_idx),
+            "num_val": len(val_idx), "num_test": test["num_samples"], "final_loss": result.losses[-1],
+            "first_loss": result.losses[0], "settings": asdict(settings)}
 
 
 def group_means(accuracies: dict[str, float]) -> dict:

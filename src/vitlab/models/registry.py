@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .resnet import BiTResNet, resnet_stride
+from .resnet import BiTResNet
 from .vit import ViTConfig, VisionTransformer
 
 # Table 1 of the paper (Ti and S from DeiT).
@@ -119,6 +119,3 @@ def count_parameters(name: str, **overrides) -> int:
         model = create_model(name, **overrides)
     return sum(p.numel() for p in model.parameters())
 
-
-def model_stride(cfg: ViTConfig | BiTConfig) -> int:
-    return resnet_stride(cfg.layers) if isinstance(cfg, BiTConfig) else cfg.stride

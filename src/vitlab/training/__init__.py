@@ -1,4 +1,4 @@
-"""Training: configs, optimisers and schedules, the training loop, checkpoints, distributed set-up.
+"""Training: configs, optimisers and schedules, the Trainer and its step, checkpoints, DDP/FSDP.
 
     from vitlab.training import load_config, train
     result = train(load_config("configs/fashion-mnist.toml", ["optim.lr=3e-4"]))
@@ -6,7 +6,8 @@
 """
 
 from .config import ConfigError, TrainConfig, from_dict, load_config
-from .loop import TrainingDiverged, classification_loss
+from .losses import classification_loss
+from .step import TrainingDiverged
 from .trainer import TrainResult, Trainer, train
 
 __all__ = ["ConfigError", "TrainConfig", "TrainResult", "Trainer", "TrainingDiverged", "classification_loss",

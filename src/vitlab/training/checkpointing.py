@@ -25,13 +25,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
 
 from ..checkpoints import save_pretrained
 from ..checkpoints.vitlab_format import WEIGHTS_FILE
 from ..fileio import atomic_write, atomic_write_text, fsync_dir
-from .distributed import Dist, barrier
+from ..runtime import Dist, barrier
 from .objectives import join_state_dicts, split_state_dict
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -79,7 +78,7 @@ def save(run_dir: Path, step: int, *, model, optimizer, ema, loader, trainer_sta
     if d.is_main:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-    barrier(d)
+    barrier()
     if d.is_main:
         snapshot = WeightsSnapshot(model_config, model_sd, label_names, preprocessing)
         save_pretrained(snapshot, partial)
@@ -92,7 +91,7 @@ def save(run_dir: Path, step: int, *, model, optimizer, ema, loader, trainer_sta
     if d.device.type == "cuda":
         rank_state["rng_cuda"] = torch.cuda.get_rng_state(d.device)
     atomic_write(partial / f"rank-{d.rank}.pt", lambda tmp: torch.save(rank_state, tmp))
-    barrier(d)
+    barrier()
     if d.is_main:
         atomic_write_text(partial / "trainer.json", json.dumps({**trainer_state, "step": step,
                                                                  "world_size": d.world_size}, indent=2))
@@ -102,7 +101,7 @@ def save(run_dir: Path, step: int, *, model, optimizer, ema, loader, trainer_sta
         fsync_dir(final.parent)
         for old in list_checkpoints(run_dir)[:-keep]:
             remove_checkpoint(old)
-    barrier(d)
+    barrier()
     return final
 
 
@@ -186,10 +185,6 @@ def restore(path: Path, *, model, optimizer, ema, loader, d: Dist) -> dict:
     if "rng_cuda" in rank_state and d.device.type == "cuda":
         torch.cuda.set_rng_state(rank_state["rng_cuda"], d.device)
     return read_trainer_state(path)
-
-
-def set_model_weights(model, weights: dict) -> None:
-    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
 
 
 def to_tensors(state):

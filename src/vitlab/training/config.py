@@ -21,6 +21,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from ..data import DataConfig, DataError
+from ..runtime import RuntimeSettingError, check_precision
 from .objectives.settings import ObjectiveConfig
 from .objectives.settings import check as check_objective
 
@@ -66,13 +67,15 @@ class LossConfig:
 
 
 @dataclass
-class LoopConfig:
+class TrainSettings:
+    """The [train] table: how long to train, how each step runs, and when to log, evaluate and save."""
+
     steps: Optional[int] = None  # optimiser steps; or give epochs
     epochs: Optional[float] = None
     max_minutes: Optional[float] = None  # stop (evaluate, save) once training has taken this long, resumes included
     accumulation_steps: int = 1  # micro-batches per optimiser step (data.batch_size is the global batch)
     clip_grad_norm: Optional[float] = 1.0  # clip the global gradient norm to this; 0 (or none) = off
-    precision: str = "fp32"  # fp32 | bf16 (autocast; weights and optimiser stay fp32)
+    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 on a GPU that has it); autocast, fp32 weights and optimiser
     compile: bool = False  # torch.compile the model
     ema_decay: Optional[float] = None  # Polyak/EMA averaging of the weights (the paper: 0.9999)
     on_nan: str = "stop"  # stop | skip: what a NaN or infinite loss does
@@ -99,7 +102,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    train: LoopConfig = field(default_factory=LoopConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # classification, mpp or mae
 
@@ -112,7 +115,6 @@ CHOICES = {
     "optim.implementation": ("auto", "fused", "foreach", "for-loop"),
     "schedule.decay": ("cosine", "linear", "constant"),
     "loss.kind": ("softmax", "sigmoid"),
-    "train.precision": ("fp32", "bf16"),
     "train.on_nan": ("stop", "skip"),
     "distributed.strategy": ("ddp", "fsdp"),
     "distributed.backend": ("auto", "nccl", "gloo"),
@@ -260,6 +262,7 @@ def validate(cfg: TrainConfig, *, world_size: int = 1, check_paths: bool = True)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{dotted} = {value!r} is not one of {', '.join(allowed)}{hint}")
     _check_model(cfg)
+    _check_precision(cfg)
     _check_objective(cfg)
     loop = cfg.train
     if (loop.steps is None) == (loop.epochs is None):
@@ -294,6 +297,16 @@ def validate(cfg: TrainConfig, *, world_size: int = 1, check_paths: bool = True)
     if check_paths:
         _check_paths(cfg)
     return cfg
+
+
+def _check_precision(cfg: TrainConfig) -> None:
+    try:
+        cfg.train.precision = check_precision(cfg.train.precision)
+    except RuntimeSettingError as e:
+        raise ConfigError(f"train.precision: {e}") from None
+    if cfg.train.precision == "fp16":
+        raise ConfigError("train.precision: fp16 training needs loss scaling, which vitlab's trainer does not do; "
+                          "use bf16 (or auto)")
 
 
 def _check_model(cfg: TrainConfig) -> None:

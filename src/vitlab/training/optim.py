@@ -12,7 +12,6 @@ import re
 import torch
 from torch import nn
 
-from ..performance import fused_optimizer_devices
 from .config import OptimConfig
 
 
@@ -66,6 +65,26 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, *, device_type: str = "c
     if name == "adagrad":
         return torch.optim.Adagrad(groups, lr=cfg.lr, **impl)
     raise ValueError(f"unknown optimiser {name!r}: adam, adamw, sgd or adagrad")
+
+
+def make_adamw(model: nn.Module, lr: float = 1e-3, *, betas: tuple[float, float] = (0.9, 0.999),
+               eps: float = 1e-8, weight_decay: float = 0.0, fused: bool | None = None) -> torch.optim.Optimizer:
+    """AdamW on `model` with the paper's weight-decay split, fused where the device has the kernel (scripts,
+    benchmarks); fused=True/False forces the choice."""
+    implementation = {None: "auto", True: "fused", False: "for-loop"}[fused]
+    cfg = OptimConfig(name="adamw", lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                      implementation=implementation)
+    device = next(model.parameters()).device
+    return build_optimizer(model, cfg, device_type=device.type)
+
+
+def fused_optimizer_devices() -> set[str]:
+    """Device types on which torch has fused optimiser kernels (one kernel for every parameter)."""
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+        return set(_get_fused_kernels_supported_devices())
+    except ImportError:  # older torch: the kernel exists on CUDA
+        return {"cuda"}
 
 
 def implementation_kwargs(implementation: str, device_type: str, sharded: bool) -> dict:

@@ -1,8 +1,8 @@
 """`train(cfg)`: build the run (model, data, optimiser), resume it if it was started before, and train.
 
-The step: for each of `accumulation_steps` micro-batches, forward under optional bf16 autocast and backward
-(gradients synchronised across ranks only on the last); clip the global gradient norm; check the loss is
-finite; step the optimiser; update the EMA. Every `checkpoint_every` steps, at the end, and on SIGTERM/SIGINT
+The step (training/step.py): for each of `accumulation_steps` micro-batches, the objective's loss under the
+run's precision and backward (gradients synchronised across ranks only on the last); clip the global gradient
+norm; check the loss is finite; step the optimiser; update the EMA. Every `checkpoint_every` steps, at the end, and on SIGTERM/SIGINT
 the whole state is saved; running the same command again continues exactly where it stopped.
 """
 
@@ -19,18 +19,19 @@ import torch
 from torch import nn
 
 from ..checkpoints import load_pretrained
-from ..checkpoints.adapt import adapt_model
+from ..checkpoints.adapt import adapt_model, reset_head
 from ..fileio import atomic_write_text
 from ..models import create_model
+from ..runtime import Dist, all_reduce_floats, barrier, resolve_precision, setup, teardown
 from . import checkpointing
 from .config import TrainConfig, to_yaml
-from .distributed import Dist, all_reduce_sum, barrier, setup, teardown, unwrap, wrap
+from .distributed import unwrap, wrap
 from .ema import EMA
-from .loop import TrainingDiverged, autocast
 from .metrics import MetricsLog, Progress, format_duration, format_metric, metric_label, plot_curves
-from .objectives import TrainingModule, build_objective, head_classes, loss_and_logs
+from .objectives import TrainingModule, build_objective, head_classes
 from .optim import build_optimizer
 from .schedule import lr_factor, set_learning_rate
+from .step import TrainingDiverged, clip_gradients, forward_backward
 
 
 @dataclass
@@ -78,16 +79,16 @@ def build_loaders(cfg: TrainConfig, d: Dist, micro_batch: int):
     return train, evaluation
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """A fresh model from the registry, or one loaded from model.init for fine-tuning."""
+def initial_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """The run's model before training: a fresh one from the registry, or model.init loaded for fine-tuning."""
     overrides = dict(cfg.model.overrides)
     if cfg.model.init is None:
         kwargs = {"image_size": cfg.data.image_size, "in_chans": cfg.data.in_chans, "num_classes": num_classes}
         return create_model(cfg.model.name, **{**kwargs, **overrides})
     num_classes = overrides.pop("num_classes", num_classes)
     model = load_pretrained(cfg.model.init, image_size=cfg.data.image_size, **overrides)
-    if cfg.model.reset_head and model.config.num_classes == num_classes:
-        adapt_model(model, num_classes=0)  # drop the old head (and pre-logits) so a fresh one is made below
+    if cfg.model.reset_head:
+        return reset_head(model, num_classes)
     return adapt_model(model, num_classes=num_classes)
 
 
@@ -113,21 +114,28 @@ class SignalFlag:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, *, loaders=None):
+    """One training run. `loaders` = (train, eval) replaces the data the config names (e.g. images in memory);
+    `model` replaces the model the config names (its head already fits the train loader's classes)."""
+
+    def __init__(self, cfg: TrainConfig, *, loaders=None, model: nn.Module | None = None):
         self.cfg = cfg
-        self.d = setup(cfg.distributed)
+        self.d = setup(cfg.distributed.device, cfg.distributed.backend)
         self.run_dir = Path(cfg.run_dir)
-        loop = cfg.train
-        self.bf16 = loop.precision == "bf16"
-        self.micro_batch = cfg.data.batch_size // (self.d.world_size * loop.accumulation_steps)
+        settings = cfg.train
+        self.precision = resolve_precision(settings.precision, self.d.device)
+        self.micro_batch = cfg.data.batch_size // (self.d.world_size * settings.accumulation_steps)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.train_loader, self.eval_loader = loaders or build_loaders(cfg, self.d, self.micro_batch)
         self.num_classes = self.train_loader.num_classes
-        self.total_steps = loop.steps or math.ceil(
-            loop.epochs * len(self.train_loader) / loop.accumulation_steps)
+        self.total_steps = settings.steps or math.ceil(
+            settings.epochs * len(self.train_loader) / settings.accumulation_steps)
 
         self.preprocessing = preprocessing_of(cfg)
-        model = build_model(cfg, head_classes(cfg.objective, self.num_classes))
+        classes = head_classes(cfg.objective, self.num_classes)
+        if model is None:
+            model = initial_model(cfg, classes)
+        elif model.num_classes != classes:
+            raise ValueError(f"the model has {model.num_classes} outputs; the objective needs {classes}")
         objective = build_objective(cfg.objective, model_config=model.config, preprocessing=self.preprocessing,
                                     loss=cfg.loss)
         self.model_config = model.config
@@ -136,20 +144,21 @@ class Trainer:
             model.set_grad_checkpointing(True)
         if self.d.is_main:
             checkpointing.remove_partial(self.run_dir)
-        barrier(self.d)
+        barrier()
         self.resume_path = checkpointing.find_resumable(self.run_dir, self.d.world_size)
         if self.resume_path is not None:  # weights first, before sharding
             model.load_state_dict(checkpointing.load_model_weights(self.resume_path))
             objective.load_state_dict(checkpointing.load_objective_weights(self.resume_path))
         # self.model: the ViT (what the checkpoint's model.safetensors holds); self.network: it and the
-        # objective's parts, wrapped for DDP/FSDP; self.forward(images, targets): the loss
+        # objective's parts, wrapped for DDP/FSDP; self.compiled_network(images, targets): the loss
         self.model, self.objective = model.to(self.d.device), objective.to(self.d.device)
-        self.network = wrap(TrainingModule(self.model, self.objective), cfg.distributed, self.d, bf16=self.bf16)
-        self.forward = torch.compile(self.network) if loop.compile else self.network
-        self.eval_model = torch.compile(self.model) if loop.compile else self.model
+        self.network = wrap(TrainingModule(self.model, self.objective), cfg.distributed, self.d,
+                            precision=self.precision)
+        self.compiled_network = torch.compile(self.network) if settings.compile else self.network
+        self.eval_model = torch.compile(self.model) if settings.compile else self.model
         self.optimizer = build_optimizer(unwrap(self.network), cfg.optim, device_type=self.d.device.type,
                                          sharded=cfg.distributed.strategy == "fsdp" and self.d.enabled)
-        self.ema = EMA(unwrap(self.network), loop.ema_decay) if loop.ema_decay else None
+        self.ema = EMA(unwrap(self.network), settings.ema_decay) if settings.ema_decay else None
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.state = {"best_accuracy": None, "last_accuracy": None, "last_accuracy_ema": None,
                       "skipped_steps": 0, "train_time_s": 0.0}
@@ -199,8 +208,7 @@ class Trainer:
 
     def train_step(self, batches) -> tuple[float, float, int]:
         """One optimiser step; returns (loss, gradient norm, images) over all ranks."""
-        loop = self.cfg.train
-        accum = loop.accumulation_steps
+        accum = self.cfg.train.accumulation_steps
         loss_sum, images = 0.0, 0
         for i in range(accum):
             x, y = next(batches)
@@ -209,21 +217,16 @@ class Trainer:
             if last:
                 set_gradient_sync(self.network, True)
             with self.sync_context(last):
-                with autocast(self.d.device, self.bf16):
-                    loss, logs = loss_and_logs(self.forward(x, y))
-                loss = loss / accum
-                loss.backward()
+                loss, logs = forward_backward(self.compiled_network, x, y, self.precision, scale=accum)
             for key, value in logs.items():  # summed here, averaged over the log window in fit()
                 self.window_logs[key] = self.window_logs.get(key, 0.0) + float(value) / accum
             loss_sum += loss.item()
             images += x.shape[0]
-        max_norm = loop.clip_grad_norm or float("inf")  # inf: measure the norm, change nothing
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), max_norm)
-        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        grad_norm = clip_gradients(self.network.parameters(), self.cfg.train.clip_grad_norm)
         # a signal on any rank, or rank 0's clock past the budget, stops every rank after this step
-        loss_total, images, stop_flag, out_of_time = all_reduce_sum(
+        loss_total, images, stop_flag, out_of_time = all_reduce_floats(
             [loss_sum, images, float(self.signals.received is not None),
-             float(self.d.is_main and self.budget_spent())], self.d)
+             float(self.d.is_main and self.budget_spent())])
         self.stop_requested, self.out_of_time = stop_flag > 0, out_of_time > 0
         return loss_total / self.d.world_size, grad_norm, int(images)
 
@@ -237,14 +240,14 @@ class Trainer:
         return budget is not None and self.train_time_s() >= 60 * budget
 
     def fit(self) -> TrainResult:
-        cfg, loop, d = self.cfg, self.cfg.train, self.d
+        cfg, settings, d = self.cfg, self.cfg.train, self.d
         if d.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", to_yaml(cfg))
             if self.resume_path is not None:
                 self.metrics.truncate_after(self.step)
         result = TrainResult(self.run_dir, self.step, resumed_from=self.step if self.resume_path else None)
-        progress = Progress(self.total_steps, self.step, loop.log_every, enabled=d.is_main)
+        progress = Progress(self.total_steps, self.step, settings.log_every, enabled=d.is_main)
         if self.resume_path is not None:
             progress.message(f"resuming from {self.resume_path} (step {self.step}/{self.total_steps})")
         self.model.train()
@@ -268,7 +271,7 @@ class Trainer:
                 images_seen += images
                 window_images += images
                 result.losses.append(loss)
-                if self.step % loop.log_every == 0 or self.step == self.total_steps:
+                if self.step % settings.log_every == 0 or self.step == self.total_steps:
                     now = time.perf_counter()
                     rate = window_images / max(now - window_start, 1e-9)
                     if d.is_main:  # the loss averaged since the last line: one step's loss is too noisy to plot
@@ -279,16 +282,16 @@ class Trainer:
                     self.window_logs = {}
                     window_images, window_first, window_start = 0, len(result.losses), now
                 progress.update(self.step, loss, images_seen / max(time.perf_counter() - start, 1e-9), lr)
-                if loop.eval_every and self.step % loop.eval_every == 0 and self.step < self.total_steps:
+                if settings.eval_every and self.step % settings.eval_every == 0 and self.step < self.total_steps:
                     self.evaluate(progress)
                 if self.stop_requested:
                     result.interrupted_by = self.signals.received or signal.SIGTERM
                     break
                 if self.out_of_time:
-                    progress.message(f"train.max_minutes = {loop.max_minutes} reached at step {self.step}")
+                    progress.message(f"train.max_minutes = {settings.max_minutes} reached at step {self.step}")
                     result.out_of_time = True
                     break
-                if self.step % loop.checkpoint_every == 0 and self.step < self.total_steps:
+                if self.step % settings.checkpoint_every == 0 and self.step < self.total_steps:
                     self.save()
         progress.close()
         if result.interrupted_by is None:
@@ -303,7 +306,7 @@ class Trainer:
         result.last_accuracy_ema = self.state["last_accuracy_ema"]
         result.skipped_steps = self.state["skipped_steps"]
         result.metric = self.objective.metric
-        result.skipped_images = int(all_reduce_sum([getattr(self.train_loader, "skipped", 0)], d)[0])
+        result.skipped_images = int(all_reduce_floats([getattr(self.train_loader, "skipped", 0)])[0])
         if d.is_main:
             self.finish(result)
         return result
@@ -321,10 +324,11 @@ class Trainer:
     def evaluate(self, progress: Progress) -> None:
         """The objective's validation metrics (top-1 for classification), also with the EMA weights."""
         objective, metric = self.objective, self.objective.metric
-        record = {"step": self.step, **objective.evaluate(self.eval_model, self.eval_loader, self.d, bf16=self.bf16)}
+        record = {"step": self.step, **objective.evaluate(self.eval_model, self.eval_loader, self.d,
+                                                              precision=self.precision)}
         if self.ema is not None:
             with self.ema.applied():
-                ema = objective.evaluate(self.eval_model, self.eval_loader, self.d, bf16=self.bf16)
+                ema = objective.evaluate(self.eval_model, self.eval_loader, self.d, precision=self.precision)
             record.update({f"{k}_ema": v for k, v in ema.items()})
             self.state["last_accuracy_ema"] = record[f"{metric}_ema"]
         value, best = record[metric], self.state["best_accuracy"]
@@ -374,9 +378,9 @@ def preprocessing_of(cfg: TrainConfig) -> dict:
     return {"normalisation": "minus_one_one", "image_size": data.image_size}
 
 
-def train(cfg: TrainConfig, *, loaders=None) -> TrainResult:
+def train(cfg: TrainConfig, *, loaders=None, model: nn.Module | None = None) -> TrainResult:
     """Run (or resume) the training `cfg` describes; the process group is torn down afterwards."""
     try:
-        return Trainer(cfg, loaders=loaders).fit()
+        return Trainer(cfg, loaders=loaders, model=model).fit()
     finally:
         teardown()

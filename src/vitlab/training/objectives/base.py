@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...runtime import all_reduce_floats, autocast
+
 ENCODER, OBJECTIVE = "model.", "objective."
 
 
@@ -34,7 +36,7 @@ class Objective(nn.Module):
         """The loss (a scalar tensor), or (loss, {name: scalar tensor}) to log more than the loss."""
         raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, loader, d, *, bf16: bool = False) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, loader, d, *, precision: str = "fp32") -> dict[str, float]:
         """Validation metrics over `loader`, summed over ranks; keys start with 'eval_'."""
         raise NotImplementedError
 
@@ -74,28 +76,25 @@ class MaskedLoss:
 
 
 @torch.no_grad()
-def evaluate_masked(objective, model, loader, d, *, bf16: bool = False, seed: int = 0) -> dict[str, float]:
+def evaluate_masked(objective, model, loader, d, *, precision: str = "fp32", seed: int = 0) -> dict[str, float]:
     """eval_loss (and eval_masked_accuracy for class targets) of a masking objective over `loader`.
 
     The masks come from a generator seeded afresh each time, so every evaluation hides the same patches
     and the run's own random stream is left untouched (a resumed run stays exact).
     """
-    from ..distributed import all_reduce_sum
-    from ..loop import autocast
-
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=d.device).manual_seed(seed + d.rank)
     loss_sum = correct = count = 0.0
     for images, _ in loader:
         images = images.to(d.device, non_blocking=True)
-        with autocast(d.device, bf16):
+        with autocast(d.device, precision):
             out = objective.losses(model, images, generator)
         loss_sum += float(out.loss) * out.count
         count += out.count
         correct += float(out.correct) if out.correct is not None else 0.0
     model.train(was_training)
-    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], d)
+    loss_sum, correct, count = all_reduce_floats([loss_sum, correct, count])
     metrics = {"eval_loss": loss_sum / max(count, 1)}
     if objective.metric == "eval_masked_accuracy":
         metrics["eval_masked_accuracy"] = correct / max(count, 1)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..loop import classification_loss, evaluate_top1
+from ...evaluation.metrics import top1_accuracy
+from ..losses import classification_loss
 from .base import Objective
 
 
@@ -17,5 +18,5 @@ class Classification(Objective):
     def forward(self, model, images, targets):
         return classification_loss(model(images), targets, self.kind, self.label_smoothing)
 
-    def evaluate(self, model, loader, d, *, bf16=False):
-        return {"eval_accuracy": evaluate_top1(model, loader, d, bf16=bf16)}
+    def evaluate(self, model, loader, d, *, precision="fp32"):
+        return {"eval_accuracy": top1_accuracy(model, loader, d.device, precision)}

@@ -118,5 +118,5 @@ class MaskedPatchPrediction(Objective):
         logs = {} if out.correct is None else {"masked_accuracy": out.correct / max(out.count, 1)}
         return out.loss, logs
 
-    def evaluate(self, model, loader, d, *, bf16=False):
-        return evaluate_masked(self, model, loader, d, bf16=bf16)
+    def evaluate(self, model, loader, d, *, precision="fp32"):
+        return evaluate_masked(self, model, loader, d, precision=precision)

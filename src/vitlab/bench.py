@@ -1,4 +1,4 @@
-"""Measuring throughput honestly: step functions, interleaved timing, peak memory, the device's peak FLOP/s.
+"""The throughput harness: step functions, interleaved timing, peak memory, the device's peak FLOP/s.
 
 Shared by `vitlab bench` (vitlab alone) and benchmarks/throughput.py (vitlab beside its peers). Timings are
 interleaved across contenders (A B C A B C ...) after a warm-up, and reported as medians over rounds, so
@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .models import count_flops
-from .performance import autocast, compile_model, cuda_graph_inference, fast_inference, make_adamw, precision_dtype
+from .models.fast import compile_model, cuda_graph_inference, fast_inference
+from .runtime import autocast
+from .training.losses import classification_loss
+from .training.optim import make_adamw
+from .training.step import clip_gradients, forward_backward
 
 # Dense bf16 tensor-core peaks from the datasheets (FLOP/s, without sparsity), matched against the device name.
 DATASHEET_BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12,
@@ -45,17 +48,22 @@ def inference_step(model: Callable, x: torch.Tensor, precision: str, logits: Cal
 def training_step(model: Callable, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                   precision: str, logits: Callable = lambda out: out, *, label_smoothing: float = 0.0,
                   clip_grad_norm: float | None = None):
-    """Forward, cross-entropy, backward, (clipping,) optimiser step: a full training step."""
+    """Forward, cross-entropy, backward, (clipping,) optimiser step: the Trainer's step on one batch."""
+    def objective(images, targets):  # the classification objective's loss
+        return classification_loss(logits(model(images)), targets, label_smoothing=label_smoothing)
+
     def step():
-        with autocast(x.device, precision):
-            loss = F.cross_entropy(logits(model(x)), y, label_smoothing=label_smoothing)
-        loss.backward()
+        loss, _ = forward_backward(objective, x, y, precision)
         if clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            clip_gradients(optimizer_parameters(optimizer), clip_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
     return step
+
+
+def optimizer_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def random_batch(batch_size: int, image_size: int, num_classes: int, device, in_chans: int = 3, seed: int = 0):

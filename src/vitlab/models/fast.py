@@ -1,10 +1,10 @@
-"""vitlab's fast paths: mixed precision, fused AdamW, torch.compile, CUDA graphs, packed bf16 CPU inference.
+"""A model's fast paths: torch.compile, CUDA graphs, packed bf16 CPU inference.
 
 Each path computes the same function as the plain model (tests/test_fast_paths.py holds them to it); they
-change only how fast it runs and how much memory it takes.
+change only how fast it runs and how much memory it takes. (Mixed precision is vitlab.runtime.autocast; the
+fused optimiser is vitlab.training.optim's.)
 
     model = vitlab.create_model("ViT-B/16")
-    optimizer = make_adamw(model, lr=1e-3, weight_decay=0.1)  # one fused kernel per step
     with autocast("cpu", "bf16"):                            # bf16 matmuls, fp32 master weights
         loss = F.cross_entropy(compile_model(model)(x), y)
     fast = fast_inference(model)                             # bf16 weights, oneDNN-packed, GELU fused
@@ -13,80 +13,12 @@ change only how fast it runs and how much memory it takes.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from typing import Iterable
 
 import torch
 from torch import nn
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def precision_dtype(precision: str | torch.dtype) -> torch.dtype:
-    """'fp32' | 'bf16' | 'fp16' (or a torch dtype) -> the torch dtype."""
-    if isinstance(precision, torch.dtype):
-        return precision
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {sorted(PRECISIONS)}")
-    return PRECISIONS[precision]
-
-
-def autocast(device: str | torch.device, precision: str | torch.dtype = "bf16"):
-    """Mixed precision on `device` ('cpu' or 'cuda'): matmuls and convolutions in `precision`.
-
-    'fp32' gives a context that changes nothing, so callers need no branch of their own.
-    """
-    dtype = precision_dtype(precision)
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=dtype)
-
-
-# ---- optimiser ---------------------------------------------------------------------------------------
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and kernels only: not on biases, norms, or the model's `no_weight_decay()`."""
-    from .training.optim import is_decayed  # the one rule, shared with `vitlab train`
-
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if is_decayed(name, p, skip) else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def fused_optimizer_devices() -> set[str]:
-    """Device types on which torch has fused optimiser kernels (one kernel for every parameter)."""
-    try:
-        from torch.optim.optimizer import _get_fused_kernels_supported_devices
-        return set(_get_fused_kernels_supported_devices())
-    except ImportError:  # older torch: the kernel exists on CUDA
-        return {"cuda"}
-
-
-def fused_adamw_supported(params: Iterable[torch.Tensor]) -> bool:
-    """torch's fused AdamW needs floating-point parameters, all on one device type that has the kernel."""
-    params = list(params)
-    types = {p.device.type for p in params}
-    return (bool(params) and len(types) == 1 and types <= fused_optimizer_devices()
-            and all(p.is_floating_point() for p in params))
-
-
-def make_adamw(params, lr: float = 1e-3, *, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-               weight_decay: float = 0.0, fused: bool | None = None) -> torch.optim.AdamW:
-    """torch.optim.AdamW, fused into one kernel per step where the device has it (CPU and CUDA do).
-
-    `params` is a model (then decay skips biases, norms and its `no_weight_decay()`), an iterable of
-    tensors, or a list of parameter-group dicts. fused=None picks the fused kernel when it is supported.
-    """
-    if isinstance(params, nn.Module):
-        params = param_groups(params, weight_decay)
-    params = list(params)
-    tensors = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
-    if fused is None:
-        fused = fused_adamw_supported(tensors)
-    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
+from ..runtime import autocast, precision_dtype
 
 
 # ---- torch.compile ----------------------------------------------------------------------------------
@@ -121,7 +53,7 @@ class CudaGraphInference:
     the next call overwrites).
     """
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, precision: str | torch.dtype = "fp32",
+    def __init__(self, model: nn.Module, example: torch.Tensor, precision: str = "fp32",
                  warmup: int = 3, copy_output: bool = True):
         if not torch.cuda.is_available() or example.device.type != "cuda":
             raise ValueError(f"cuda_graph_inference needs a CUDA model and example; the example is on "
@@ -153,7 +85,7 @@ class CudaGraphInference:
         return self.static_output.clone() if self.copy_output else self.static_output
 
 
-def cuda_graph_inference(model: nn.Module, example: torch.Tensor, precision: str | torch.dtype = "fp32",
+def cuda_graph_inference(model: nn.Module, example: torch.Tensor, precision: str = "fp32",
                          **kwargs) -> CudaGraphInference:
     """Record `model`'s forward on `example` as a CUDA graph; returns a callable that replays it."""
     return CudaGraphInference(model, example, precision, **kwargs)
@@ -218,7 +150,7 @@ class FastInference(nn.Module):
         return self.model.forward_head(tokens.to(self.dtype), pre_logits).to(tokens.dtype)
 
 
-def fast_inference(model: nn.Module, precision: str | torch.dtype = "bf16", pack: bool | None = None) -> FastInference:
+def fast_inference(model: nn.Module, precision: str = "bf16", pack: bool | None = None) -> FastInference:
     """A frozen inference copy of `model` with its weights cast to `precision` once (not per call, as autocast does).
 
     On a CPU with oneDNN bf16 (pack=None means: when available), every Linear is also prepacked for oneDNN
@@ -235,6 +167,5 @@ def fast_inference(model: nn.Module, precision: str | torch.dtype = "bf16", pack
     return FastInference(fast, dtype)
 
 
-__all__ = ["CudaGraphInference", "FastInference", "PRECISIONS", "PackedLinear", "autocast", "compile_model",
-           "cuda_graph_inference", "fast_inference", "fused_adamw_supported", "make_adamw", "param_groups",
-           "precision_dtype"]
+__all__ = ["CudaGraphInference", "FastInference", "PackedLinear", "compile_model", "cuda_graph_inference",
+           "fast_inference", "onednn_bf16_available"]
