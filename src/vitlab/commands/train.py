@@ -33,6 +33,9 @@ def run(args) -> int:
     except TrainingDiverged as e:
         print(f"vitlab train: {e}", file=sys.stderr)
         return 3
+    except ConfigError as e:  # found on loading what the config names (e.g. a teacher for other data)
+        print(f"vitlab train: bad config: {e}", file=sys.stderr)
+        return 2
     except DataError as e:
         print(f"vitlab train: data: {e}", file=sys.stderr)
         return 2

@@ -22,8 +22,9 @@ import yaml
 
 from ..data import DataConfig, DataError
 from ..runtime import RuntimeSettingError, check_precision
-from .objectives.settings import ObjectiveConfig
+from .objectives.settings import DistillConfig, ObjectiveConfig
 from .objectives.settings import check as check_objective
+from .objectives.settings import check_distill
 
 
 class ConfigError(ValueError):
@@ -103,6 +104,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # classification, mpp or mae
 
@@ -289,6 +291,7 @@ def validate(cfg: TrainConfig, *, world_size: int = 1, check_paths: bool = True)
         raise ConfigError(f"loss.label_smoothing must be in [0, 1), not {cfg.loss.label_smoothing}")
     if cfg.loss.label_smoothing > 0 and cfg.data.label_smoothing > 0:
         raise ConfigError("set label smoothing once: loss.label_smoothing or data.label_smoothing, not both")
+    _check_distill(cfg)
     per_step = world_size * loop.accumulation_steps
     if cfg.data.batch_size % per_step:
         raise ConfigError(
@@ -331,7 +334,7 @@ def _check_objective(cfg: TrainConfig) -> None:
         from ..models.registry import canonical_name, model_config
 
         overrides = {"image_size": cfg.data.image_size, "in_chans": cfg.data.in_chans, **cfg.model.overrides}
-        patch = model_config(canonical_name(cfg.model.name), **overrides).stride
+        patch = getattr(model_config(canonical_name(cfg.model.name), **overrides), "stride", None)  # BiT: none
     problems = check_objective(cfg.objective, cfg.model.overrides, patch)
     if problems:
         raise ConfigError(problems[0])
@@ -349,7 +352,15 @@ def _check_optim(cfg: TrainConfig) -> None:
         raise ConfigError(f"optim.betas must be in [0, 1), not {list(o.betas)}")
 
 
+def _check_distill(cfg: TrainConfig) -> None:
+    problems = check_distill(cfg.distill, cfg.objective.name)
+    if problems:
+        raise ConfigError(problems[0])
+
+
 def _check_paths(cfg: TrainConfig) -> None:
+    if cfg.distill.teacher is not None and not Path(cfg.distill.teacher).exists():
+        raise ConfigError(f"distill.teacher: checkpoint not found: {cfg.distill.teacher}")
     if cfg.model.init is not None and not Path(cfg.model.init).exists():
         raise ConfigError(f"model.init: checkpoint not found: {cfg.model.init}")
     spec = cfg.data.dataset

@@ -11,7 +11,9 @@ sibling modules.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 NAMES = ("classification", "mpp")
 SELF_SUPERVISED = ("mpp", "mae")  # read no labels
@@ -48,6 +50,39 @@ class ObjectiveConfig:
     name: str = "classification"  # classification | mpp | mae
     mpp: MPPConfig = field(default_factory=MPPConfig)
     mae: MAEConfig = field(default_factory=MAEConfig)
+
+
+@dataclass
+class DistillConfig:
+    """DeiT distillation (objectives/distillation.py): the `[distill]` table; off unless a teacher is given."""
+
+    teacher: Optional[str] = None  # any checkpoint load_pretrained reads, a `vitlab train` run directory too
+    mode: str = "hard"  # hard: the teacher's argmax as a label | soft: KL to its softened distribution
+    tau: float = 3.0  # soft: the temperature (DeiT's 3)
+    alpha: Optional[float] = None  # weight of the teacher's term; none: DeiT's 0.5 (hard) or 0.1 (soft)
+
+    @property
+    def weight(self) -> float:
+        return self.alpha if self.alpha is not None else DISTILL_ALPHA[self.mode]
+
+
+DISTILL_MODES = ("hard", "soft")
+DISTILL_ALPHA = {"hard": 0.5, "soft": 0.1}  # DeiT's
+
+
+def check_distill(cfg: DistillConfig, objective: str) -> list[str]:
+    """Problems with the `[distill]` table, each naming its key (the teacher itself is checked on loading)."""
+    problems = []
+    if cfg.mode not in DISTILL_MODES:
+        problems.append(f"distill.mode = {cfg.mode!r} is not one of {', '.join(DISTILL_MODES)}")
+    if not cfg.tau > 0 or not math.isfinite(cfg.tau):
+        problems.append(f"distill.tau must be a positive number, not {cfg.tau}")
+    if cfg.alpha is not None and not 0.0 <= cfg.alpha <= 1.0:
+        problems.append(f"distill.alpha must be in [0, 1], not {cfg.alpha}")
+    if cfg.teacher is not None and objective != "classification":
+        problems.append(f"distill.teacher needs objective.name = 'classification' (a teacher predicts classes), "
+                        f"not {objective!r}")
+    return problems
 
 
 def check(cfg: ObjectiveConfig, model_overrides: dict, patch: int | None = None) -> list[str]:

@@ -1,0 +1,242 @@
+"""DeiT distillation (Touvron et al., 2021): a teacher's predictions as a second target for the student.
+
+The student is a ViT with a distillation token (`distill_token=True`): in training it returns two logits, its
+class head's and its distillation head's. The class head learns the labels y; the distillation head learns the
+teacher, which sees the same augmented batch in the same step, frozen and under no_grad:
+
+    hard: (1 - alpha) CE(class, y) + alpha CE(dist, argmax teacher)                       DeiT: alpha = 1/2
+    soft: (1 - alpha) CE(class, y) + alpha tau^2 KL(softmax(teacher/tau) || softmax(dist/tau))   tau 3, alpha 0.1
+
+As in DeiT's code, the soft term's KL is summed and divided by batch x classes (the old "mean" reduction of
+PyTorch's kl_div), not by the batch alone. A student without a distillation token (one output) uses that
+output for both terms: DeiT's "usual distillation". At evaluation the model averages its two heads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...runtime import all_reduce_floats, autocast
+from ..losses import classification_loss
+from .base import Objective
+from .settings import DISTILL_MODES, DistillConfig
+
+
+def split_heads(outputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class logits, distillation logits) of a student's training output: a pair, or one tensor used twice."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs, outputs
+    class_logits, dist_logits = outputs
+    return class_logits, dist_logits
+
+
+def soft_distillation_term(dist_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """tau^2 KL(softmax(teacher / tau) || softmax(student / tau)), summed over everything / (batch x classes)."""
+    student = F.log_softmax(dist_logits.float() / tau, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float() / tau, dim=-1)
+    kl = F.kl_div(student, teacher, reduction="sum", log_target=True)
+    return kl * tau**2 / dist_logits.numel()
+
+
+def distillation_terms(outputs, targets: torch.Tensor, teacher_logits: torch.Tensor, *, mode: str, tau: float = 1.0,
+                       kind: str = "softmax", label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the class head's loss against the labels, the distillation head's against the teacher).
+
+    `targets` are what plain classification gets (class indices, or soft targets from mixup); `kind` and
+    `label_smoothing` are the training config's loss settings, for the class head.
+    """
+    class_logits, dist_logits = split_heads(outputs)
+    labels = classification_loss(class_logits, targets, kind, label_smoothing)
+    if mode == "hard":
+        return labels, F.cross_entropy(dist_logits.float(), teacher_logits.argmax(dim=-1))
+    if mode == "soft":
+        return labels, soft_distillation_term(dist_logits, teacher_logits, tau)
+    raise ValueError(f"distillation mode must be one of {', '.join(DISTILL_MODES)}, not {mode!r}")
+
+
+def distillation_loss(outputs, targets: torch.Tensor, teacher_logits: torch.Tensor, *, mode: str, alpha: float,
+                      tau: float = 1.0, kind: str = "softmax", label_smoothing: float = 0.0) -> torch.Tensor:
+    """DeiT's loss: (1 - alpha) x the class head's usual loss + alpha x the distillation head's term."""
+    labels, teacher = distillation_terms(outputs, targets, teacher_logits, mode=mode, tau=tau, kind=kind,
+                                         label_smoothing=label_smoothing)
+    return (1.0 - alpha) * labels + alpha * teacher
+
+
+# ---- the objective --------------------------------------------------------------------------------------------
+class Distillation(Objective):
+    """Classification with a teacher: DeiT's loss in training, the two heads' average in evaluation.
+
+    The teacher is held outside the module tree on purpose: it is frozen and read again from its checkpoint
+    when a run resumes, so it must not reach the optimiser, the EMA, DDP or the run's checkpoints.
+    """
+
+    name = "distillation"
+    metric = "eval_accuracy"
+
+    def __init__(self, settings: DistillConfig, teacher: "Teacher", kind: str = "softmax",
+                 label_smoothing: float = 0.0):
+        super().__init__(settings)
+        object.__setattr__(self, "teacher", teacher)  # not registered as a submodule (see above)
+        self.kind, self.label_smoothing = kind, label_smoothing
+
+    def forward(self, model, images, targets):
+        outputs = model.forward_heads(images) if has_distill_token(model) else model(images)
+        teacher_logits = self.teacher(images)
+        labels, teacher = distillation_terms(outputs, targets, teacher_logits, mode=self.settings.mode,
+                                             tau=self.settings.tau, kind=self.kind,
+                                             label_smoothing=self.label_smoothing)
+        alpha = self.settings.weight
+        return (1.0 - alpha) * labels + alpha * teacher, {"loss_labels": labels.detach(),
+                                                          "loss_teacher": teacher.detach()}
+
+    def evaluate(self, model, loader, d, *, precision="fp32"):
+        return evaluate_heads(model, loader, d, precision=precision)
+
+    def record(self) -> dict:
+        return {**super().record(), "teacher_checkpoint": str(self.teacher.source)}
+
+
+def has_distill_token(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "config", None), "distill_token", False))
+
+
+@torch.no_grad()
+def evaluate_heads(model: nn.Module, loader, d, *, precision: str = "fp32") -> dict[str, float]:
+    """Top-1 of the model as it predicts (a distilled ViT: the mean of its two heads, as DeiT evaluates), and
+    of each head alone when it has two."""
+    two_heads = has_distill_token(model)
+    was_training = model.training
+    model.eval()
+    correct = {"eval_accuracy": 0, "eval_accuracy_class_head": 0, "eval_accuracy_dist_head": 0}
+    total = 0
+    for images, targets in loader:
+        images, targets = images.to(d.device, non_blocking=True), targets.to(d.device, non_blocking=True)
+        if targets.is_floating_point():
+            targets = targets.argmax(-1)
+        with autocast(d.device, precision):
+            if two_heads:
+                class_logits, dist_logits = (h.float() for h in model.forward_heads(images))
+                predictions = {"eval_accuracy": (class_logits + dist_logits) / 2,
+                               "eval_accuracy_class_head": class_logits, "eval_accuracy_dist_head": dist_logits}
+            else:
+                predictions = {"eval_accuracy": model(images)}
+        for key, logits in predictions.items():
+            correct[key] += (logits.argmax(-1) == targets).sum().item()
+        total += targets.numel()
+    model.train(was_training)
+    keys = list(correct) if two_heads else ["eval_accuracy"]
+    *counts, total = all_reduce_floats([correct[k] for k in keys] + [total])
+    return {k: c / max(total, 1) for k, c in zip(keys, counts)}
+
+
+# ---- the teacher ----------------------------------------------------------------------------------------------
+class Teacher(nn.Module):
+    """A frozen classifier whose predictions the student learns.
+
+    Always in eval mode (a `train()` call on a parent module leaves it there), no parameter asks for a
+    gradient, and its forward runs under no_grad with the student's precision. It converts the student's batch
+    to what the teacher was trained on: another normalisation (from the checkpoint's preprocessing record) or
+    another resolution.
+    """
+
+    def __init__(self, model: nn.Module, *, student_preprocessing: dict | None = None, precision: str = "fp32"):
+        super().__init__()
+        self.model = model.requires_grad_(False)
+        self.train(False)
+        self.precision = precision
+        self.student_preprocessing = student_preprocessing
+        self.teacher_preprocessing = getattr(model, "preprocessing", None)
+        size = getattr(model.config, "image_size", None)
+        self.image_hw = (size, size) if isinstance(size, int) else tuple(size) if size else None
+        self.source: Path | None = None  # the checkpoint it was read from
+
+    def train(self, mode: bool = True) -> "Teacher":
+        return super().train(False)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.config.num_classes)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        images = renormalize(images, self.student_preprocessing, self.teacher_preprocessing)
+        if self.image_hw is not None and tuple(images.shape[-2:]) != self.image_hw:
+            images = F.interpolate(images, size=self.image_hw, mode="bilinear", antialias=True, align_corners=False)
+        return images
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with autocast(images.device, self.precision):
+            logits = self.model(self.prepare(images))
+        return logits.float()
+
+
+def pixel_transform(record: dict | None, channels: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(scale, shift) with normalised = pixels_in_0_1 * scale + shift, from a preprocessing record."""
+    if not record:
+        return None
+    if record.get("normalisation") == "mean_std":
+        mean, std = (torch.tensor(record[k], dtype=torch.float32).expand(channels) for k in ("mean", "std"))
+        return 1.0 / std, -mean / std
+    return torch.full((channels,), 2.0), torch.full((channels,), -1.0)  # minus_one_one
+
+
+def renormalize(images: torch.Tensor, source: dict | None, target: dict | None) -> torch.Tensor:
+    """Images normalised as `source` describes, normalised as `target` does instead (unknown: unchanged)."""
+    channels = images.shape[1]
+    a, b = pixel_transform(source, channels), pixel_transform(target, channels)
+    if a is None or b is None or (torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])):
+        return images
+    scale = (b[0] / a[0]).to(images).view(1, -1, 1, 1)
+    shift = (b[1] - a[1] * b[0] / a[0]).to(images).view(1, -1, 1, 1)
+    return images * scale + shift
+
+
+def load_teacher(path: str | Path, *, num_classes: int, in_chans: int, device: torch.device, precision: str,
+                 student_preprocessing: dict | None = None) -> Teacher:
+    """Any checkpoint `load_pretrained` reads (a `vitlab train` run directory too) as a frozen teacher.
+
+    A teacher that cannot teach this data (another number of classes or of input channels) is refused with a
+    ConfigError naming `distill.teacher`."""
+    from ...checkpoints import load_pretrained
+    from ...checkpoints.load import latest_run_checkpoint
+    from ...checkpoints.mapping import CheckpointError
+    from ..config import ConfigError
+
+    path = Path(path)
+    try:
+        model = load_pretrained(path)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"distill.teacher: {e}") from None
+    teacher_classes, teacher_chans = int(model.config.num_classes), int(model.config.in_chans)
+    if teacher_classes != num_classes:
+        raise ConfigError(f"distill.teacher {path}: predicts {teacher_classes} classes, but the data has {num_classes}")
+    if teacher_chans != in_chans:
+        raise ConfigError(f"distill.teacher {path}: reads {teacher_chans}-channel images, but data.in_chans is "
+                          f"{in_chans}")
+    teacher = Teacher(model, student_preprocessing=student_preprocessing, precision=precision).to(device)
+    teacher.source = (path.is_dir() and latest_run_checkpoint(path)) or path
+    return teacher
+
+
+def build_distillation(settings: DistillConfig, loss, *, num_classes: int, in_chans: int, device: torch.device,
+                       precision: str, preprocessing: dict | None) -> Distillation:
+    """The objective of the `[distill]` table; `loss` is the config's `[loss]` (the class head's settings)."""
+    teacher = load_teacher(settings.teacher, num_classes=num_classes, in_chans=in_chans, device=device,
+                           precision=precision, student_preprocessing=preprocessing)
+    return Distillation(settings, teacher, loss.kind, loss.label_smoothing)
+
+
+def check_same_teacher(saved: str | None, objective, checkpoint: Path) -> None:
+    """A resumed distillation run must be taught by the checkpoint that started it (a teacher's run directory
+    may have a newer checkpoint by now), or the resumed run would not continue the same training."""
+    teacher = getattr(objective, "teacher", None)
+    current = str(teacher.source) if teacher is not None else None
+    if saved is not None and current is not None and saved != current:
+        from ..config import ConfigError
+
+        raise ConfigError(f"distill.teacher: {checkpoint} was taught by {saved}, which is not {current}; "
+                          f"set distill.teacher={saved} to resume it exactly")
