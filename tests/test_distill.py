@@ -10,12 +10,10 @@ import pytest
 import torch
 
 import training_support as ts
-
-
-from vitlab.cli import main as cli_main  # noqa: E402
-from vitlab.training import Trainer, from_dict, train  # noqa: E402
-from vitlab.training.config import ConfigError, load_config, validate  # noqa: E402
-from vitlab.training.objectives.distillation import Teacher, distillation_loss, renormalize  # noqa: E402
+from vitlab.cli import main as cli_main
+from vitlab.training import Trainer, from_dict, train
+from vitlab.training.config import ConfigError, validate
+from vitlab.training.objectives.distillation import Teacher, distillation_loss, renormalize
 
 CLASS = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 DIST = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
