@@ -24,6 +24,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except OSError as e:
+        if e.filename is None or e.filename == str(tmp):  # name the file being written, not its temporary
+            e.filename = str(path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -149,7 +150,7 @@ class Trainer:
         if cfg.model.grad_checkpointing:
             model.set_grad_checkpointing(True)
         if self.d.is_main:
-            checkpointing.remove_partial(self.run_dir)
+            checkpointing.recover(self.run_dir)
         barrier()
         self.resume_path = checkpointing.find_resumable(self.run_dir, self.d.world_size)
         if self.resume_path is not None:  # weights first, before sharding
@@ -172,6 +173,7 @@ class Trainer:
             self.state["teacher"] = str(self.objective.teacher.source)
         self.step = 0
         self.window_logs: dict[str, float] = {}  # an objective's extra logs, summed since the last metric line
+        self.session_start = time.perf_counter()  # fit() sets it again when training starts
         self.stop_requested = self.out_of_time = False  # set by each step's all-reduce
         if self.resume_path is not None:
             saved = checkpointing.restore(self.resume_path, model=self.network, optimizer=self.optimizer,
@@ -248,8 +250,23 @@ class Trainer:
         budget = self.cfg.train.max_minutes
         return budget is not None and self.train_time_s() >= 60 * budget
 
+    def finished(self) -> bool:
+        """Whether a resumed run had already trained every step and evaluated the result."""
+        return self.step >= self.total_steps and self.state.get("evaluated_step") == self.step
+
+    def saved_result(self) -> TrainResult:
+        """The result of a run that had finished, as its checkpoint holds it; nothing is trained or written."""
+        return TrainResult(self.run_dir, self.step, resumed_from=self.step, last_accuracy=self.state["last_accuracy"],
+                           best_accuracy=self.state["best_accuracy"],
+                           last_accuracy_ema=self.state["last_accuracy_ema"],
+                           skipped_steps=self.state["skipped_steps"])
+
     def fit(self) -> TrainResult:
         cfg, settings, d = self.cfg, self.cfg.train, self.d
+        if self.resume_path is not None and self.finished():
+            if d.is_main:
+                print(f"{self.run_dir} finished at step {self.step} ({self.resume_path}); nothing to do")
+            return self.saved_result()
         if d.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", to_yaml(cfg))
@@ -341,6 +358,7 @@ class Trainer:
             record.update({f"{k}_ema": v for k, v in ema.items()})
             self.state["last_accuracy_ema"] = record[f"{metric}_ema"]
         value, best = record[metric], self.state["best_accuracy"]
+        self.state["evaluated_step"] = self.step
         self.state["last_accuracy"] = value
         better = max if objective.higher_is_better else min
         self.state["best_accuracy"] = value if best is None else better(best, value)
@@ -388,8 +406,11 @@ def preprocessing_of(cfg: TrainConfig) -> dict:
 
 
 def train(cfg: TrainConfig, *, loaders=None, model: nn.Module | None = None) -> TrainResult:
-    """Run (or resume) the training `cfg` describes; the process group is torn down afterwards."""
+    """Run (or resume) the training `cfg` describes, holding the run directory's lock (rank 0; under torchrun a
+    refused rank 0 stops the others); the process group is torn down afterwards."""
+    lock = checkpointing.RunLock(cfg.run_dir) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     try:
-        return Trainer(cfg, loaders=loaders, model=model).fit()
+        with lock:
+            return Trainer(cfg, loaders=loaders, model=model).fit()
     finally:
         teardown()
