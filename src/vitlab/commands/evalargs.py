@@ -50,10 +50,8 @@ def load_model(checkpoint: str, *, image_size: int | None = None, num_classes: i
 
 
 def build_dataset(spec: str, split: str, *, root=None, in_chans: int = 3):
-    try:
-        from ..data import build_dataset as build
-    except ImportError as e:  # pragma: no cover - only before vitlab.data is installed
-        raise SystemExit(f"vitlab.data is not available ({e})") from None
+    from ..data import build_dataset as build
+
     return build(spec, split, root=root, in_chans=in_chans)
 
 
