@@ -7,7 +7,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 # threads spinning while they wait for a descheduled partner made 2-thread training up to 10x slower. The main
 # job keeps OpenMP's default (spin briefly, then sleep), ~7% faster on an idle machine (BENCHMARKS.md).
 
-.PHONY: main test install data clean
+.PHONY: main test install data browser clean
 
 install: $(VENV)/.installed
 
@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,serve,onnx]'
 	touch $@
 
 # Debian's dataset-fashion-mnist where apt is available; otherwise vitlab looks in its cache or downloads.
@@ -23,6 +23,13 @@ data:
 	@if [ ! -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
 		(apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null); \
+	fi
+
+# Debian's chromium and chromium-driver for the browser test of `vitlab serve` (tests/test_serving_browser.py).
+browser:
+	@if ! { command -v chromium && command -v chromedriver; } >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null); \
 	fi
 
 RUN := runs/fashion-mnist
@@ -37,7 +44,7 @@ main: install data
 		--out $(RUN)/inspect --no-progress
 	@echo "run directory: $(RUN) (training_curves.png, eval/confusion_matrix.png, inspect/*.png)"
 
-test: install data
+test: install data browser
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/python -m pytest
 
 clean:

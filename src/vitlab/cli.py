@@ -19,6 +19,7 @@ COMMANDS = {
     "inspect": ("inspect", "the paper's figures of what a ViT learned"),
     "convert": ("convert", "convert a checkpoint between vitlab, hf, timm and npz formats"),
     "bench": ("bench", "measure vitlab's training and inference throughput"),
+    "serve": ("serve", "a web page and a JSON API in front of a checkpoint (pip install 'vitlab[serve]')"),
 }
 
 

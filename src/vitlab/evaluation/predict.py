@@ -38,19 +38,32 @@ def read_image(path: str | Path, in_chans: int) -> torch.Tensor:
     """An image file as uint8 C x H x W: EXIF rotation applied, transparency over white, grey or RGB."""
     try:
         with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img.alpha_composite(rgba)
-            img = img.convert("L" if in_chans == 1 else "RGB")
-            array = np.asarray(img, dtype=np.uint8)
+            return image_to_tensor(img, in_chans)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: cannot read as an image ({e})") from None
-    array = array[:, :, None] if array.ndim == 2 else array
+
+
+def image_to_tensor(img: Image.Image, in_chans: int) -> torch.Tensor:
+    """An opened image decoded as uint8 C x H x W (what `predict` and `serve` feed the model).
+
+    Raises OSError (truncated or undecodable data) or ValueError (a channel count other than 1 or 3)."""
     if in_chans not in (1, 3):
         raise ValueError(f"the model takes {in_chans}-channel input; predict reads grey (1) or RGB (3) images")
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img.alpha_composite(rgba)
+    array = np.asarray(img.convert("L" if in_chans == 1 else "RGB"), dtype=np.uint8)
+    array = array[:, :, None] if array.ndim == 2 else array
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def top_predictions(probabilities: torch.Tensor, names: list[str], k: int) -> list[list[dict]]:
+    """Per row of (B, classes) probabilities, the k best as [{"label", "index", "probability"}], best first."""
+    top = probabilities.float().topk(min(k, probabilities.shape[1]), dim=1)
+    return [[{"label": names[c], "index": c, "probability": q} for q, c in zip(p, i)]
+            for p, i in zip(top.values.tolist(), top.indices.tolist())]
 
 
 @torch.inference_mode()
@@ -78,11 +91,8 @@ def predict_files(model: nn.Module, paths, *, topk: int = 5, batch_size: int = 3
         x = normalise(torch.stack(images), preprocessing).to(device)
         with autocast(device, precision):
             logits = model(x)
-        probs = logits.float().softmax(dim=1)
-        top = probs.topk(k, dim=1)
-        for path, p, i in zip(chunk, top.values.tolist(), top.indices.tolist()):
-            results.append({"file": path, "predictions": [{"label": names[c], "index": c, "probability": q}
-                                                          for q, c in zip(p, i)]})
+        for path, best in zip(chunk, top_predictions(logits.float().softmax(dim=1), names, k)):
+            results.append({"file": path, "predictions": best})
     order = {str(p): n for n, p in enumerate(paths)}
     return sorted(results, key=lambda r: order[r["file"]])
 

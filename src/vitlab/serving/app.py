@@ -1,0 +1,213 @@
+"""The web app: the page, the JSON API, and the limits that keep a bad request from hurting the others.
+
+    POST /v1/predict   an image (multipart field(s) or the raw body) -> [{"file", "predictions": [...]}]
+                       as `vitlab predict --json` prints; ?top_k=5; ?rollout=base64 adds the attention
+                       pictures as data URLs; ?rollout=png answers the rollout overlay of one image as a PNG
+    GET  /v1/model     the model card
+    GET  /healthz      {"status": "ok", ...batching statistics}
+    GET  /             the page
+Every error is {"error": message} with a 4xx (5xx only for the server's own failures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
+
+from ..evaluation.predict import top_predictions
+from .batching import Batcher
+from .card import curves_path
+from .engine import Engine
+from .errors import RequestError
+from .images import ImageLimits, decode_image
+from .overlays import data_url, head_maps, rollout_overlay
+from .page import page_html
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_body_bytes: int = 25 * 2**20  # a whole request, multipart overhead included
+    images: ImageLimits = field(default_factory=ImageLimits)
+    max_images: int = 16  # files in one request
+    max_batch: int = 32
+    window_ms: float = 5.0
+    body_timeout_s: float = 30.0  # a client that sends nothing for this long is answered 408
+    decode_threads: int = 4  # images decoded at once (each can take width x height x 3 bytes)
+
+
+@dataclass
+class _Job:
+    """One image on its way through the batcher."""
+
+    pixels: torch.Tensor  # the model's input (C, h, w)
+    attention: bool
+
+
+def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
+    batcher = Batcher(lambda jobs: run_jobs(engine, jobs), max_batch=settings.max_batch,
+                      window_ms=settings.window_ms)
+    decoding = threading.BoundedSemaphore(settings.decode_threads)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="vitlab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.state.batcher, app.state.engine = batcher, engine
+    card = engine.card()
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, e: RequestError):
+        # a body cut off mid-read leaves the connection unusable: say so, and the server closes it at once
+        return error_response(e.status, e.message, close=e.status in (408, 413))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameter(request: Request, e: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}" for err in e.errors())
+        return error_response(422, problems)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return HTMLResponse(page_html())
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "batching": batcher.stats.as_dict()}
+
+    @app.get("/v1/model")
+    async def model_card():
+        return card
+
+    @app.get("/v1/model/training_curves.png")
+    async def training_curves():
+        path = curves_path(engine.checkpoint) if hasattr(engine, "model") else None
+        if path is None:
+            raise RequestError(404, "this checkpoint has no training curves (not inside a vitlab train run)")
+        return FileResponse(path, media_type="image/png")
+
+    @app.post("/v1/predict")
+    async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000),
+                      rollout: Literal["none", "base64", "png"] = "none"):
+        uploads = await read_uploads(request, settings.max_images)
+        if rollout == "png" and len(uploads) != 1:
+            raise RequestError(400, f"rollout=png answers one image; this request has {len(uploads)}")
+        want_attention = rollout != "none"
+        if want_attention and not engine.has_attention:
+            raise RequestError(400, "this model cannot show attention (an ONNX export has logits only); "
+                                    "ask without rollout")
+
+        def decode(name, data):
+            with decoding:
+                return decode_image(data, name, engine.in_chans, settings.images)
+
+        images = [await run_in_threadpool(decode, name, data) for name, data in uploads]
+        pixels = await run_in_threadpool(lambda: [engine.prepare(img) for img in images])
+        outputs = await asyncio.gather(*(batcher.submit(_Job(x, want_attention)) for x in pixels))
+        if rollout == "png":
+            png = await run_in_threadpool(rollout_overlay, images[0], outputs[0]["rollout"])
+            best = top_predictions(outputs[0]["probabilities"][None], engine.labels, 1)[0][0]
+            return Response(png, media_type="image/png", headers={"X-Top-Label": json.dumps(best["label"]),
+                                                                   "X-Top-Probability": f"{best['probability']:.6f}"})
+        return await run_in_threadpool(
+            lambda: [result_item(engine, name, image, out, top_k, want_attention)
+                     for (name, _), image, out in zip(uploads, images, outputs)])
+
+    return app
+
+
+def run_jobs(engine: Engine, jobs: list[_Job]) -> list[dict]:
+    """The batcher's worker: one forward pass for all jobs; attention computed if any job asked for it."""
+    out = engine.run(torch.stack([j.pixels for j in jobs]), attention=any(j.attention for j in jobs))
+    return [{"probabilities": out.probabilities[i],
+             "rollout": None if out.rollout is None else out.rollout[i],
+             "heads": None if out.heads is None else out.heads[i]} for i in range(len(jobs))]
+
+
+def result_item(engine: Engine, name: str, image: torch.Tensor, out: dict, top_k: int, attention: bool) -> dict:
+    item = {"file": name, "predictions": top_predictions(out["probabilities"][None], engine.labels, top_k)[0]}
+    if attention:
+        item["rollout"] = data_url(rollout_overlay(image, out["rollout"]))
+        item["heads"] = [data_url(png) for png in head_maps(out["heads"])]
+    return item
+
+
+async def read_uploads(request: Request, max_images: int) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each multipart file, or of the raw body (named by ?filename=, else 'body')."""
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form(max_files=max_images, max_fields=max_images + 8)
+            files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            if not files:
+                raise RequestError(400, "the form has no file: send the image as a multipart file field "
+                                        "(e.g. curl -F file=@cat.jpg)")
+            uploads = [(f.filename or f"file {i + 1}", await f.read()) for i, f in enumerate(files)]
+            await form.close()
+            return uploads
+        return [(request.query_params.get("filename", "body"), await request.body())]
+    except MultiPartException as e:
+        raise RequestError(400, f"malformed multipart form: {e.message}") from None
+    except ClientDisconnect:
+        raise RequestError(400, "the client disconnected before the upload finished") from None
+
+
+def error_response(status: int, message: str, close: bool = False) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"} if close else None)
+
+
+class BodyLimit:
+    """ASGI middleware: refuses a body over `max_bytes` (413, by Content-Length before reading a byte, or
+    as soon as a chunked upload passes it) and a client that stalls mid-upload for `timeout_s` (408)."""
+
+    def __init__(self, app, max_bytes: int, timeout_s: float):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            return await send_error(send, 413, f"the request body ({declared.decode(errors='replace')} bytes) "
+                                               f"is more than the limit of {self.max_bytes:,} bytes")
+        received, body_done = 0, False
+
+        async def limited_receive():
+            nonlocal received, body_done
+            if body_done:
+                return await receive()  # after the body: waiting for a disconnect is not a stall
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except asyncio.TimeoutError:
+                raise RequestError(408, f"the upload stalled: nothing received for {self.timeout_s:g} s") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
+                if received > self.max_bytes:
+                    raise RequestError(413, f"the request body is more than the limit of {self.max_bytes:,} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+async def send_error(send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})

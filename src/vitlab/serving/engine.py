@@ -1,0 +1,134 @@
+"""What the server runs: a checkpoint loaded once, on its fastest path, as `vitlab predict` would preprocess.
+
+An engine turns a batch of normalised images into probabilities and, when asked, the attention maps the page
+draws (rollout over the patches and each head's last-layer [class] attention). `TorchEngine` runs a vitlab
+model (bf16 packed on a CPU with oneDNN bf16, the fast path of vitlab.performance); `OnnxEngine` an exported
+ONNX file in onnxruntime (probabilities only: the exported graph has no attention outputs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..evaluation.batches import normalise, resize
+from ..evaluation.predict import label_names
+from ..evaluation.runtime import model_preprocessing, pick_device
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class Output:
+    """One batch's results: probabilities (B, classes); with attention, rollout (B, gh, gw) and heads
+    (B, heads, gh, gw) as float arrays over the patch grid."""
+
+    probabilities: torch.Tensor
+    rollout: np.ndarray | None = None
+    heads: np.ndarray | None = None
+
+
+class Engine:
+    """The interface the app and the batcher use; subclasses set the attributes and define `run`."""
+
+    labels: list[str]
+    in_chans: int
+    image_hw: tuple[int, int]
+    preprocessing: dict
+    has_attention: bool = False
+
+    def prepare(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (C, H, W) -> the model's float input (C, h, w): resized and normalised as `predict` does."""
+        return normalise(resize(image, self.image_hw)[None], self.preprocessing)[0]
+
+    def run(self, x: torch.Tensor, attention: bool = False) -> Output:
+        raise NotImplementedError
+
+    def card(self) -> dict:
+        raise NotImplementedError
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto': bf16 where it is the fast path (a CPU with oneDNN bf16 kernels, a GPU with bf16), else fp32."""
+    from ..performance import onednn_bf16_available
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cpu":
+        return "bf16" if onednn_bf16_available() else "fp32"
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+class TorchEngine(Engine):
+    has_attention = True
+
+    def __init__(self, checkpoint: str | Path, *, device: str | None = None, precision: str = "auto",
+                 image_size: int | None = None):
+        from ..checkpoints import load_pretrained
+        from ..inspection.attention import check_vit
+        from ..performance import fast_inference
+
+        model = load_pretrained(checkpoint, image_size=image_size).eval().requires_grad_(False)
+        cfg = check_vit(model)
+        self.checkpoint, self.model = Path(checkpoint), model
+        self.device = pick_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.labels, self.preprocessing = label_names(model), model_preprocessing(model)
+        self.in_chans, self.image_hw, self.grid = cfg.in_chans, cfg.image_hw, cfg.grid_size
+        self.num_prefix_tokens = cfg.num_prefix_tokens
+        model = model.to(self.device)
+        if self.precision == "bf16":
+            fast = fast_inference(model, "bf16")  # bf16 weights cast once; on CPU oneDNN-packed, GELU fused
+            self.net, self.dtype = fast.model, fast.dtype
+        else:
+            self.net, self.dtype = model, torch.float32
+
+    @torch.inference_mode()
+    def run(self, x: torch.Tensor, attention: bool = False) -> Output:
+        from ..inspection.rollout import attention_rollout, class_attention
+
+        x = x.to(self.device, self.dtype)
+        if not attention:
+            return Output(self.net(x).float().softmax(dim=1).cpu())
+        tokens, attentions = self.net.forward_features(x, return_attention=True)
+        probabilities = self.net.forward_head(tokens).float().softmax(dim=1).cpu()
+        attentions = [a.float().cpu() for a in attentions]
+        rollout = attention_rollout(attentions, self.num_prefix_tokens, self.grid)
+        heads = class_attention(attentions[-1], self.num_prefix_tokens, self.grid)
+        return Output(probabilities, rollout, heads)
+
+    def card(self) -> dict:
+        from .card import torch_model_card
+
+        return torch_model_card(self)
+
+
+class OnnxEngine(Engine):
+    """An exported model (vitlab convert --to onnx) in onnxruntime's CPU provider; labels and preprocessing
+    from the sidecar JSON written beside the .onnx file."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None):
+        from .onnx import load_session, read_sidecar
+
+        self.checkpoint = Path(path)
+        self.sidecar = read_sidecar(self.checkpoint)
+        self.session = load_session(self.checkpoint, threads=threads)
+        self.labels = list(self.sidecar["label_names"])
+        self.preprocessing = self.sidecar["preprocessing"]
+        self.in_chans = int(self.sidecar["in_chans"])
+        self.image_hw = tuple(self.sidecar["image_hw"])
+        self.device, self.precision = torch.device("cpu"), self.sidecar.get("precision", "fp32")
+
+    def run(self, x: torch.Tensor, attention: bool = False) -> Output:
+        (logits,) = self.session.run(["logits"], {"pixels": x.float().numpy()})
+        return Output(torch.from_numpy(logits).float().softmax(dim=1))
+
+    def card(self) -> dict:
+        from .card import onnx_model_card
+
+        return onnx_model_card(self)

@@ -1,0 +1,134 @@
+"""ONNX export for deployment: `vitlab convert C out.onnx --to onnx [--quantize int8]` (needs 'vitlab[onnx]').
+
+The graph takes "pixels" (N, C, H, W) float32, already normalised, and gives "logits" (N, classes); the batch
+axis is dynamic. Opset 17 is the first with a LayerNormalization operator, which onnxruntime's CPU provider
+runs as one fused kernel. A JSON sidecar beside the .onnx (model.onnx -> model.json) keeps what the graph
+cannot: label names, preprocessing, input size and the model card, so `vitlab serve --onnx` needs nothing else.
+
+int8 is onnxruntime's dynamic quantisation: MatMul/Gemm weights stored as int8 (per output channel), the
+activations quantised on the fly per batch; everything else (attention softmax, LayerNorm, GELU) stays fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..evaluation.predict import label_names
+from ..evaluation.runtime import model_preprocessing
+from ..fileio import atomic_path, atomic_write_text
+
+OPSET = 17
+INPUT, OUTPUT = "pixels", "logits"
+QUANTIZATIONS = ("int8",)
+
+
+def sidecar_path(onnx_path: str | Path) -> Path:
+    return Path(onnx_path).with_suffix(".json")
+
+
+class _Logits(nn.Module):
+    """The exported function: forward only (no attention outputs), in eval mode, fp32."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels)
+
+
+def export_onnx(model: nn.Module, destination: str | Path, *, quantize: str | None = None, opset: int = OPSET,
+                source: str | Path | None = None) -> Path:
+    """Write `model` as an ONNX file (and its sidecar JSON); returns the .onnx path."""
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ValueError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}; got {quantize!r}")
+    destination = Path(destination)
+    if destination.suffix != ".onnx":
+        destination = destination / "model.onnx" if destination.is_dir() or not destination.suffix else \
+            destination.with_suffix(".onnx")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval().requires_grad_(False)
+    cfg = model.config
+    example = torch.zeros(2, cfg.in_chans, *cfg.image_hw)
+    with tempfile.TemporaryDirectory(prefix="vitlab-onnx-") as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        export_graph(_Logits(model), example, fp32, opset)
+        with atomic_path(destination) as out:
+            if quantize == "int8":
+                quantize_int8(fp32, Path(out))
+            else:
+                os.replace(fp32, out)
+    write_sidecar(model, destination, precision=quantize or "fp32", opset=opset, source=source)
+    return destination
+
+
+def export_graph(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    """torch.onnx's TorchScript-based exporter, with a dynamic batch axis."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python-level shape checks
+        torch.onnx.export(module, (example,), str(path), input_names=[INPUT], output_names=[OUTPUT],
+                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
+
+
+def quantize_int8(source: Path, destination: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(source, destination, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
+                     per_channel=True)
+
+
+def write_sidecar(model: nn.Module, onnx_path: Path, *, precision: str, opset: int, source=None) -> Path:
+    from .card import describe, run_card
+
+    cfg = model.config
+    run = run_card(Path(source)) if source is not None else None
+    if run is not None:
+        run["training_curves"] = None  # the served ONNX model does not carry the run's PNG
+    meta = {"format": "vitlab-onnx", "name": describe(cfg) + (" (ONNX int8)" if precision == "int8" else " (ONNX)"),
+            "source": None if source is None else str(source), "precision": precision, "opset": opset,
+            "input": INPUT, "output": OUTPUT, "in_chans": cfg.in_chans, "image_hw": list(cfg.image_hw),
+            "label_names": label_names(model), "preprocessing": model_preprocessing(model),
+            "architecture": cfg.to_dict(), "parameters": sum(p.numel() for p in model.parameters()), "run": run}
+    path = sidecar_path(onnx_path)
+    atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def read_sidecar(onnx_path: str | Path) -> dict:
+    path = sidecar_path(onnx_path)
+    if not Path(onnx_path).is_file():
+        raise FileNotFoundError(f"ONNX file not found: {onnx_path}")
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing; an ONNX file needs the sidecar that `vitlab convert --to onnx` "
+                         "writes beside it (labels, preprocessing, input size)") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    missing = [k for k in ("label_names", "preprocessing", "in_chans", "image_hw") if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
+    return meta
+
+
+def load_session(onnx_path: str | Path, threads: int | None = None):
+    """An onnxruntime session on the CPU provider with every graph optimisation."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own classes for a corrupt or foreign file
+        raise ValueError(f"{onnx_path}: onnxruntime cannot load it ({type(e).__name__}: {e})") from None

@@ -1,0 +1,78 @@
+"""ONNX export (`vitlab convert --to onnx`): onnxruntime parity with the torch model, int8, and `serve --onnx`."""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from conftest import tiny
+from eval_fixtures import one_thread  # noqa: F401  (autouse)
+from serving_support import NAMES, image_bytes, predict_raw, serving, tiny_checkpoint
+from vitlab import create_model, load_pretrained, save_pretrained
+from vitlab.cli import main
+from vitlab.serving.engine import OnnxEngine, TorchEngine
+from vitlab.serving.onnx import export_onnx, load_session, read_sidecar
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(classifier="gap"), dict(representation_size=16, in_chans=1),
+                                       dict(image_size=(16, 24), gelu="tanh")])
+def test_onnxruntime_matches_torch_within_1e4(tmp_path, overrides):
+    model = create_model("ViT-Ti/16", **tiny(patch_size=8, image_size=overrides.pop("image_size", 16), **overrides))
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    path = export_onnx(model, tmp_path / "m.onnx")
+    session = load_session(path)
+    for batch in (1, 5):  # the batch axis is dynamic
+        x = torch.randn(batch, model.config.in_chans, *model.config.image_hw)
+        with torch.no_grad():
+            want = model.eval()(x)
+        (got,) = session.run(["logits"], {"pixels": x.numpy()})
+        assert got.shape == tuple(want.shape)
+        assert abs(torch.from_numpy(got) - want).max() <= 1e-4
+
+
+def test_convert_command_writes_onnx_int8_and_sidecar(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", width=64, mlp_dim=128)
+    assert main(["convert", str(ckpt), str(tmp_path / "fp32.onnx"), "--to", "onnx"]) == 0
+    assert main(["convert", str(ckpt), str(tmp_path / "int8.onnx"), "--to", "onnx", "--quantize", "int8"]) == 0
+    assert "int8" in capsys.readouterr().out
+    side = read_sidecar(tmp_path / "int8.onnx")
+    assert side["label_names"] == NAMES and side["precision"] == "int8" and side["image_hw"] == [16, 16]
+    assert (tmp_path / "int8.onnx").stat().st_size < (tmp_path / "fp32.onnx").stat().st_size
+    model = load_pretrained(ckpt).eval()
+    x = torch.randn(16, 3, 16, 16)
+    with torch.no_grad():
+        want = model(x).softmax(1)
+    fp32 = OnnxEngine(tmp_path / "fp32.onnx").run(x).probabilities
+    int8 = OnnxEngine(tmp_path / "int8.onnx").run(x).probabilities
+    assert abs(fp32 - want).max() < 1e-5
+    assert abs(int8 - want).max() < 0.1 and (int8.argmax(1) == want.argmax(1)).float().mean() >= 0.8
+    assert main(["convert", str(ckpt), str(tmp_path / "x"), "--to", "timm", "--quantize", "int8"]) == 2
+
+
+def test_serve_onnx_answers_like_the_torch_model(tmp_path):
+    from vitlab.serving.app import create_app
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    path = export_onnx(load_pretrained(ckpt), tmp_path / "m.onnx", source=ckpt)
+    data = image_bytes(3)
+    with serving(create_app(TorchEngine(ckpt, device="cpu", precision="fp32"))) as port:
+        want = predict_raw(port, data)[2][0]["predictions"]
+    with serving(create_app(OnnxEngine(path))) as port:
+        status, _, got = predict_raw(port, data)
+        assert status == 200
+        assert [p["label"] for p in got[0]["predictions"]] == [p["label"] for p in want]
+        assert [p["probability"] for p in got[0]["predictions"]] == pytest.approx(
+            [p["probability"] for p in want], abs=1e-5)
+        status, _, body = predict_raw(port, data, "?rollout=base64")
+        assert status == 400 and "attention" in body["error"]
+
+
+def test_onnx_without_its_sidecar_is_refused_in_one_line(tmp_path, capsys):
+    path = export_onnx(create_model("ViT-Ti/16", **tiny(patch_size=8, image_size=16)), tmp_path / "m.onnx")
+    path.with_suffix(".json").unlink()
+    assert main(["serve", "--onnx", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "m.json: missing" in err and len(err.splitlines()) == 1
