@@ -162,11 +162,13 @@ def test_rollout_overlay_and_head_maps(engine):
         assert status == 200
         item = body[0]
         overlay = decode_data_url(item["rollout"])
-        assert overlay.size == (60, 30)  # over the user's image, at its aspect ratio
+        assert overlay.size == (240, 120)  # over the user's image, at its aspect ratio, enlarged 4x to >= 224
+        status, _, body = predict_raw(port, image_bytes(0, size=(600, 300)), "?rollout=base64")
+        assert decode_data_url(body[0]["rollout"]).size == (384, 192)  # a large one scaled down
         assert len(item["heads"]) == 2 and decode_data_url(item["heads"][0]).size == (96, 96)
         status, headers, png = predict_raw(port, image_bytes(0, size=(60, 30)), "?rollout=png")
         assert status == 200 and headers["content-type"] == "image/png"
-        assert Image.open(io.BytesIO(png)).size == (60, 30)
+        assert Image.open(io.BytesIO(png)).size == (240, 120)
         assert json.loads(headers["x-top-label"]) == item["predictions"][0]["label"]
 
 

@@ -12,13 +12,18 @@ from PIL import Image
 from ..inspection.figures import colorize, enlarge, overlay, to_rgb, unit_range, upsample
 from ..inspection.images import resize
 
-DISPLAY_SIDE = 384  # the overlay's long side, in pixels (the upload is scaled down to it, never up)
+DISPLAY_SIDE = 384  # the overlay's long side at most, in pixels (a larger upload is scaled down to it)
+MIN_DISPLAY_SIDE = 224  # a smaller one (a 28 px Fashion-MNIST image) is enlarged, pixels kept square
 HEAD_SIDE = 96  # each head's map is enlarged (nearest) to at least this many pixels
 
 
 def display_copy(image: torch.Tensor, side: int = DISPLAY_SIDE) -> torch.Tensor:
-    """uint8 (C, H, W) scaled down, aspect kept, so its long side is at most `side`."""
+    """uint8 (C, H, W), aspect kept: scaled down so its long side is at most `side`, or enlarged by a whole
+    factor (nearest) so it is at least MIN_DISPLAY_SIDE."""
     h, w = image.shape[-2:]
+    if max(h, w) < MIN_DISPLAY_SIDE:
+        factor = -(-MIN_DISPLAY_SIDE // max(h, w))
+        return image.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
     scale = min(1.0, side / max(h, w))
     return resize(image, (max(1, round(h * scale)), max(1, round(w * scale))))
 
