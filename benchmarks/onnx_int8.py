@@ -7,7 +7,7 @@
    and the bf16 fast path) and of its ONNX export in onnxruntime (fp32 and dynamic int8), and the largest
    |logit| difference between ONNX fp32 and torch fp32 (the parity the tests hold to 1e-4).
 2. Speed: ViT-B/16 at 224 px (random weights), a fixed batch, images/s as the median of interleaved rounds of
-   torch fp32, torch bf16 (vitlab.performance.fast_inference: bf16 weights, oneDNN-packed), ONNX fp32 and
+   torch fp32, torch bf16 (vitlab.models.fast.fast_inference: bf16 weights, oneDNN-packed), ONNX fp32 and
    ONNX int8 (onnxruntime's CPU provider, every graph optimisation).
 """
 
@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import vitlab  # noqa: E402
-from vitlab.performance import fast_inference  # noqa: E402
+from vitlab.models.fast import fast_inference  # noqa: E402
 from vitlab.serving.onnx import export_onnx, load_session  # noqa: E402
 from vitlab.throughput import interleave, median  # noqa: E402
 
@@ -37,7 +37,7 @@ def onnx_runner(session):
 
 def accuracy(checkpoint: str, workdir: Path, batch_size: int, threads: int) -> dict:
     from vitlab.evaluation import EvalBatches
-    from vitlab.evaluation.runtime import model_image_size, model_preprocessing
+    from vitlab.evaluation.batches import model_image_size, model_preprocessing
 
     model = vitlab.load_pretrained(checkpoint).eval()
     from vitlab.data import build_dataset

@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import sys
 
+from .evalargs import precision_argument
+
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 
 
@@ -15,9 +17,10 @@ def add_arguments(parser) -> None:
                                        "(labels and preprocessing from its .json sidecar)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: a GPU when there is one)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                        help="auto: bf16 where it is the fast path (oneDNN bf16 CPU, bf16 GPU), else fp32")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (auto: a GPU when there is one)")
+    parser.add_argument("--precision", default="auto", type=precision_argument,
+                        help="fp32, bf16, fp16 (weights cast once) or auto: the fast path, bf16 on a CPU with "
+                             "oneDNN bf16 kernels or a GPU that has it, else fp32")
     parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the checkpoint's)")
     parser.add_argument("--max-batch", type=int, default=32, help="largest batch of concurrent requests")
     parser.add_argument("--window-ms", type=float, default=5.0,
@@ -59,7 +62,7 @@ def run(args) -> int:
                                  image_size=args.image_size)
     except ImportError as e:
         return fail(f"{e.name or e} is not installed; install the ONNX extras: pip install 'vitlab[onnx]'")
-    except (OSError, ValueError) as e:  # missing file, not a checkpoint, not a ViT (CheckpointError is a ValueError)
+    except (OSError, ValueError) as e:  # missing file, not a checkpoint, not a ViT, a bad --device (ValueErrors)
         return fail(str(e))
     try:
         sock = listening_socket(args.host, args.port)

@@ -2,7 +2,7 @@
 
 An engine turns a batch of normalised images into probabilities and, when asked, the attention maps the page
 draws (rollout over the patches and each head's last-layer [class] attention). `TorchEngine` runs a vitlab
-model (bf16 packed on a CPU with oneDNN bf16, the fast path of vitlab.performance); `OnnxEngine` an exported
+model (bf16 packed on a CPU with oneDNN bf16, the fast path of vitlab.models.fast); `OnnxEngine` an exported
 ONNX file in onnxruntime (probabilities only: the exported graph has no attention outputs).
 """
 
@@ -14,12 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..evaluation.batches import normalise, resize
+from ..evaluation.batches import model_preprocessing, normalise, resize
 from ..evaluation.predict import label_names
-from ..evaluation.runtime import model_preprocessing, pick_device
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
+from ..runtime import check_precision, pick_device, resolve_precision
 
 @dataclass
 class Output:
@@ -51,17 +48,15 @@ class Engine:
         raise NotImplementedError
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto': bf16 where it is the fast path (a CPU with oneDNN bf16 kernels, a GPU with bf16), else fp32."""
-    from ..performance import onednn_bf16_available
+def serving_precision(precision: str, device: torch.device) -> str:
+    """'auto' is the fast path: bf16 on a CPU with oneDNN bf16 kernels (and, as everywhere in vitlab, on a
+    GPU that has bf16); fp32 elsewhere."""
+    from ..models.fast import onednn_bf16_available
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if precision != "auto":
-        return precision
-    if device.type == "cpu":
+    name = check_precision(precision)
+    if name == "auto" and device.type == "cpu":
         return "bf16" if onednn_bf16_available() else "fp32"
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return resolve_precision(name, device)
 
 
 class TorchEngine(Engine):
@@ -71,19 +66,19 @@ class TorchEngine(Engine):
                  image_size: int | None = None):
         from ..checkpoints import load_pretrained
         from ..inspection.attention import check_vit
-        from ..performance import fast_inference
+        from ..models.fast import fast_inference
 
         model = load_pretrained(checkpoint, image_size=image_size).eval().requires_grad_(False)
         cfg = check_vit(model)
         self.checkpoint, self.model = Path(checkpoint), model
         self.device = pick_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = serving_precision(precision, self.device)
         self.labels, self.preprocessing = label_names(model), model_preprocessing(model)
         self.in_chans, self.image_hw, self.grid = cfg.in_chans, cfg.image_hw, cfg.grid_size
         self.num_prefix_tokens = cfg.num_prefix_tokens
         model = model.to(self.device)
-        if self.precision == "bf16":
-            fast = fast_inference(model, "bf16")  # bf16 weights cast once; on CPU oneDNN-packed, GELU fused
+        if self.precision != "fp32":
+            fast = fast_inference(model, self.precision)  # weights cast once; bf16 on CPU: oneDNN-packed, GELU fused
             self.net, self.dtype = fast.model, fast.dtype
         else:
             self.net, self.dtype = model, torch.float32

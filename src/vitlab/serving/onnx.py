@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..evaluation.predict import label_names
-from ..evaluation.runtime import model_preprocessing
+from ..evaluation.batches import model_preprocessing
 from ..fileio import atomic_path, atomic_write_text
 
 OPSET = 17
