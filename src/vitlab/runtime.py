@@ -87,7 +87,11 @@ def pick_device(name: str | None = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise RuntimeSettingError(f"device {name!r} asked for, but CUDA is not available here "
                                       f"(use --device cpu or auto)")
-        return torch.device("cuda", local_rank if device.index is None else device.index)
+        index = local_rank if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise RuntimeSettingError(f"device {name!r}: there is no GPU {index} here "
+                                      f"({torch.cuda.device_count()} visible)")
+        return torch.device("cuda", index)
     if device.type != "cpu":
         raise RuntimeSettingError(f"unsupported device {name!r}: expected auto, cpu, cuda or cuda:N")
     return device
@@ -152,15 +156,6 @@ def teardown() -> None:
         mesh._pg_registry.clear()  # the mesh's only references to its process groups
     _meshes.clear()
     gc.collect()  # the model (DDP/FSDP hold the group too) is in reference cycles: free the group now
-
-
-@contextlib.contextmanager
-def session(device: str | None = "auto", backend: str = "auto"):
-    """setup() on entry, teardown() on exit: `with session(args.device) as d: ...`."""
-    try:
-        yield setup(device, backend)
-    finally:
-        teardown()
 
 
 # ---- reductions ----------------------------------------------------------------------------------------
