@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..models import ViTConfig
-from ..models.posemb import resample_posemb
 
 
 def adapt_model(model: nn.Module, *, num_classes: int | None = None, image_size=None,
@@ -41,16 +39,8 @@ def drop_pre_logits(model: nn.Module) -> None:
 
 
 def set_image_size(model: nn.Module, image_size, method: str = "official") -> None:
-    """Resample the learned position embeddings to the patch grid of `image_size`."""
-    cfg = model.config
-    old_grid = cfg.grid_size
-    cfg.image_size = image_size
-    cfg.validate()
-    if cfg.grid_size != old_grid:
-        with torch.no_grad():
-            new = resample_posemb(model.pos_embed.data, old_grid, cfg.grid_size, cfg.num_prefix_tokens, method)
-        model.pos_embed = nn.Parameter(new)
-        model._posemb_cache.clear()
+    """Resample the learned position embeddings (of whichever variant) to the patch grid of `image_size`."""
+    model.set_image_size(image_size, method)
 
 
 def replace_head(model: nn.Module, num_classes: int) -> None:

@@ -3,29 +3,54 @@
 from __future__ import annotations
 
 import json
+import sys
 
-from ..models import count_flops, count_parameters, list_models, model_config, num_tokens
+from ..models import MODELS, count_flops, count_parameters, list_models, model_config, num_tokens
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--filter", default="", help="show only names containing this text (any case)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a model setting for every ViT listed, e.g. --set posemb=relative --set "
+                             "attention=axial (repeatable; BiT ResNets are then left out)")
 
 
-def model_rows(name_filter: str = "") -> list[dict]:
-    rows = []
+def parse_settings(texts: list[str]) -> dict:
+    from ..training.config import parse_override
+
+    settings = {}
+    for text in texts:
+        path, value = parse_override(text)
+        settings[".".join(path)] = value
+    return settings
+
+
+def model_rows(name_filter: str = "", overrides: dict | None = None) -> list[dict]:
+    """One row per listed name; with overrides, the names whose architecture refuses them are left out (an error
+    only if every name does)."""
+    overrides = overrides or {}
+    rows, refusals = [], []
     for name in list_models():
-        if name_filter.lower() not in name.lower():
+        if name_filter.lower() not in name.lower() or (overrides and MODELS[name].get("bit")):
             continue
-        cfg = model_config(name)
+        try:
+            cfg = model_config(name, **overrides)
+        except ValueError as e:
+            if not overrides:
+                raise
+            refusals.append(e)
+            continue
         rows.append({
             "name": name,
-            "params": count_parameters(name),
+            "params": count_parameters(name, **overrides),
             "gflops_224": count_flops(cfg, 224) / 1e9,
             "gflops_384": count_flops(cfg, 384) / 1e9,
             "tokens_224": num_tokens(cfg, 224),
             "tokens_384": num_tokens(cfg, 384),
         })
+    if refusals and not rows:
+        raise refusals[0]
     return rows
 
 
@@ -40,6 +65,12 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run(args) -> int:
-    rows = model_rows(args.filter)
+    from ..training.config import ConfigError
+
+    try:
+        rows = model_rows(args.filter, parse_settings(args.overrides))
+    except (ConfigError, ValueError, TypeError) as e:
+        print(f"vitlab models: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0

@@ -25,7 +25,11 @@ def position_similarity(pos_embed: torch.Tensor, grid_hw: tuple[int, int]) -> np
 
 
 def posemb_similarity(model: nn.Module) -> np.ndarray:
-    """The patch position embeddings' similarity maps of a ViT ([class] token's embedding left out)."""
+    """The patch position embeddings' similarity maps of a ViT ([class] token's embedding left out).
+
+    Works for every position-embedding variant that adds a table at the input (learned 1-D or 2-D, sin-cos);
+    a ValueError names the variant for "none" and "relative", which have none."""
     cfg = check_vit(model)
-    patches = model.pos_embed.detach().cpu()[0, model.num_prefix_tokens:]
+    with torch.no_grad():
+        patches = model.patch_position_embeddings().detach().cpu()
     return position_similarity(patches, cfg.grid_size)

@@ -57,7 +57,7 @@ def inspect_model(model: nn.Module, out_dir: str | Path, images: torch.Tensor, c
             distances, out / "attention_distance.png", uniform=uniform, num_images=count, title=label)
         written["attention_distance_csv"] = figures.write_distance_csv(distances, out / "attention_distance.csv",
                                                                        count)
-    if "posemb" in wanted:
+    if "posemb" in wanted and cfg.posemb not in ("none", "relative"):  # those add no table to draw
         written["posemb_similarity"] = figures.plot_posemb_similarity(
             posemb_similarity(model), out / "posemb_similarity.png", title=f"{label}: position embedding similarity")
     if "filters" in wanted and cfg.resnet_layers is None:  # a hybrid's 1x1 filters have no picture

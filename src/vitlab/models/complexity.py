@@ -43,7 +43,7 @@ def count_flops(cfg: ViTConfig | BiTConfig, image_size: int | tuple[int, int] | 
         macs, _, channels = _resnet_macs(cfg.layers, cfg.width_factor, cfg.in_chans, hw)
         return 2 * (macs + channels * cfg.num_classes)
 
-    D, M = cfg.width, cfg.mlp_dim
+    D = cfg.width
     if cfg.resnet_layers is not None:
         macs, (gh, gw), channels = _resnet_macs(cfg.resnet_layers, cfg.resnet_width, cfg.in_chans, hw)
         gh, gw = gh // cfg.patch_size, gw // cfg.patch_size
@@ -51,15 +51,39 @@ def count_flops(cfg: ViTConfig | BiTConfig, image_size: int | tuple[int, int] | 
     else:
         gh, gw = hw[0] // cfg.patch_size, hw[1] // cfg.patch_size
         macs = gh * gw * cfg.patch_size**2 * cfg.in_chans * D
-    T = gh * gw + cfg.num_prefix_tokens
-    per_block = T * D * 3 * D + 2 * T * T * D + T * D * D + 2 * T * D * M
-    macs += cfg.depth * per_block
-    features = D
-    if cfg.representation_size:
-        macs += D * cfg.representation_size
-        features = cfg.representation_size
-    macs += features * cfg.num_classes
+    macs += cfg.depth * _encoder_layer_macs(cfg, gh, gw)
+    macs += _head_macs(cfg, gh * gw)
     return 2 * macs
+
+
+def _attention_macs(tokens: int, D: int) -> int:
+    """qkv projection, q k^T, weights @ v, output projection, for one sequence."""
+    return tokens * D * 3 * D + 2 * tokens * tokens * D + tokens * D * D
+
+
+def _encoder_layer_macs(cfg: ViTConfig, gh: int, gw: int) -> int:
+    """One layer of the paper's encoder: one block, or AxialViT's row block + column block."""
+    D, M, P = cfg.width, cfg.mlp_dim, cfg.num_prefix_tokens
+    T = gh * gw + P
+    mlp = 2 * T * D * M
+    if cfg.attention == "axial":  # every row (column) is a sequence of its own, with the prefix tokens in front
+        return gh * _attention_macs(gw + P, D) + gw * _attention_macs(gh + P, D) + 2 * mlp
+    macs = _attention_macs(T, D) + mlp
+    if cfg.posemb == "relative":  # queries against every offset's embedding (and the prefix tokens' one)
+        macs += T * ((2 * gh - 1) * (2 * gw - 1) + (1 if P else 0)) * D
+    return macs
+
+
+def _head_macs(cfg: ViTConfig, num_patches: int) -> int:
+    D, features = cfg.width, cfg.width
+    macs = 0
+    if cfg.classifier == "map":  # probe query, k/v of every patch, probe x patches, output projection, MLP
+        macs += D * D + num_patches * 2 * D * D + 2 * num_patches * D + D * D + 2 * D * cfg.mlp_dim
+    pooled = 2 if cfg.distill_token else 1  # DeiT: both tokens go through pre-logits, each to its head
+    if cfg.representation_size:
+        macs += pooled * D * cfg.representation_size
+        features = cfg.representation_size
+    return macs + pooled * features * cfg.num_classes
 
 
 def num_tokens(cfg: ViTConfig | BiTConfig, image_size: int) -> int | None:

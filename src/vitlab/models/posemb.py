@@ -1,11 +1,27 @@
-"""Resampling learned position embeddings to another patch grid (fine-tuning at a new resolution)."""
+"""Position embeddings: the variants of the paper's Appendix D.4 (Table 8), fixed sin-cos, and resampling.
+
+    "learned_1d"  one learned vector per token (the paper's default): a (1, prefix + gh*gw, D) table
+    "learned_2d"  an X- and a Y-table of width D/2 each, concatenated per patch coordinate; the [class]
+                  (and distillation) token has its own learned vector
+    "sincos_2d"   fixed: sin/cos of the x and y coordinates (MoCo v3 / big_vision / MAE); the [class] token
+                  gets none (a zero row)
+    "relative"    no embedding at the input: each attention layer adds a bias q . r(offset) to its logits
+                  (RelativePositionBias below)
+    "none"        no position information at all: the encoder is equivariant to permuting the patches
+
+Resampling to another patch grid (fine-tuning at a new resolution) is defined for every variant but "none":
+learned tables are interpolated on their grid, each axis table of "learned_2d" along its axis, sin-cos is
+recomputed, and the relative-offset table is interpolated on the grid of offsets.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 METHODS = ("official", "bilinear", "bicubic")
+VARIANTS = ("learned_1d", "learned_2d", "sincos_2d", "relative", "none")
 
 
 def resample_grid(grid: torch.Tensor, new_hw: tuple[int, int], method: str = "official") -> torch.Tensor:
@@ -13,7 +29,7 @@ def resample_grid(grid: torch.Tensor, new_hw: tuple[int, int], method: str = "of
 
     "official" is what the ViT authors' code does, `scipy.ndimage.zoom(order=1)`: bilinear with the corner
     samples kept on the corners (align_corners=True). "bilinear" and "bicubic" are timm / Hugging Face's
-    half-pixel-centred resizes.
+    half-pixel-centred resizes. A (1, g, D) grid is resampled along its one axis only.
     """
     if method not in METHODS:
         raise ValueError(f"unknown position-embedding resampling method {method!r}; expected one of {METHODS}")
@@ -42,3 +58,95 @@ def resample_posemb(
         )
     grid = resample_grid(grid[0].reshape(old_hw[0], old_hw[1], -1), new_hw, method)
     return torch.cat([prefix, grid.reshape(1, new_hw[0] * new_hw[1], -1)], dim=1)
+
+
+def resample_axis(table: torch.Tensor, length: int, method: str = "official") -> torch.Tensor:
+    """Resample a (1, g, D/2) axis table of "learned_2d" to (1, length, D/2), along its one axis."""
+    return resample_grid(table, (1, length), method)
+
+
+def learned_2d(prefix: torch.Tensor | None, x_table: torch.Tensor, y_table: torch.Tensor,
+               grid_hw: tuple[int, int], method: str = "official") -> torch.Tensor:
+    """(1, prefix + gh*gw, D): patch (i, j) gets [x_table[j], y_table[i]]; prefix rows are their own vectors."""
+    gh, gw = grid_hw
+    x_table, y_table = resample_axis(x_table, gw, method)[0], resample_axis(y_table, gh, method)[0]
+    grid = torch.cat([x_table[None, :, :].expand(gh, -1, -1), y_table[:, None, :].expand(-1, gw, -1)], dim=-1)
+    grid = grid.reshape(1, gh * gw, -1)
+    return grid if prefix is None else torch.cat([prefix, grid], dim=1)
+
+
+def sincos_2d(grid_hw: tuple[int, int], width: int, num_prefix_tokens: int = 0, *, temperature: float = 10_000.0,
+              like: torch.Tensor | None = None) -> torch.Tensor:
+    """Fixed 2-D sin-cos embedding, (1, prefix + gh*gw, D), prefix rows zero (on the device and in the dtype of
+    `like`; computed in float64).
+
+    big_vision's `posemb_sincos_2d` (MoCo v3's): for frequencies w_k = temperature ** (-k / (D/4 - 1)),
+    k < D/4, patch (y, x) gets [sin(x w), cos(x w), sin(y w), cos(y w)]. (MAE's table divides by D/4 instead
+    of D/4 - 1, a slightly different frequency ladder; an MAE checkpoint stores its table and loads as a
+    "learned_1d" one.)
+    """
+    if width % 4:
+        raise ValueError(f"sincos_2d position embeddings need a width divisible by 4, not {width}")
+    gh, gw = grid_hw
+    y, x = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64),
+                          indexing="ij")
+    quarter = width // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float64) / max(quarter - 1, 1))
+    x = x.reshape(-1, 1) * omega
+    y = y.reshape(-1, 1) * omega
+    table = torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)
+    table = torch.cat([table.new_zeros(num_prefix_tokens, width), table]).unsqueeze(0)
+    return table.float() if like is None else table.to(like.dtype).to(like.device)
+
+
+class RelativePositionBias(nn.Module):
+    """The paper's relative position embedding (Appendix D.4), one per attention layer.
+
+    Every pair of patches (query at (yq, xq), key at (yk, xk)) has an offset (yq - yk, xq - xk) with a learned
+    embedding r of width D. An extra attention uses the layer's queries with these embeddings as keys; its
+    logits, q . r(offset) / sqrt(d_head) per head, are a bias added to the content logits before the softmax.
+
+    Our choice where the paper is loose: it calls this "1-dimensional relative attention" over all pairs of
+    patches; we key each pair by its 2-D offset rather than by the difference of the flattened (row-major)
+    indices, because a flattened offset names different displacements at once (on a 14-wide grid, 13 is both
+    "13 to the right" and "one row down, one to the left") and could not be resampled to another grid. The
+    offset table is then a (2gh - 1, 2gw - 1, D) grid, resampled like any position-embedding grid. Pairs
+    that involve a prefix token ([class], distillation, registers) share one dedicated learned embedding.
+    """
+
+    def __init__(self, width: int, num_heads: int, grid_hw: tuple[int, int], num_prefix_tokens: int):
+        super().__init__()
+        gh, gw = grid_hw
+        self.num_heads = num_heads
+        self.offsets = nn.Parameter(torch.zeros(2 * gh - 1, 2 * gw - 1, width))
+        self.prefix = nn.Parameter(torch.zeros(1, width)) if num_prefix_tokens else None
+
+    def keys(self, grid_hw: tuple[int, int], method: str = "official") -> torch.Tensor:
+        """(num_heads, K, d_head): every offset's embedding (row-major over the offset grid), then the prefix one."""
+        gh, gw = grid_hw
+        table = resample_grid(self.offsets, (2 * gh - 1, 2 * gw - 1), method)
+        keys = table.reshape(-1, table.shape[-1])
+        if self.prefix is not None:
+            keys = torch.cat([keys, self.prefix])
+        return keys.view(keys.shape[0], self.num_heads, -1).transpose(0, 1)
+
+    def forward(self, q: torch.Tensor, grid_hw: tuple[int, int], num_prefix_tokens: int,
+                method: str = "official") -> torch.Tensor:
+        """The bias (B, heads, T, T) for queries q (B, heads, T, d_head) of prefix + gh*gw tokens."""
+        keys = self.keys(grid_hw, method).to(q.dtype)
+        logits = (q * q.shape[-1] ** -0.5) @ keys.transpose(-2, -1)  # (B, heads, T, K)
+        index = relative_index(grid_hw, num_prefix_tokens, q.device)
+        return logits.gather(-1, index.expand(q.shape[0], q.shape[1], -1, -1))
+
+
+def relative_index(grid_hw: tuple[int, int], num_prefix_tokens: int, device=None) -> torch.Tensor:
+    """(T, T) index into RelativePositionBias.keys: the offset of each (query, key) pair; prefix pairs last."""
+    gh, gw = grid_hw
+    y, x = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
+    y, x = y.reshape(-1), x.reshape(-1)
+    offsets = (y[:, None] - y[None, :] + gh - 1) * (2 * gw - 1) + (x[:, None] - x[None, :] + gw - 1)
+    prefix_slot = (2 * gh - 1) * (2 * gw - 1)
+    T = num_prefix_tokens + gh * gw
+    index = torch.full((T, T), prefix_slot, dtype=torch.long, device=device)
+    index[num_prefix_tokens:, num_prefix_tokens:] = offsets
+    return index

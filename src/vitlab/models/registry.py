@@ -1,7 +1,8 @@
 """Every named model, declared as data, and `create_model`.
 
 Names follow the paper: "ViT-B/16" is ViT-Base with 16x16 patches; "R50+ViT-B/16" is the hybrid whose
-ResNet-50 stem feeds 1x1 patches; "BiT-R50x1" is Big Transfer's ResNet v2, the paper's CNN baseline.
+ResNet-50 stem feeds 1x1 patches; "AxialViT-B/16" is Appendix D.6's axial-attention ViT; "BiT-R50x1" is Big
+Transfer's ResNet v2, the paper's CNN baseline.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def _declare() -> dict[str, dict]:
     for size in ("B", "L"):
         for stride, layers in HYBRID_LAYERS.items():
             models[f"R50+ViT-{size}/{stride}"] = dict(patch_size=1, resnet_layers=layers, **VIT_SIZES[size])
+    for patch in (16, 32):  # Appendix D.6
+        models[f"AxialViT-B/{patch}"] = dict(patch_size=patch, attention="axial", **VIT_SIZES["B"])
     for depth, width in BIT_VARIANTS:
         models[f"BiT-{depth}x{width}"] = dict(bit=True, layers=BIT_LAYERS[depth], width_factor=width)
     return models
@@ -88,9 +91,15 @@ def canonical_name(name: str) -> str:
 
 
 def model_config(name: str, **overrides) -> ViTConfig | BiTConfig:
-    """The validated configuration of a named model with overrides applied; allocates nothing."""
+    """The validated configuration of a named model with overrides applied; allocates nothing.
+
+    `pool=` is accepted as another name for `classifier=` ("token", "gap" or "map")."""
     entry = dict(MODELS[canonical_name(name)])
     cls = BiTConfig if entry.pop("bit", False) else ViTConfig
+    if "pool" in overrides and cls is ViTConfig:
+        pool = overrides.pop("pool")
+        if overrides.setdefault("classifier", pool) != pool:
+            raise ValueError(f"pool={pool!r} and classifier={overrides['classifier']!r} disagree; give one of them")
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - valid)
     if unknown:

@@ -25,7 +25,7 @@ def layer_id(name: str, depth: int) -> int:
     if name.startswith("objective."):
         return depth + 1
     name = name.removeprefix("model.")
-    if name.startswith(("patch_embed.", "cls_token", "pos_embed")):
+    if name.startswith(("patch_embed.", "cls_token", "dist_token", "reg_token", "pos_embed")):
         return 0
     match = re.match(r"blocks\.(\d+)\.", name)
     return int(match.group(1)) + 1 if match else depth + 1
