@@ -510,8 +510,6 @@ def test_vitlab_models_lists_the_flops_of_any_setting(capsys):
     assert capsys.readouterr().err.strip().endswith("width must be an integer, not 64.5")
 
 
-@pytest.mark.parametrize("overrides", [dict(posemb="relative", classifier="gap"), dict(attention="axial", reg_tokens=1),
-                                       dict(posemb="learned_2d", classifier="map", layer_scale=0.5)])
 def test_a_subset_of_patches_is_refused_where_the_grid_is_needed():
     keep = torch.arange(8).expand(2, -1)
     assert build().forward_features(torch.randn(2, 3, 16, 16), keep=keep).shape == (2, 1 + 8, 16)
@@ -520,6 +518,8 @@ def test_a_subset_of_patches_is_refused_where_the_grid_is_needed():
             build(**overrides).forward_features(torch.randn(2, 3, 16, 16), keep=keep)
 
 
+@pytest.mark.parametrize("overrides", [dict(posemb="relative", classifier="gap"), dict(attention="axial", reg_tokens=1),
+                                       dict(posemb="learned_2d", classifier="map", layer_scale=0.5)])
 def test_training_gradients_reach_every_new_table_and_match_with_checkpointing(overrides):
     # (with a [class] token readout, the last layer's offsets get no gradient: its query sees only r_prefix)
     model = randomise(build(**overrides)).train()
