@@ -437,16 +437,17 @@ def test_layer_scale_starts_at_its_value_and_scales_each_branch():
 
 
 def test_optional_tokens_and_tables_are_spared_weight_decay():
-    from vitlab.performance import param_groups
+    from vitlab.training.optim import is_decayed
+
+    def decayed(model):
+        return {n for n, p in model.named_parameters() if is_decayed(n, p, model.no_weight_decay())}
     model = build(distill_token=True, reg_tokens=2, posemb="learned_2d", layer_scale=0.1)
-    names = {id(p): n for n, p in model.named_parameters()}
-    decayed = {names[id(p)] for p in param_groups(model, 0.1)[0]["params"]}
-    assert not decayed & {"dist_token", "reg_token", "pos_embed_x", "pos_embed_y", "pos_embed_prefix",
-                          "blocks.0.ls1.gamma"}
-    relative = build(posemb="relative", classifier="map")
-    names = {id(p): n for n, p in relative.named_parameters()}
-    decayed = {names[id(p)] for p in param_groups(relative, 0.1)[0]["params"]}
-    assert not decayed & {"blocks.0.attn.relative.offsets", "attn_pool.latent"}
+    assert not decayed(model) & {"dist_token", "reg_token", "pos_embed_x", "pos_embed_y", "pos_embed_prefix",
+                                 "blocks.0.ls1.gamma"}
+    assert not decayed(build(posemb="relative", classifier="map")) & {"blocks.0.attn.relative.offsets",
+                                                                       "blocks.0.attn.relative.prefix",
+                                                                       "attn_pool.latent"}
+    assert "blocks.0.attn.qkv.weight" in decayed(model)
 
 
 # ---- configuration -------------------------------------------------------------------------------------------
