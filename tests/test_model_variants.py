@@ -533,3 +533,23 @@ def test_training_gradients_reach_every_new_table_and_match_with_checkpointing(o
     model(x).square().sum().backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, plain[n])
+
+
+def test_rollout_of_a_model_with_registers_but_no_class_token_reads_the_patch_rows():
+    from vitlab.inspection import attention_rollout, attention_weights
+    from vitlab.inspection.rollout import rollout_matrix
+    model = randomise(build(classifier="gap", reg_tokens=2)).eval()
+    _, attentions = attention_weights(model, torch.randn(2, 3, 16, 16))
+    maps = attention_rollout(attentions, model.num_prefix_tokens, (4, 4), model.config.has_class_token)
+    expected = rollout_matrix(attentions)[:, 2:, 2:].mean(dim=1)  # patch queries, patch keys
+    np.testing.assert_allclose(maps.reshape(2, 16), expected.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [dict(posemb="relative"), dict(attention="axial", posemb="sincos_2d")])
+def test_inspection_draws_every_figure_a_variant_has(overrides, tmp_path):
+    from vitlab.inspection import inspect_model
+    model = build(**overrides).eval()
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    written = inspect_model(model, tmp_path, images, ["a", "b"], progress=False)
+    assert {"rollout", "attention_heads", "attention_distance"} <= set(written)
+    assert ("posemb_similarity" in written) == (model.config.posemb != "relative")  # relative adds no table

@@ -2,7 +2,8 @@
 
     from vitlab.inspection import attention_weights, attention_rollout, mean_attention_distance
     logits, attentions = attention_weights(model, x)           # per layer (B, heads, T, T)
-    maps = attention_rollout(attentions, model.num_prefix_tokens, model.config.grid_size)
+    maps = attention_rollout(attentions, model.num_prefix_tokens, model.config.grid_size,
+                             model.config.has_class_token)
 
 `inspect_model` writes every figure into a directory; `vitlab inspect` is its command line.
 """

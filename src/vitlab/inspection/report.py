@@ -75,8 +75,10 @@ def analyse(model: nn.Module, images: torch.Tensor, batch_size: int) -> dict[str
     for batch in images.split(batch_size):
         logits, attentions = attention_weights(model, normalise(batch, model).to(device))
         attentions = [a.cpu() for a in attentions]
-        parts["rollout"].append(attention_rollout(attentions, model.num_prefix_tokens, cfg.grid_size))
-        parts["heads"].append(class_attention(attentions[-1], model.num_prefix_tokens, cfg.grid_size))
+        parts["rollout"].append(attention_rollout(attentions, model.num_prefix_tokens, cfg.grid_size,
+                                                  cfg.has_class_token))
+        parts["heads"].append(class_attention(attentions[-1], model.num_prefix_tokens, cfg.grid_size,
+                                              cfg.has_class_token))
         parts["logits"].append(logits.float().cpu().numpy())
         parts["distances"].append(mean_attention_distance(attentions, cfg.grid_size, cfg.stride,
                                                           model.num_prefix_tokens))
@@ -93,7 +95,7 @@ def write_attention_maps(model: nn.Module, out: Path, images: torch.Tensor, capt
         path = out / "rollout" / f"{i:03d}_{slug(caption)}.png"
         written[f"rollout/{i:03d}"] = figures.save_rollout_overlay(rgb[i], seen["rollout"][i], path)
     written["rollout"] = figures.plot_rollout_grid(rgb, seen["rollout"], captions, out / "rollout.png")
-    query = "[class] token" if model.num_prefix_tokens else "mean over tokens"
+    query = "[class] token" if model.config.has_class_token else "mean over tokens"
     written["attention_heads"] = figures.plot_class_attention(
         rgb, seen["heads"], captions, out / "attention_heads.png",
         title=f"{label}\nlast-layer attention per head ({query})")

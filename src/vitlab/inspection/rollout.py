@@ -28,19 +28,27 @@ def rollout_matrix(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def attention_rollout(attentions: Sequence[torch.Tensor], num_prefix_tokens: int,
-                      grid_hw: tuple[int, int]) -> np.ndarray:
-    """(B, gh, gw): the rolled-out attention of the representation over the patch grid."""
+                      grid_hw: tuple[int, int], class_token: bool | None = None) -> np.ndarray:
+    """(B, gh, gw): the rolled-out attention of the representation over the patch grid.
+
+    The representation's row is the [class] token's, or without one (GAP / MAP, perhaps with register tokens)
+    the mean of the patch tokens' rows. `class_token` None means: any prefix token is a [class] token."""
     joint = rollout_matrix(attentions)
-    rows = joint[:, 0] if num_prefix_tokens else joint.mean(dim=1)
-    return patch_maps(rows, num_prefix_tokens, grid_hw)
+    return patch_maps(representation_rows(joint, num_prefix_tokens, class_token), num_prefix_tokens, grid_hw)
 
 
 def class_attention(last_attention: torch.Tensor, num_prefix_tokens: int,
-                    grid_hw: tuple[int, int]) -> np.ndarray:
+                    grid_hw: tuple[int, int], class_token: bool | None = None) -> np.ndarray:
     """(B, heads, gh, gw): one layer's raw attention of the [class] token (gap: mean over queries) per head."""
     a = torch.as_tensor(last_attention, dtype=torch.float64)
-    rows = a[:, :, 0] if num_prefix_tokens else a.mean(dim=2)
-    return patch_maps(rows, num_prefix_tokens, grid_hw)
+    return patch_maps(representation_rows(a, num_prefix_tokens, class_token), num_prefix_tokens, grid_hw)
+
+
+def representation_rows(a: torch.Tensor, num_prefix_tokens: int, class_token: bool | None) -> torch.Tensor:
+    """(..., T) from (..., T, T): the [class] token's row, or the mean of the patch tokens' rows."""
+    if class_token is None:
+        class_token = num_prefix_tokens > 0
+    return a[..., 0, :] if class_token else a[..., num_prefix_tokens:, :].mean(dim=-2)
 
 
 def patch_maps(rows: torch.Tensor, num_prefix_tokens: int, grid_hw: tuple[int, int]) -> np.ndarray:
