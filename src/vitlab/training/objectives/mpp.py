@@ -101,8 +101,12 @@ class MaskedPatchPrediction(Objective):
 
     def losses(self, model, images, generator=None) -> MaskedLoss:
         outputs, c = self.predict(model, images, generator)
-        chosen = outputs[c.corrupted].float()  # (M, outputs): only the corrupted patches are predicted
-        target = self.targets(images)[c.corrupted]
+        return self.loss(outputs, c.corrupted, images)
+
+    def loss(self, outputs: torch.Tensor, corrupted: torch.Tensor, images: torch.Tensor) -> MaskedLoss:
+        """The loss of the head's `outputs` (B, N, ...) on the `corrupted` (B, N) patches of `images`."""
+        chosen = outputs[corrupted].float()  # (M, outputs): only the corrupted patches are predicted
+        target = self.targets(images)[corrupted]
         if self.settings.target == "pixels":
             count = target.shape[0]
             loss = F.mse_loss(chosen, target, reduction="none").mean(-1).sum() / max(count, 1)
