@@ -225,3 +225,133 @@ def test_finetune_from_an_mpp_checkpoint_starts_from_its_encoder(tmp_path):
     assert trainer.objective.name == "classification"
     result = trainer.fit()
     assert result.metric == "eval_accuracy" and result.last_accuracy is not None
+
+
+def test_inspect_draws_what_a_self_supervised_checkpoint_predicts(tmp_path, capsys):
+    from PIL import Image
+
+    from vitlab.cli import main as cli_main
+
+    train(config(tmp_path, objective={"name": "mpp"}, train={"steps": 2}))
+    out = tmp_path / "inspect"
+    data = f"folder:{ts.image_folder(ts.DATA_ROOT)}"
+    assert cli_main(["inspect", "--checkpoint", str(tmp_path / "run"), "--data", data, "--show", "3",
+                     "--num-images", "3", "--figures", "posemb", "--out", str(out), "--no-progress"]) == 0
+    figure = Image.open(out / "objective_predictions.png")
+    assert figure.size[0] > 4 * 150 and figure.size[1] > 3 * 150  # 4 columns, 3 rows
+    # a classification checkpoint has nothing of the kind
+    train(config(tmp_path / "plain", train={"steps": 1}))
+    assert cli_main(["inspect", "--checkpoint", str(tmp_path / "plain/run"), "--data", data, "--show", "2",
+                     "--num-images", "2", "--figures", "posemb", "--out", str(tmp_path / "plain/inspect"),
+                     "--no-progress"]) == 0
+    assert not (tmp_path / "plain/inspect/objective_predictions.png").exists()
+
+
+# ---- MAE --------------------------------------------------------------------------------------------------
+def mae_objective(classifier="token", **settings):
+    from vitlab.models import create_model
+    from vitlab.training.objectives.mae import MaskedAutoencoder
+    from vitlab.training.objectives.settings import MAEConfig
+
+    model = create_model("ViT-Ti/16", patch_size=4, width=32, depth=1, mlp_dim=32, num_heads=2, image_size=16,
+                         in_chans=3, num_classes=0, classifier=classifier)
+    settings = {"decoder_width": 16, "decoder_depth": 1, "decoder_heads": 2, "decoder_mlp_dim": 32, **settings}
+    return model, MaskedAutoencoder(MAEConfig(**settings), model.config, {"normalisation": "minus_one_one"})
+
+
+def test_mae_index_bookkeeping_restores_the_original_order():
+    from vitlab.models.vit import keep_patches, random_patch_subset
+    from vitlab.training.objectives.mae import hidden_mask, restore_order
+
+    B, N, D = 5, 16, 3
+    tokens = torch.arange(B * N * D, dtype=torch.float32).view(B, N, D)
+    with_prefix = torch.cat([torch.full((B, 1, D), -7.0), tokens], dim=1)
+    kept = random_patch_subset(B, N, 4, generator=torch.Generator().manual_seed(0))
+    visible = keep_patches(with_prefix, kept, num_prefix_tokens=1)
+    assert visible.shape == (B, 5, D) and (visible[:, 0] == -7).all()  # the [class] token stays first
+    restored = restore_order(visible[:, 1:], kept, N, fill=torch.full((D,), -1.0))
+    hidden = hidden_mask(kept, N)
+    assert hidden.sum(1).tolist() == [12] * B
+    assert torch.equal(restored[~hidden], tokens[~hidden])  # every visible token back in its own place
+    assert (restored[hidden] == -1).all()
+    for b in range(B):
+        assert sorted(kept[b].tolist()) == torch.nonzero(~hidden[b]).flatten().tolist()
+
+
+def test_mae_encoder_sees_only_the_visible_patches():
+    model, objective = mae_objective()
+    seen = {}
+    model.blocks[0].register_forward_hook(lambda m, i, o: seen.update(tokens=o[0].shape[1]))
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    predicted, hidden = objective.reconstruct(model, images)
+    assert seen["tokens"] == 1 + 4  # the [class] token and a quarter of the 16 patches
+    assert predicted.shape == (2, 16, 48) and hidden.sum().item() == 2 * 12
+
+
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+def test_mae_loss_reads_only_the_hidden_patches(norm_pix_loss):
+    model, objective = mae_objective(classifier="gap", norm_pix_loss=norm_pix_loss)
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    predicted, hidden = objective.reconstruct(model, images)
+    loss = objective.loss(predicted, hidden, images).loss
+    assert objective.loss(predicted, hidden, perturbed(images, 4, ~hidden)).loss == loss
+    assert objective.loss(predicted, hidden, perturbed(images, 4, hidden, 0.3) * 0.5).loss != loss
+
+
+def test_mae_targets_are_each_patch_normalised():
+    _, objective = mae_objective()
+    images = torch.rand(2, 3, 16, 16)
+    targets = objective.targets(images)
+    assert torch.allclose(targets.mean(-1), torch.zeros(2, 16), atol=1e-5)
+    assert torch.allclose(targets.std(-1, unbiased=False), torch.ones(2, 16), atol=1e-3)
+    from vitlab.training.objectives.patches import patchify
+
+    patch = patchify(images, 4)[1, 5]
+    assert torch.allclose(targets[1, 5], (patch - patch.mean()) / (patch.var(unbiased=False) + 1e-6).sqrt())
+
+
+def test_mae_run_trains_evaluates_and_is_inspected(tmp_path):
+    import vitlab
+    from vitlab.cli import main as cli_main
+    from vitlab.training import checkpointing
+
+    cfg = config(tmp_path, objective={"name": "mae", "mae": {"decoder_width": 16, "decoder_depth": 1,
+                                                             "decoder_heads": 2, "decoder_mlp_dim": 32}},
+                 train={"steps": 6, "ema_decay": 0.9, "precision": "bf16"})
+    result = train(cfg)
+    assert result.metric == "eval_loss" and result.last_accuracy > 0 and result.losses[-1] < result.losses[0]
+    step = tmp_path / "run/checkpoints/step-00000006"
+    assert vitlab.load_pretrained(step).config.num_classes == 0
+    assert "decoder_blocks.0.attn.qkv.weight" in checkpointing.load_objective_weights(step)
+    assert "decoder_pos" not in checkpointing.load_objective_weights(step)  # fixed: rebuilt, not saved
+    data = f"folder:{ts.image_folder(ts.DATA_ROOT)}"
+    assert cli_main(["inspect", "--checkpoint", str(tmp_path / "run"), "--data", data, "--show", "2",
+                     "--num-images", "2", "--figures", "posemb", "--out", str(tmp_path / "inspect"),
+                     "--no-progress"]) == 0
+    assert (tmp_path / "inspect/objective_predictions.png").is_file()
+
+
+# ---- across processes --------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_objectives_train_and_resume_under_torchrun_ddp_and_fsdp(tmp_path):
+    import shutil
+
+    from test_training_processes import assert_backend_stopped, losses_in, run_cli
+
+    mae = {"name": "mae", "mae": {"decoder_width": 16, "decoder_depth": 1, "decoder_heads": 2,
+                                  "decoder_mlp_dim": 32}}
+    raw = ts.tiny_config(tmp_path / "mae", objective=mae, train={"steps": 4, "checkpoint_every": 2})
+    config = ts.write_config(tmp_path / "mae.yaml", raw)
+    assert_backend_stopped(run_cli(config, torchrun=2), ranks=2)
+    ddp = losses_in(tmp_path / "mae")
+    shutil.rmtree(tmp_path / "mae/checkpoints/step-00000004")
+    proc = run_cli(config, "--set", "distributed.strategy=fsdp", torchrun=2)  # the decoder sharded too
+    assert "(step 2/4)" in proc.stdout
+    resumed = losses_in(tmp_path / "mae")
+    assert resumed[:2] == ddp[:2] and torch.allclose(torch.tensor(resumed), torch.tensor(ddp), rtol=1e-4)
+    assert (tmp_path / "mae/checkpoints/step-00000004/objective.safetensors").is_file()
+
+    raw = ts.tiny_config(tmp_path / "mpp", objective={"name": "mpp"}, train={"steps": 2})
+    proc = run_cli(ts.write_config(tmp_path / "mpp.yaml", raw), "--set", "distributed.strategy=fsdp", torchrun=2)
+    assert "eval masked accuracy" in proc.stdout

@@ -95,8 +95,26 @@ def inspect(args) -> int:
     written = inspect_model(model, args.out, images, captions, distance_batches=distance_batches,
                             distance_total=total, figures_wanted=wanted, batch_size=args.batch_size, label=label,
                             progress=not args.no_progress)
+    written.update(draw_objective(args, model, images, captions, label))
     main = [p for k, p in written.items() if "/" not in k]
     print(f"wrote {len(written)} files to {args.out} in {time.perf_counter() - start:.1f} s:")
     for path in main:
         print(f"  {path}")
     return 0
+
+
+def draw_objective(args, model, images, captions, label) -> dict:
+    """A self-supervised checkpoint (one with objective.json beside the encoder): what it predicts."""
+    from ..checkpoints.load import latest_run_checkpoint
+    from ..inspection.objective import draw_objective_predictions
+    from ..training.objectives import load_objective
+
+    if not args.checkpoint or not Path(args.checkpoint).is_dir():
+        return {}
+    directory = latest_run_checkpoint(Path(args.checkpoint)) or Path(args.checkpoint)
+    objective = load_objective(directory, model)
+    if objective is None:
+        return {}
+    path = Path(args.out) / "objective_predictions.png"
+    return {"objective_predictions": draw_objective_predictions(model, objective, images, captions, path,
+                                                                title=f"{objective.name}: {label}")}

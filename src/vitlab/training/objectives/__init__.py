@@ -11,6 +11,10 @@ checkpoint keeps beside the encoder (objective.safetensors) so that model.safete
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
 from .base import Objective, TrainingModule, join_state_dicts, loss_and_logs, split_state_dict
 from .settings import NAMES, SELF_SUPERVISED, ObjectiveConfig
 
@@ -33,8 +37,34 @@ def build_objective(cfg: ObjectiveConfig, *, model_config=None, preprocessing: d
         from .mpp import MaskedPatchPrediction
 
         return MaskedPatchPrediction(cfg.mpp, model_config, preprocessing)
+    if cfg.name == "mae":
+        from .mae import MaskedAutoencoder
+
+        return MaskedAutoencoder(cfg.mae, model_config, preprocessing)
     raise ValueError(f"unknown objective {cfg.name!r}: one of {', '.join(NAMES)}")
 
 
-__all__ = ["NAMES", "Objective", "ObjectiveConfig", "TrainingModule", "build_objective", "head_classes", "join_state_dicts",
+def load_objective(checkpoint: str | Path, model) -> Objective | None:
+    """The trained objective saved in a checkpoint directory beside `model` (its encoder), or None when it
+    has none (a classification checkpoint). For inspection: `objective.illustrate(model, images)`."""
+    from safetensors.torch import load_file
+
+    checkpoint = Path(checkpoint)
+    record_file, weights_file = checkpoint / "objective.json", checkpoint / "objective.safetensors"
+    if not record_file.is_file() or not weights_file.is_file():
+        return None
+    record = json.loads(record_file.read_text())
+    name = record.get("name")
+    if name not in SELF_SUPERVISED:
+        raise ValueError(f"{record_file}: objective {name!r} cannot be inspected (one of {', '.join(SELF_SUPERVISED)})")
+    cfg = ObjectiveConfig(name=name)
+    settings_class = type(getattr(cfg, name))
+    setattr(cfg, name, settings_class(**{k: v for k, v in record.get("settings", {}).items()
+                                         if k in {f.name for f in dataclasses.fields(settings_class)}}))
+    objective = build_objective(cfg, model_config=model.config, preprocessing=getattr(model, "preprocessing", None))
+    objective.load_state_dict(load_file(str(weights_file)))
+    return objective.to(next(model.parameters()).device)
+
+
+__all__ = ["NAMES", "Objective", "ObjectiveConfig", "TrainingModule", "build_objective", "head_classes", "join_state_dicts", "load_objective",
            "loss_and_logs", "split_state_dict"]

@@ -40,6 +40,11 @@ class Objective(nn.Module):
         """Validation metrics over `loader`, summed over ranks; keys start with 'eval_'."""
         raise NotImplementedError
 
+    def illustrate(self, model: nn.Module, images: torch.Tensor, generator=None) -> dict:
+        """For `vitlab inspect`: {panel title: pixel images (B, C, H, W) 0..255, ..., "marks": (B, N) ints}
+        showing what the objective hides and predicts. Self-supervised objectives only."""
+        raise NotImplementedError(f"the {self.name} objective draws no predictions")
+
     def record(self) -> dict:
         """What objective.json keeps: enough to rebuild this objective for inspection."""
         settings = dataclasses.asdict(self.settings) if dataclasses.is_dataclass(self.settings) else {}
@@ -89,7 +94,8 @@ def evaluate_masked(objective, model, loader, d, *, precision: str = "fp32", see
     for images, _ in loader:
         images = images.to(d.device, non_blocking=True)
         with autocast(d.device, precision):
-            out = objective.losses(model, images, generator)
+            # through __call__, so that FSDP gathers the objective's sharded parameters
+            out = objective(model, images, None, generator=generator, details=True)
         loss_sum += float(out.loss) * out.count
         count += out.count
         correct += float(out.correct) if out.correct is not None else 0.0

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import MaskedLoss, Objective, evaluate_masked
-from .patches import cell_colour_classes, patchify, to_pixels
+from .patches import cell_colour_classes, colour_pixels, patchify, to_pixels, unpatchify
 from .settings import MPPConfig
 
 
@@ -117,10 +117,49 @@ class MaskedPatchPrediction(Objective):
         loss = F.cross_entropy(logits, target, reduction="sum") / max(count, 1)
         return MaskedLoss(loss, count, (logits.argmax(-1) == target).sum())
 
-    def forward(self, model, images, targets=None):
-        out = self.losses(model, images)
+    def forward(self, model, images, targets=None, *, generator=None, details=False):
+        """The loss and the masked-patch accuracy; with details, the MaskedLoss (for evaluation)."""
+        out = self.losses(model, images, generator)
+        if details:
+            return out
         logs = {} if out.correct is None else {"masked_accuracy": out.correct / max(out.count, 1)}
         return out.loss, logs
 
     def evaluate(self, model, loader, d, *, precision="fp32"):
         return evaluate_masked(self, model, loader, d, precision=precision)
+
+    @torch.no_grad()
+    def illustrate(self, model, images, generator=None) -> dict:
+        """Pixel images (0..255) of what the objective sees and predicts, for `vitlab inspect`: the corrupted
+        input ([mask] drawn grey, a replaced patch as the patch it was replaced by), the predictions for the
+        corrupted patches (the rest as they were), and the targets; `marks` (B, N): 1 masked, 2 replaced,
+        3 corrupted but kept, 0 untouched."""
+        outputs, c = self.predict(model, images, generator)
+        pixels = to_pixels(images, self.preprocessing)
+        original = patchify(pixels, self.patch)
+        B, N, _ = original.shape
+        shown = original.clone()
+        shown[c.mask] = 128.0
+        shown[c.random] = original.reshape(B * N, -1)[c.source[c.random]]
+        predicted = self.as_pixels(outputs.float(), images.shape[0])
+        target = self.as_pixels(None, images.shape[0], images)
+        predicted = torch.where(c.corrupted.unsqueeze(-1), predicted, original)
+        marks = c.mask.long() + 2 * c.random.long() + 3 * (c.corrupted & ~c.mask & ~c.random).long()
+        grid = (images.shape[-2] // self.patch, images.shape[-1] // self.patch)
+        picture = lambda p: unpatchify(p, self.patch, grid, self.channels)  # noqa: E731
+        return {"corrupted input": picture(shown), "prediction": picture(predicted),
+                "target": picture(target), "marks": marks}
+
+    def as_pixels(self, outputs, batch: int, images=None) -> torch.Tensor:
+        """(B, N, P * P * C) patch pixels 0..255 of the head's `outputs` (its most likely colours), or of the
+        targets of `images` when outputs is None."""
+        if self.settings.target == "pixels":
+            values = self.targets(images) if outputs is None else outputs
+            grid = (values.shape[1], 1)  # a column of patches: to_pixels needs an image layout
+            return patchify(to_pixels(unpatchify(values, self.patch, grid, self.channels), self.preprocessing),
+                            self.patch)
+        if outputs is None:
+            classes = self.targets(images)
+        else:
+            classes = outputs.reshape(batch, -1, self.cells * self.cells, self.num_colours).argmax(-1)
+        return colour_pixels(classes, self.settings.color_bits, self.channels, self.cells, self.patch)

@@ -59,3 +59,19 @@ def cell_colour_classes(pixels: torch.Tensor, patch: int, cells: int, bits: int)
     gh, gw = H // patch, W // patch
     classes = classes.reshape(B, gh, cells, gw, cells).permute(0, 1, 3, 2, 4)
     return classes.reshape(B, gh * gw, cells * cells)
+
+
+def colour_pixels(classes: torch.Tensor, bits: int, channels: int, cells: int, patch: int) -> torch.Tensor:
+    """The inverse of `cell_colour_classes` for drawing: (B, N, cells * cells) classes -> (B, N, P * P * C)
+    patch pixels, each cell filled with the centre of its colour's levels."""
+    levels = 2**bits
+    digits = []
+    rest = classes
+    for _ in range(channels):  # least significant digit first: the last channel
+        digits.append(rest % levels)
+        rest = torch.div(rest, levels, rounding_mode="floor")
+    values = (torch.stack(digits[::-1], dim=-1).float() + 0.5) * (256 / levels)  # (B, N, cells*cells, C)
+    B, N = classes.shape[:2]
+    size = patch // cells
+    values = values.reshape(B, N, cells, 1, cells, 1, channels).expand(-1, -1, -1, size, -1, size, -1)
+    return values.reshape(B, N, patch * patch * channels)

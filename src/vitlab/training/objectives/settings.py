@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-NAMES = ("classification", "mpp")
+NAMES = ("classification", "mpp", "mae")
 SELF_SUPERVISED = ("mpp", "mae")  # read no labels
 
 
