@@ -2,6 +2,7 @@
 
     python benchmarks/ssl_speed.py                      # the Fashion-MNIST recipes' encoder and decoder
     python benchmarks/ssl_speed.py --batch-size 128 --rounds 7
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/ssl_speed.py   # on a shared CPU (BENCHMARKS.md's numbers)
 
 Each contender is the training step `vitlab train` takes for its objective (configs/fashion-mnist-mae.toml,
 configs/fashion-mnist-mpp.toml, and classification with the same encoder and a 10-class head): bf16 autocast
@@ -27,6 +28,7 @@ from vitlab.models import create_model  # noqa: E402
 from vitlab.training.config import load_config  # noqa: E402
 from vitlab.training.objectives import TrainingModule, build_objective, head_classes  # noqa: E402
 from vitlab.training.optim import build_optimizer  # noqa: E402
+from vitlab.training.step import clip_gradients, forward_backward  # noqa: E402
 from vitlab.training.trainer import preprocessing_of  # noqa: E402
 
 RECIPES = {"supervised": "configs/fashion-mnist-mpp-tune.toml", "mae": "configs/fashion-mnist-mae.toml",
@@ -50,11 +52,8 @@ def training_step(name: str, batch_size: int, device: torch.device):
     y = torch.randint(0, 10, (batch_size,), device=device)
 
     def step():
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-            out = network(x, y)
-        loss = out[0] if isinstance(out, tuple) else out
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+        forward_backward(network, x, y, "bf16")
+        clip_gradients(network.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

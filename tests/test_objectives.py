@@ -145,7 +145,8 @@ def test_mean_colour_targets_equal_a_hand_computation():
     mean_std = objective.__class__(objective.settings, mpp_objective()[0].config,
                                    {"normalisation": "mean_std", "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.4]})
     pixels, _ = crafted_rgb_batch()
-    normalised = (pixels / 255 - torch.tensor([0.5, 0.4, 0.3]).view(3, 1, 1)) / torch.tensor([0.2, 0.3, 0.4]).view(3, 1, 1)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(3, 1, 1), torch.tensor([0.2, 0.3, 0.4]).view(3, 1, 1)
+    normalised = (pixels / 255 - mean) / std
     assert mean_std.targets(normalised).flatten().tolist() == expected
 
 

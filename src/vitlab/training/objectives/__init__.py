@@ -66,5 +66,5 @@ def load_objective(checkpoint: str | Path, model) -> Objective | None:
     return objective.to(next(model.parameters()).device)
 
 
-__all__ = ["NAMES", "Objective", "ObjectiveConfig", "TrainingModule", "build_objective", "head_classes", "join_state_dicts", "load_objective",
-           "loss_and_logs", "split_state_dict"]
+__all__ = ["NAMES", "Objective", "ObjectiveConfig", "TrainingModule", "build_objective", "head_classes",
+           "join_state_dicts", "load_objective", "loss_and_logs", "split_state_dict"]

@@ -23,7 +23,8 @@ SELF_SUPERVISED = ("mpp", "mae")  # read no labels
 class MPPConfig:
     """Masked patch prediction (the paper's Section 4.6 and Appendix B.1.2)."""
 
-    target: str = "mean_color"  # mean_color (1 x 2^(3C) classes) | downsized (4x4 cells, each a 3-bit colour) | pixels (L2)
+    # mean_color (1 x 2^(3C) classes) | downsized (4x4 cells, each a 3-bit colour) | pixels (L2)
+    target: str = "mean_color"
     corrupt_rate: float = 0.5  # fraction of patch embeddings corrupted (each patch independently)
     replace_with_mask: float = 0.8  # of the corrupted: replaced by the learned [mask] embedding
     replace_with_random: float = 0.1  # of the corrupted: replaced by another patch's embedding from the batch
