@@ -39,7 +39,7 @@ RUN := runs/fashion-mnist
 main: install data
 	$(BIN)/vitlab train configs/fashion-mnist.toml
 	$(BIN)/vitlab train configs/fashion-mnist-tune.toml
-	$(BIN)/vitlab eval --checkpoint $(RUN) --data fashion_mnist --split test --output-dir $(RUN)/eval
+	$(BIN)/vitlab eval --checkpoint $(RUN) --data fashion_mnist --split test --out $(RUN)/eval
 	$(BIN)/vitlab inspect --checkpoint $(RUN) --data fashion_mnist --split test --num-images 256 --show 8 \
 		--out $(RUN)/inspect --no-progress
 	@echo "run directory: $(RUN) (training_curves.png, eval/confusion_matrix.png, inspect/*.png)"

@@ -167,7 +167,7 @@ def test_hf_export_refuses_what_transformers_cannot_hold(tmp_path):
 def test_convert_command_reports_errors(tmp_path, capsys):
     from vitlab.cli import main
     (tmp_path / "junk.bin").write_bytes(b"\x00" * 64)
-    assert main(["convert", str(tmp_path / "junk.bin"), str(tmp_path / "out"), "--to", "npz"]) == 1
+    assert main(["convert", str(tmp_path / "junk.bin"), str(tmp_path / "out"), "--to", "npz"]) == 2
     assert "not a checkpoint vitlab recognises" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: an unknown --to exits with the usage message
         main(["convert", "a", "b", "--to", "tflite"])

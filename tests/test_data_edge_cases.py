@@ -117,7 +117,7 @@ def test_vitlab_eval_on_shards_counts_the_skipped_samples(tmp_path, capsys):
     for workers in ("0", "2"):
         out = tmp_path / f"eval-{workers}"
         assert main(["eval", "--checkpoint", str(ckpt), "--data", spec, "--split", "train", "--batch-size", "4",
-                     "--num-workers", workers, "--device", "cpu", "--output-dir", str(out)]) == 0
+                     "--num-workers", workers, "--device", "cpu", "--out", str(out)]) == 0
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["skipped_images"] == 3 and metrics["num_samples"] == 7, workers
 

@@ -1,10 +1,19 @@
-"""The `vitlab` command. Each sub-command lives in its own module under vitlab.commands."""
+"""The `vitlab` command. Each sub-command lives in its own module under vitlab.commands.
+
+Every expected failure (a `vitlab.errors.VitlabError`, a missing or unwritable file, ...) reaches the user as
+one line on stderr, `vitlab COMMAND: error: ...`, and exit code 2; `VITLAB_DEBUG=1` adds the traceback for a
+bug report. Ctrl-C exits with 130. Anything else is a bug and shows its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
+
+from .errors import user_message
 
 # name -> (module under vitlab.commands, one-line help). Each module defines add_arguments(parser) and run(args).
 COMMANDS = {
@@ -41,8 +50,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(f"vitlab.commands.{COMMANDS[args.command][0]}")
-    return int(module.run(args) or 0)
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed sub-command; expected failures become one line on stderr and exit code 2."""
+    prefix = f"vitlab {args.command}"
+    try:
+        module = importlib.import_module(f"vitlab.commands.{COMMANDS[args.command][0]}")
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        message = user_message(e)
+        if message is None:
+            raise  # a bug: keep the traceback
+        if debug():
+            traceback.print_exc()
+        print(f"{prefix}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def debug() -> bool:
+    return os.environ.get("VITLAB_DEBUG", "") not in ("", "0")
 
 
 if __name__ == "__main__":

@@ -22,13 +22,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import VitlabError
+
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHOICES = (*PRECISIONS, "auto")
 # Earlier spellings still read: `--amp none` meant full precision.
 PRECISION_ALIASES = {"none": "fp32"}
 
 
-class RuntimeSettingError(ValueError):
+class RuntimeSettingError(VitlabError, ValueError):
     """A device or precision that vitlab does not know; the message says what it accepts."""
 
 

@@ -19,10 +19,11 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from ..errors import VitlabError
 from ..models import ViTConfig, VisionTransformer
 
 
-class CheckpointError(ValueError):
+class CheckpointError(VitlabError, ValueError):
     """A checkpoint that cannot be loaded as it is; the message names the file, the key and the shapes."""
 
 

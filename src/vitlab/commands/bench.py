@@ -1,7 +1,7 @@
 """`vitlab bench`: vitlab's own training and inference throughput for a model, batch size and precision.
 
     vitlab bench --model ViT-B/16 --batch-size 32 --precision bf16 --compile
-    vitlab bench --checkpoint runs/my-model --task inference --fast
+    vitlab bench --checkpoint runs/my-model --measure inference --fast
 
 Images/s are medians over rounds; model FLOP/s are set against a matmul of the same dtype timed in the same
 rounds (CPU) or the datasheet dense bf16 peak (listed GPUs). benchmarks/throughput.py runs the same
@@ -17,30 +17,30 @@ import torch
 
 from ..bench import (Result, Variant, datasheet_peak, format_bytes, interleave, matmul_step, model_flops,
                           peak_step_memory, random_batch, vitlab_step)
-from ..runtime import pick_device, precision_dtype, resolve_precision
-from .evalargs import precision_argument
+from ..runtime import precision_dtype, resolve_precision
+from . import common
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", default="ViT-B/16", help="registered model name (see `vitlab models`)")
-    parser.add_argument("--checkpoint", help="measure this checkpoint's architecture instead of --model")
+    common.add_checkpoint_args(parser, required=False)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=None, help="default: the model's own")
-    parser.add_argument("--task", choices=("inference", "train", "both"), default="both")
-    parser.add_argument("--precision", type=precision_argument, default="fp32",
-                        help="fp32, bf16, fp16 or auto; bf16/fp16: autocast (matmuls in low precision, fp32 weights)")
+    parser.add_argument("--measure", choices=("inference", "train", "both"), default="both",
+                        help="what to time (default both)")
+    common.add_alias(parser, "--task", "--measure", "measure", choices=("inference", "train", "both"))
+    common.add_runtime_args(parser, precision="fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (one graph)")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
     parser.add_argument("--fast", action="store_true",
                         help="inference: vitlab.models.fast.fast_inference (weights cast once; packed on CPU)")
     parser.add_argument("--cuda-graph", action="store_true", help="inference on CUDA: replay a CUDA graph")
     parser.add_argument("--grad-checkpointing", action="store_true", help="training: recompute activations")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (auto: a GPU when there is one)")
     parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (the median is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--repeats", type=int, default=None, help="steps per round (default: 1 CPU, 10 GPU)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    common.add_output_args(parser, out=None, json_help="print the results as JSON")
 
 
 def build(args):
@@ -53,11 +53,11 @@ def build(args):
 
 
 def run(args) -> int:
-    device = pick_device(args.device)
+    device = common.resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    tasks = ("inference", "train") if args.task == "both" else (args.task,)
+    tasks = ("inference", "train") if args.measure == "both" else (args.measure,)
     repeats = args.repeats or (10 if device.type == "cuda" else 1)
     model = build(args).to(device)
     image_size = model.config.image_hw[0]

@@ -1,19 +1,24 @@
-"""`vitlab convert SRC DST --to {vitlab,hf,timm,npz,onnx}`: any checkpoint vitlab reads, written in another format.
+"""`vitlab convert --checkpoint SRC --out DST --to {vitlab,hf,timm,npz,onnx}`: any checkpoint vitlab reads,
+written in another format. (`vitlab convert SRC DST --to ...`, the old positional spelling, still works.)
 
 `--to onnx` writes a deployable graph (vitlab.serving.onnx; `--quantize int8` for onnxruntime's dynamic int8)."""
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
 
-from ..checkpoints import CheckpointError, convert, detect_format
+from ..checkpoints import convert, detect_format
 from ..checkpoints.export import WRITERS
+from . import common
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("source", help="an official/big_vision .npz, a timm .safetensors/.pth/.bin, "
-                                       "or a vitlab / Hugging Face folder")
-    parser.add_argument("destination", help="a folder (vitlab, hf) or a file (timm .safetensors, npz .npz)")
+    common.add_checkpoint_args(parser, required=False)
+    common.add_output_args(parser, out_help="a folder (vitlab, hf) or a file (timm .safetensors, npz .npz, .onnx)",
+                           json_help="print what was written as JSON")
+    parser.add_argument("source", nargs="?", help=argparse.SUPPRESS)  # the old positional spelling
+    parser.add_argument("destination", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--to", required=True, choices=sorted(WRITERS) + ["onnx"], help="the format to write")
     parser.add_argument("--quantize", default=None, choices=["int8"],
                         help="with --to onnx: int8 weights for the MatMul/Gemm layers (onnxruntime dynamic)")
@@ -25,39 +30,47 @@ def add_arguments(parser) -> None:
     parser.add_argument("--posemb-method", default="official", choices=["official", "bilinear", "bicubic"])
 
 
+def source_and_destination(args) -> tuple[str, str]:
+    source, destination = args.checkpoint or args.source, args.out or args.destination
+    if args.checkpoint and args.source and not args.out and not args.destination:
+        destination = args.source  # `convert --checkpoint SRC DST`
+    if not source or not destination:
+        raise common.UsageError("give the checkpoint to convert and where to write it: "
+                                "--checkpoint SRC --out DST --to FORMAT")
+    return source, destination
+
+
 def run(args) -> int:
+    source, destination = source_and_destination(args)
     kwargs = {}
     if args.num_heads:
         kwargs["num_heads"] = args.num_heads
     if args.image_size:
         kwargs["image_size"] = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size[:2])
     if args.quantize and args.to != "onnx":
-        print("vitlab convert: --quantize applies only to --to onnx", file=sys.stderr)
-        return 2
-    try:
-        fmt = detect_format(args.source)
-        if args.to == "onnx":
-            return to_onnx(args, fmt, kwargs)
-        out = convert(args.source, args.destination, args.to, num_classes=args.num_classes,
-                      posemb_method=args.posemb_method, **kwargs)
-    except (CheckpointError, FileNotFoundError) as e:
-        print(f"vitlab convert: {e}", file=sys.stderr)
-        return 1
-    print(f"converted {args.source} ({fmt}) -> {out} ({args.to})")
+        raise common.UsageError("--quantize applies only to --to onnx")
+    fmt = detect_format(source)
+    if args.to == "onnx":
+        out, what = to_onnx(args, source, destination, kwargs), f"onnx{', int8' if args.quantize else ''}"
+    else:
+        out = convert(source, destination, args.to, num_classes=args.num_classes, posemb_method=args.posemb_method,
+                      **kwargs)
+        what = args.to
+    if args.json:
+        print(json.dumps({"source": str(source), "source_format": fmt, "out": str(out), "format": what}, indent=2))
+    else:
+        extra = f" + {out.with_suffix('.json').name}" if args.to == "onnx" else ""
+        print(f"converted {source} ({fmt}) -> {out} ({what}){extra}")
     return 0
 
 
-def to_onnx(args, fmt: str, kwargs: dict) -> int:
+def to_onnx(args, source: str, destination: str, kwargs: dict):
     try:
         from ..serving.onnx import export_onnx
         import onnx  # noqa: F401 - the exporter needs it
     except ImportError as e:
-        print(f"vitlab convert: {e.name or e} is not installed; pip install 'vitlab[onnx]'", file=sys.stderr)
-        return 2
+        raise common.UsageError(f"{e.name or e} is not installed; pip install 'vitlab[onnx]'") from None
     from ..checkpoints import load_pretrained
 
-    model = load_pretrained(args.source, num_classes=args.num_classes, posemb_method=args.posemb_method, **kwargs)
-    out = export_onnx(model, args.destination, quantize=args.quantize, source=args.source)
-    print(f"converted {args.source} ({fmt}) -> {out} (onnx{', int8' if args.quantize else ''}) "
-          f"+ {out.with_suffix('.json').name}")
-    return 0
+    model = load_pretrained(source, num_classes=args.num_classes, posemb_method=args.posemb_method, **kwargs)
+    return export_onnx(model, destination, quantize=args.quantize, source=source)

@@ -8,33 +8,20 @@ import math
 from pathlib import Path
 
 from ..evaluation.batches import model_image_size
-from ..runtime import Dist, RuntimeSettingError, check_precision, resolve_precision, setup
+from ..runtime import Dist, resolve_precision, setup
+from . import common
 
 
 def add_model_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint (vitlab dir, .npz, timm or HF)")
+    common.add_checkpoint_args(parser)
     parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the checkpoint's)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (auto: a GPU when there is one)")
-    parser.add_argument("--precision", "--amp", dest="precision", default="auto", type=precision_argument,
-                        help="fp32, bf16, fp16 (autocast) or auto: bf16 on a GPU that has it, else fp32")
-
-
-def precision_argument(text: str) -> str:
-    """argparse type for a precision: every command accepts the same values, with the same message."""
-    try:
-        return check_precision(text)
-    except RuntimeSettingError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    common.add_runtime_args(parser, precision="auto")
 
 
 def add_data_arguments(parser, *, split: str | None = "test") -> None:
-    parser.add_argument("--data", required=True, help="data set spec: fashion_mnist, cifar10, folder:/path, ...")
-    parser.add_argument("--root", default=None, help="where the data set's files are")
-    if split:
-        parser.add_argument("--split", default=split, help=f"split to evaluate (default {split}; e.g. train[98%%:])")
+    common.add_data_args(parser, split=split)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=2, help="image-decoding worker processes")
-    parser.add_argument("--output-dir", default=None, help="where to write results (default: CHECKPOINT/eval)")
 
 
 def runtime_of(args) -> tuple[Dist, str]:
@@ -56,8 +43,8 @@ def build_dataset(spec: str, split: str, *, root=None, in_chans: int = 3):
 
 
 def output_dir(args, checkpoint: str, what: str) -> Path:
-    if args.output_dir:
-        return Path(args.output_dir)
+    if args.out:
+        return Path(args.out)
     ckpt = Path(checkpoint)
     return ckpt / what if ckpt.is_dir() else ckpt.parent / f"{ckpt.stem}-{what}"
 

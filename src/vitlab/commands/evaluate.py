@@ -5,22 +5,23 @@ from __future__ import annotations
 from ..evaluation import EvalBatches, align_to_dataset, evaluate, load_real_labels, save_confusion_png
 from ..evaluation.metrics import format_summary
 from ..evaluation.batches import model_preprocessing
-from . import evalargs
+from . import common, evalargs
 
 
 def add_arguments(parser) -> None:
     evalargs.add_model_arguments(parser)
     evalargs.add_data_arguments(parser, split="test")
     parser.add_argument("--real", default=None, help="ImageNet ReaL labels file (real.json) for ReaL accuracy")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of text")
+    common.add_output_args(parser, out_help="where to write metrics.json and the confusion matrix "
+                                            "(default: CHECKPOINT/eval)")
 
 
 def run(args) -> int:
     d, precision = evalargs.runtime_of(args)
     model = evalargs.load_model(args.checkpoint, image_size=args.image_size)
-    dataset = evalargs.build_dataset(args.data, args.split, root=args.root, in_chans=model.config.in_chans)
+    dataset = evalargs.build_dataset(args.data, args.split, root=args.data_root, in_chans=model.config.in_chans)
     if getattr(dataset, "num_classes", model.num_classes) != model.num_classes:
-        raise SystemExit(f"{args.data} has {dataset.num_classes} classes but {args.checkpoint} predicts "
+        raise common.UsageError(f"--data {args.data} has {dataset.num_classes} classes but {args.checkpoint} predicts "
                          f"{model.num_classes}; evaluate a checkpoint fine-tuned on this data set")
     real = align_to_dataset(load_real_labels(args.real), dataset) if args.real else None
     batches = EvalBatches(dataset, image_size=evalargs.image_size_of(model, args), batch_size=args.batch_size,

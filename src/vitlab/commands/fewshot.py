@@ -11,7 +11,7 @@ from ..evaluation import EvalBatches, extract_features, fewshot_results, linear_
 from ..evaluation.fewshot import DEFAULT_L2, DEFAULT_SHOTS, format_fewshot, shots_needed
 from ..evaluation.probe import DEFAULT_PROBE_L2
 from ..evaluation.batches import model_preprocessing
-from . import evalargs
+from . import common, evalargs
 
 
 def add_arguments(parser) -> None:
@@ -25,7 +25,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--linear-probe", action=argparse.BooleanOptionalAction, default=True,
                         help="also fit a logistic regression on the features of the whole train split")
     parser.add_argument("--probe-l2", type=float, default=DEFAULT_PROBE_L2)
-    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    common.add_output_args(parser, out_help="where to write fewshot.json (default: CHECKPOINT/fewshot)")
 
 
 def dataset_labels(dataset) -> np.ndarray:
@@ -39,8 +39,8 @@ def run(args) -> int:
     d, precision = evalargs.runtime_of(args)
     model = evalargs.load_model(args.checkpoint, image_size=args.image_size)
     in_chans = model.config.in_chans
-    train = evalargs.build_dataset(args.data, args.train_split, root=args.root, in_chans=in_chans)
-    test = evalargs.build_dataset(args.data, args.test_split, root=args.root, in_chans=in_chans)
+    train = evalargs.build_dataset(args.data, args.train_split, root=args.data_root, in_chans=in_chans)
+    test = evalargs.build_dataset(args.data, args.test_split, root=args.data_root, in_chans=in_chans)
     num_classes = train.num_classes
     labels = dataset_labels(train)
     seeds = list(range(args.seeds))

@@ -6,26 +6,26 @@
 
 from __future__ import annotations
 
-import sys
+import json
 import time
 from pathlib import Path
 
 import torch
 
-from ..runtime import pick_device
+from . import common
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("images", nargs="*", help="image files to draw attention maps for")
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", help="a checkpoint in any format load_pretrained reads")
+    common.add_checkpoint_args(parser, required=False, group=which)
     which.add_argument("--model", help="a randomly initialised named model instead (e.g. ViT-B/16), for a smoke test")
-    parser.add_argument("--out", required=True, help="directory for the figures")
-    parser.add_argument("--data", help="data set spec (fashion_mnist, cifar10, folder:/dir, ...) to take images "
-                        "from: the first --show are drawn when no image files are given, and --num-images are "
-                        "streamed for the mean attention distance")
-    parser.add_argument("--split", default="test", help="split of --data (default: test)")
-    parser.add_argument("--data-root", help="where --data's files are")
+    common.add_output_args(parser, out="required", out_help="directory for the figures",
+                           json_help="print the written files as JSON")
+    common.add_data_args(parser, required=False, split="test",
+                         spec_help="data set spec (fashion_mnist, cifar10, folder:/dir, ...) to take images from: "
+                                   "the first --show are drawn when no image files are given, and --num-images are "
+                                   "streamed for the mean attention distance")
     parser.add_argument("--num-images", type=int, default=8,
                         help="images of --data to average the mean attention distance over (default: 8)")
     parser.add_argument("--show", type=int, default=8, help="images of --data to draw (default: 8)")
@@ -35,7 +35,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--image-size", type=int, help="run at this resolution (resamples position embeddings)")
     parser.add_argument("--in-chans", type=int, help="input channels, with --model (default 3)")
     parser.add_argument("--num-heads", type=int, help="head count, for checkpoint formats that do not store it")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (auto: a GPU when there is one)")
+    common.add_device_arg(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -59,14 +59,10 @@ def load_model(args):
 
 def run(args) -> int:
     if not args.images and not args.data:
-        raise SystemExit("vitlab inspect: give image files, or --data SPEC to take images from a data set")
+        raise common.UsageError("give image files, or --data SPEC to take images from a data set")
     if args.num_images < 1 or args.show < 1:
-        raise SystemExit("vitlab inspect: --num-images and --show must be at least 1")
-    try:
-        return inspect(args)
-    except (ValueError, FileNotFoundError) as e:  # a bad checkpoint, image file or data spec (DataError too)
-        print(f"vitlab inspect: {e}", file=sys.stderr)
-        return 2
+        raise common.UsageError("--num-images and --show must be at least 1")
+    return inspect(args)
 
 
 def inspect(args) -> int:
@@ -75,7 +71,7 @@ def inspect(args) -> int:
     from ..inspection.report import describe
 
     start = time.perf_counter()
-    model = load_model(args).to(pick_device(args.device)).eval()
+    model = load_model(args).to(common.resolve_device(args.device)).eval()
     label = f"{Path(args.checkpoint).name if args.checkpoint else args.model}: {describe(model.config)}"
 
     dataset = distance_batches = None
@@ -88,7 +84,7 @@ def inspect(args) -> int:
     else:
         shown = next(dataset_batches(dataset, model, args.show, args.show), None)
         if shown is None:
-            raise SystemExit(f"vitlab inspect: {args.data} split {args.split!r} has no images")
+            raise common.UsageError(f"--data {args.data} split {args.split!r} has no images")
         images, captions = shown
     total = min(args.num_images, len(dataset)) if hasattr(dataset, "__len__") else None
     wanted = [f.strip() for f in args.figures.split(",") if f.strip()]
@@ -97,6 +93,10 @@ def inspect(args) -> int:
                             progress=not args.no_progress)
     written.update(draw_objective(args, model, images, captions, label))
     main = [p for k, p in written.items() if "/" not in k]
+    if args.json:
+        print(json.dumps({"out": str(args.out), "files": {k: str(p) for k, p in written.items()},
+                          "seconds": time.perf_counter() - start}, indent=2))
+        return 0
     print(f"wrote {len(written)} files to {args.out} in {time.perf_counter() - start:.1f} s:")
     for path in main:
         print(f"  {path}")

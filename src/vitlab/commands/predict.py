@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..evaluation.predict import format_predictions, predict_files
-from . import evalargs
+from . import common, evalargs
 
 
 def add_arguments(parser) -> None:
@@ -11,7 +11,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, BMP, GIF, TIFF, ...)")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    common.add_output_args(parser, out=None)
 
 
 def run(args) -> int:

@@ -5,6 +5,7 @@ Under torchrun the same command trains on every process: `torchrun --nproc-per-n
 
 from __future__ import annotations
 
+import json
 import sys
 
 
@@ -12,19 +13,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("config", help="a training config, .toml or .yaml (see configs/ and docs/training.md)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set optim.lr=3e-4 --set train.steps=1000 (repeatable)")
+    parser.add_argument("--out", default=None, metavar="RUN_DIR", help="the run directory (default: the config's "
+                        "run_dir); the same as --set run_dir=RUN_DIR")
     parser.add_argument("--check", action="store_true", help="check the config, print it resolved, and exit")
 
 
 def run(args) -> int:
-    from ..data import DataError
-    from ..training import ConfigError, TrainingDiverged, load_config, train
+    from ..training import TrainingDiverged, load_config, train
     from ..training.config import to_yaml
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except (ConfigError, DataError) as e:
-        print(f"vitlab train: bad config: {e}", file=sys.stderr)
-        return 2
+    overrides = list(args.overrides) + ([f"run_dir={json.dumps(args.out)}"] if args.out else [])
+    cfg = load_config(args.config, overrides)  # a bad config is refused here, before any work
     if args.check:
         print(to_yaml(cfg), end="")
         return 0
@@ -33,12 +32,6 @@ def run(args) -> int:
     except TrainingDiverged as e:
         print(f"vitlab train: {e}", file=sys.stderr)
         return 3
-    except ConfigError as e:  # found on loading what the config names (e.g. a teacher for other data)
-        print(f"vitlab train: bad config: {e}", file=sys.stderr)
-        return 2
-    except DataError as e:
-        print(f"vitlab train: data: {e}", file=sys.stderr)
-        return 2
     if result.run_dir is not None and _is_main():
         print(result.summary())
     return 128 + int(result.interrupted_by) if result.interrupted_by is not None else 0

@@ -10,7 +10,7 @@ import yaml
 
 from ..checkpoints.adapt import reset_head
 from ..evaluation.vtab import VTAB_TASKS, VTABSettings, format_table, run_task, task_group
-from . import evalargs
+from . import common, evalargs
 
 DEFAULTS = VTABSettings()
 
@@ -22,7 +22,7 @@ def add_arguments(parser) -> None:
                              f"tasks: {', '.join(VTAB_TASKS)}")
     parser.add_argument("--tasks", default=None, metavar="FILE",
                         help="YAML/JSON mapping task name -> data set spec (or {data, train_split, test_split})")
-    parser.add_argument("--root", default=None, help="where the data sets' files are")
+    common.add_data_root(parser)
     parser.add_argument("--train-split", default="train", help="split the 1000 training images come from")
     parser.add_argument("--test-split", default="test")
     parser.add_argument("--steps", type=int, default=DEFAULTS.steps)
@@ -34,8 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--flip", action="store_true", help="random horizontal flips while fine-tuning")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("--eval-batch-size", type=int, default=256)
-    parser.add_argument("--output-dir", default=None, help="where to write vtab.json (default: CHECKPOINT/vtab)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    common.add_output_args(parser, out_help="where to write vtab.json (default: CHECKPOINT/vtab)")
 
 
 def task_specs(args) -> dict[str, dict]:
@@ -46,22 +45,26 @@ def task_specs(args) -> dict[str, dict]:
         try:
             table = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as e:
-            raise SystemExit(f"{path}: cannot read the task list: {e}") from None
+            raise common.UsageError(f"--tasks {path}: cannot read the task list: {e}") from None
         if not isinstance(table, dict):
-            raise SystemExit(f"{path}: expected a mapping of task name -> data set spec")
+            raise common.UsageError(f"--tasks {path}: expected a mapping of task name -> data set spec")
         for name, value in table.items():
             specs[name] = value if isinstance(value, dict) else {"data": value}
     for item in args.task:
         name, sep, spec = item.partition("=")
         if not sep or not spec:
-            raise SystemExit(f"--task {item!r}: expected NAME=SPEC, e.g. dtd=folder:/data/vtab/dtd")
+            raise common.UsageError(f"--task {item!r}: expected NAME=SPEC, e.g. dtd=folder:/data/vtab/dtd")
         specs[name.strip()] = {"data": spec.strip()}
     if not specs:
-        raise SystemExit("give the tasks with --task NAME=SPEC or --tasks FILE")
+        raise common.UsageError("give the tasks with --task NAME=SPEC or --tasks FILE")
     for name, spec in specs.items():
-        task_group(name)  # refuses unknown names
+        try:
+            task_group(name)
+        except ValueError as e:  # an unknown task name
+            raise common.UsageError(f"--task {name}: {e}") from None
         if "data" not in spec:
-            raise SystemExit(f"task {name}: no 'data' spec")
+            raise common.UsageError(f"task {name}: no 'data' spec")
+        spec["data"] = common.data_spec(str(spec["data"]))
         spec.setdefault("train_split", args.train_split)
         spec.setdefault("test_split", args.test_split)
     return {name.lower(): spec for name, spec in specs.items()}
@@ -84,8 +87,8 @@ def run(args) -> int:
         print(f"{name} ({task_group(name)}): {spec['data']}")
         model = evalargs.load_model(args.checkpoint, image_size=args.image_size)
         in_chans = model.config.in_chans
-        train = evalargs.build_dataset(spec["data"], spec["train_split"], root=args.root, in_chans=in_chans)
-        test = evalargs.build_dataset(spec["data"], spec["test_split"], root=args.root, in_chans=in_chans)
+        train = evalargs.build_dataset(spec["data"], spec["train_split"], root=args.data_root, in_chans=in_chans)
+        test = evalargs.build_dataset(spec["data"], spec["test_split"], root=args.data_root, in_chans=in_chans)
         reset_head(model, train.num_classes)
         results[name] = dict(run_task(model, train, test, settings, device=d.device, precision=precision,
                                       eval_batch_size=args.eval_batch_size, work_dir=out.parent), key=key)

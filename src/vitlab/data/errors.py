@@ -1,7 +1,9 @@
 """Errors raised by the data pipeline."""
 
+from ..errors import VitlabError
 
-class DataError(ValueError):
+
+class DataError(VitlabError, ValueError):
     """Data cannot be found or a setting selects nothing; raised before work starts."""
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import BadImage, DataConfig
+from ..data import BadImage, DataConfig, DataError
 from ..data.images import decode
 
 MAX_PIXELS = DataConfig.max_pixels  # larger images are refused as decompression bombs
@@ -30,7 +30,7 @@ def load_image_files(paths: Iterable[str | Path], model: nn.Module, max_pixels: 
             continue
         images.append(resize(tensor, model.config.image_hw))
     if not images:
-        raise ValueError("no readable image files" + (f" ({'; '.join(skipped)})" if skipped else " given"))
+        raise DataError("no readable image files" + (f" ({'; '.join(skipped)})" if skipped else " given"))
     return torch.stack(images)
 
 

@@ -21,13 +21,14 @@ from typing import Any, Optional, Union
 import yaml
 
 from ..data import DataConfig, DataError
+from ..errors import VitlabError
 from ..runtime import RuntimeSettingError, check_precision
 from .objectives.settings import DistillConfig, ObjectiveConfig
 from .objectives.settings import check as check_objective
 from .objectives.settings import check_distill
 
 
-class ConfigError(ValueError):
+class ConfigError(VitlabError, ValueError):
     """A training config that cannot run; the message names the key and what is wrong with it."""
 
 
@@ -125,19 +126,56 @@ CHOICES = {
 
 
 # ---- reading ------------------------------------------------------------------------------------------
-def read_file(path: str | Path) -> dict:
+def read_file(path: str | Path, *, _seen: tuple[Path, ...] = ()) -> dict:
+    """The settings of a config file, with its `base = "other.toml"` (relative to this file) merged underneath."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
+        raise ConfigError(f"config file not found: {path}" + (f" (the base of {_seen[-1]})" if _seen else ""))
+    raw = parse_file(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: base must be the path of another config file, not {base!r}")
+    base_path = path.parent / base
+    chain = (*_seen, path.resolve())
+    if base_path.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
+        raise ConfigError(f"{path}: base = {base!r} makes a cycle ({cycle}); remove one of the base keys")
+    return deep_merge(read_file(base_path, _seen=chain), raw)
+
+
+def parse_file(path: Path) -> dict:
+    """One file's own table (TOML or YAML), refused with the reason when it is not a table of UTF-8 text."""
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"{path}: a config must be .toml, .yaml or .yml")
     try:
-        if path.suffix == ".toml":
-            return tomllib.loads(text)
-        if path.suffix in (".yaml", ".yml"):
-            return yaml.safe_load(text) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the file ({e.strerror or e})") from None
+    try:
+        raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from None
-    raise ConfigError(f"{path}: a config must be .toml, .yaml or .yml")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a table of settings (key: value), not a "
+                          f"{type(raw).__name__}")
+    return raw
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """`override` on top of `base`: tables merged key by key, any other value replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
