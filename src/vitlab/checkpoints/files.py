@@ -54,6 +54,9 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing, so the checkpoint folder is incomplete (it needs its config.json "
+                              "and model.safetensors); copy it again or use an earlier checkpoint")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -90,7 +93,11 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object (a config file); anything else is refused naming the file."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: cannot read JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(value).__name__}, not an object of settings")
+    return value

@@ -14,7 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from .adapt import adapt_model
-from .files import read_tensors, sniff
+from .files import read_json, read_tensors, sniff
 from .hf import is_hf_folder, load_hf
 from .mapping import CheckpointError
 from .npz_official import load_official_npz
@@ -33,9 +33,14 @@ def detect_format(path: str | Path) -> str:
             return "vitlab"
         if is_hf_folder(path):
             return "hf"
+        if (path / "config.json").is_file():
+            read_json(path / "config.json")  # names the file when it is not a JSON object
+            raise CheckpointError(f"{path / 'config.json'}: neither a vitlab config (\"format\": \"vitlab\") nor a "
+                                  "Hugging Face one (\"model_type\")")
         if (path / WEIGHTS_FILE).is_file():
             return "timm"
-        raise CheckpointError(f"{path}: a folder without a vitlab or Hugging Face config.json")
+        raise CheckpointError(f"{path}: not a checkpoint folder (no config.json); give a vitlab run or checkpoint "
+                              "folder, a Hugging Face folder, or a checkpoint file")
     kind = sniff(path)
     if kind == "npz":
         return "npz"

@@ -49,17 +49,20 @@ def is_vitlab_checkpoint(path: str | Path) -> bool:
     if not config.is_file():
         return False
     try:
-        return json.loads(config.read_text()).get("format") == FORMAT
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = json.loads(config.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def read_config(directory: str | Path) -> dict:
     path = Path(directory) / CONFIG_FILE
     try:
         meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: cannot read a vitlab config: {e}") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(meta).__name__}, not the object of a vitlab config")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a vitlab checkpoint (format is {meta.get('format')!r})")
     return meta

@@ -119,10 +119,10 @@ class DataConfig:
             bad("in_chans", "must be 1 or 3")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             bad("num_workers", "must be an integer >= 0")
-        if not isinstance(self.seed, int):
-            bad("seed", "must be an integer")
-        if self.split_seed is not None and not isinstance(self.split_seed, int):
-            bad("split_seed", "must be an integer or omitted")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            bad("seed", "must be an integer >= 0")
+        if self.split_seed is not None and (not isinstance(self.split_seed, int) or self.split_seed < 0):
+            bad("split_seed", "must be an integer >= 0, or omitted")
         pair("crop_area", 0.0, 1.0)
         pair("crop_aspect", 0.0, float("inf"))
         in_range("crop_fraction", 1e-3, 1.0)

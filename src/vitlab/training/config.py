@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import os
 import tomllib
@@ -272,6 +273,8 @@ def _coerce(value, typ, key: str):
     elif typ is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{key} = {value} is not a finite number; give a real number")
     elif typ is str:
         ok = isinstance(value, str)
     elif typ is dict or origin is dict:
@@ -301,6 +304,8 @@ def validate(cfg: TrainConfig, *, world_size: int = 1, check_paths: bool = True)
             close = difflib.get_close_matches(str(value), allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{dotted} = {value!r} is not one of {', '.join(allowed)}{hint}")
+    if cfg.seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, not {cfg.seed}")
     _check_model(cfg)
     _check_precision(cfg)
     _check_objective(cfg)
@@ -357,11 +362,12 @@ def _check_model(cfg: TrainConfig) -> None:
         name = canonical_name(cfg.model.name)
     except (KeyError, ValueError) as e:
         raise ConfigError(f"model.name: {e}") from None
+    cfg.model.overrides = _typed_overrides(name, cfg.model.overrides)
+    _check_one_owner(cfg)
     if cfg.model.init is not None:
         return  # the architecture comes from the checkpoint; load_pretrained checks the overrides
-    overrides = {"image_size": cfg.data.image_size, "in_chans": cfg.data.in_chans, **cfg.model.overrides}
     try:
-        model_config(name, **overrides).validate()
+        model_config(name, **architecture(cfg)).validate()
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.overrides: {e}") from None
 
@@ -371,11 +377,54 @@ def _check_objective(cfg: TrainConfig) -> None:
     if cfg.model.init is None:
         from ..models.registry import canonical_name, model_config
 
-        overrides = {"image_size": cfg.data.image_size, "in_chans": cfg.data.in_chans, **cfg.model.overrides}
-        patch = getattr(model_config(canonical_name(cfg.model.name), **overrides), "stride", None)  # BiT: none
+        patch = getattr(model_config(canonical_name(cfg.model.name), **architecture(cfg)), "stride", None)  # BiT: none
     problems = check_objective(cfg.objective, cfg.model.overrides, patch)
     if problems:
         raise ConfigError(problems[0])
+
+
+# The [data] section owns the input geometry; the data set owns the class count (see `_check_one_owner`).
+OWNED_BY_DATA = {"image_size": "data.image_size", "in_chans": "data.in_chans"}
+KNOWN_NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+def architecture(cfg: TrainConfig, num_classes: int | None = None) -> dict:
+    """The ViTConfig overrides a run builds its model with: [data]'s geometry, then model.overrides."""
+    kwargs = {"image_size": cfg.data.image_size, "in_chans": cfg.data.in_chans, **cfg.model.overrides}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return kwargs
+
+
+def _typed_overrides(name: str, overrides: dict) -> dict:
+    """model.overrides checked against the model config's field types (width = 64.5 is not an integer)."""
+    from ..models.registry import model_config
+
+    hints = typing.get_type_hints(type(model_config(name)))
+    return {key: _coerce(value, hints[key], f"model.overrides.{key}") if key in hints else value
+            for key, value in overrides.items()}
+
+
+def _check_one_owner(cfg: TrainConfig) -> None:
+    """image_size and in_chans are set in [data], num_classes by the data set: model.overrides may not differ."""
+    for key, owner in OWNED_BY_DATA.items():
+        value, data_value = cfg.model.overrides.get(key), getattr(cfg.data, key)
+        if value is not None and _normalise_size(value) != _normalise_size(data_value):
+            raise ConfigError(f"model.overrides.{key} = {value!r} conflicts with {owner} = {data_value!r}: "
+                              f"set it once, in {owner} (remove it from model.overrides)")
+    num_classes = cfg.model.overrides.get("num_classes")
+    from ..data import parse_spec
+
+    kind, _ = parse_spec(cfg.data.dataset)
+    known = KNOWN_NUM_CLASSES.get(kind)
+    if num_classes is not None and known is not None and num_classes != known:
+        raise ConfigError(f"model.overrides.num_classes = {num_classes} conflicts with data.dataset = "
+                          f"{cfg.data.dataset!r}, which has {known} classes: the data set sets the class count "
+                          "(remove num_classes from model.overrides)")
+
+
+def _normalise_size(value):
+    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 def _check_optim(cfg: TrainConfig) -> None:
@@ -384,6 +433,13 @@ def _check_optim(cfg: TrainConfig) -> None:
         raise ConfigError(f"optim.lr must be a positive number, not {o.lr}")
     if o.weight_decay < 0:
         raise ConfigError(f"optim.weight_decay must be >= 0, not {o.weight_decay}")
+    if not o.eps > 0:
+        raise ConfigError(f"optim.eps must be > 0 (it keeps the update's denominator away from zero), not {o.eps}")
+    if not 0.0 <= o.momentum < 1.0:
+        raise ConfigError(f"optim.momentum must be in [0, 1), not {o.momentum}")
+    if o.name == "sgd" and o.nesterov and o.momentum == 0:
+        raise ConfigError("optim.nesterov = true needs optim.momentum > 0 (Nesterov momentum without momentum "
+                          "is undefined); set optim.momentum (e.g. 0.9) or nesterov = false")
     if o.layer_decay is not None and not 0.0 < o.layer_decay <= 1.0:
         raise ConfigError(f"optim.layer_decay must be in (0, 1], not {o.layer_decay}")
     if not all(0.0 <= b < 1.0 for b in o.betas):
@@ -397,10 +453,10 @@ def _check_distill(cfg: TrainConfig) -> None:
 
 
 def _check_paths(cfg: TrainConfig) -> None:
-    if cfg.distill.teacher is not None and not Path(cfg.distill.teacher).exists():
-        raise ConfigError(f"distill.teacher: checkpoint not found: {cfg.distill.teacher}")
-    if cfg.model.init is not None and not Path(cfg.model.init).exists():
-        raise ConfigError(f"model.init: checkpoint not found: {cfg.model.init}")
+    if cfg.distill.teacher is not None:
+        _check_checkpoint("distill.teacher", cfg.distill.teacher)
+    if cfg.model.init is not None:
+        _check_checkpoint("model.init", cfg.model.init)
     spec = cfg.data.dataset
     kind, _, location = spec.partition(":")
     if kind == "folder" and not Path(location).is_dir():
@@ -411,6 +467,135 @@ def _check_paths(cfg: TrainConfig) -> None:
             raise ConfigError(f"data.dataset: shard directory not found: {parent}")
     if cfg.data.root is not None and not Path(cfg.data.root).exists():
         raise ConfigError(f"data.root: not found: {cfg.data.root}")
+    if cfg.model.init is None:
+        check_resume_architecture(cfg, _planned_config(cfg), ignore=("num_classes",))
+        check_memory(cfg, _planned_config(cfg))
+
+
+def _check_checkpoint(key: str, init: str) -> None:
+    """A checkpoint the config names must be one load_pretrained reads (its format recognised, a vitlab config
+    readable)."""
+    from ..checkpoints import CheckpointError, detect_format
+    from ..checkpoints.load import latest_run_checkpoint
+    from ..checkpoints.vitlab_format import read_config
+
+    path = Path(init)
+    if not path.exists():
+        raise ConfigError(f"{key}: checkpoint not found: {init}")
+    try:
+        if detect_format(path) == "vitlab":
+            read_config(latest_run_checkpoint(path) or path)
+    except (CheckpointError, OSError) as e:
+        raise ConfigError(f"{key} = {init!r} is not a checkpoint vitlab can load: {e}") from None
+
+
+def _planned_config(cfg: TrainConfig):
+    """The architecture a run without model.init builds (the class count is the data set's, not known here)."""
+    from ..models.registry import model_config
+
+    return model_config(cfg.model.name, **architecture(cfg))
+
+
+# Fields that change the weights' shapes or meaning; a resumed run must keep them (dropout rates may change).
+NOT_ARCHITECTURE = ("dropout", "attention_dropout", "drop_path", "patch_dropout", "dynamic_image_size",
+                    "posemb_resample")
+
+
+def check_resume_architecture(cfg: TrainConfig, planned, *, checkpoint: Path | None = None,
+                              ignore: tuple[str, ...] = ()) -> None:
+    """Refuse to resume run_dir's newest checkpoint into a model of a different architecture, naming the fields."""
+    from .checkpointing import list_checkpoints
+
+    if checkpoint is None:
+        found = list_checkpoints(Path(cfg.run_dir))
+        if not found:
+            return
+        checkpoint = found[-1]
+    try:
+        saved = json.loads((Path(checkpoint) / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # unreadable: the resume itself reports (and falls back from) a damaged checkpoint
+    new = planned.to_dict()
+    ignore = {*NOT_ARCHITECTURE, *ignore}
+    differ = [k for k in new if k in saved and k not in ignore and _plain(saved[k]) != _plain(new[k])]
+    if differ:
+        fields = ", ".join(f"{k} {_plain(saved[k])!r} there, {_plain(new[k])!r} here" for k in differ)
+        raise ConfigError(f"run_dir {cfg.run_dir} holds a run of a different model ({checkpoint}: {fields}); "
+                          f"resume with the run's own settings, or start a new run_dir (model.init = "
+                          f"{str(cfg.run_dir)!r} starts from its weights)")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+# ---- will it fit? ---------------------------------------------------------------------------------------
+OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd": 1, "adagrad": 1}  # fp32 tensors per parameter
+
+
+def training_memory(cfg: TrainConfig, planned) -> dict[str, int]:
+    """A lower bound on one process's training memory in bytes, before anything is allocated.
+
+    Parameters, gradients, optimiser state and EMA in fp32, plus what backpropagation must keep of a ViT's
+    activations: per block and token at least the two LayerNorm inputs, q|k|v, the attention output and the two
+    MLP activations (gradient checkpointing keeps only each block's input, plus one block recomputed).
+    """
+    import torch
+
+    from ..models.registry import build_model
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build_model(planned).parameters())
+    states = 2 + OPTIMIZER_STATES.get(cfg.optim.name, 2) + (1 if cfg.train.ema_decay else 0)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    micro = cfg.data.batch_size // max(world * cfg.train.accumulation_steps, 1)
+    act_bytes = 2 if cfg.train.precision == "bf16" else 4
+    width, mlp, depth = (getattr(planned, k, 0) for k in ("width", "mlp_dim", "depth"))
+    grid = planned.grid_size if hasattr(planned, "grid_size") else (0, 0)
+    tokens = grid[0] * grid[1]
+    tokens = max(1, round(tokens * (1 - getattr(planned, "patch_dropout", 0.0)))) + getattr(planned, "num_prefix_tokens", 0)
+    per_block = 4 * width + 2 * mlp
+    kept = depth * width + per_block if cfg.model.grad_checkpointing else depth * per_block
+    return {"weights": params * 4 * states, "activations": micro * tokens * kept * act_bytes,
+            "inputs": micro * cfg.data.in_chans * cfg.data.image_size ** 2 * 4, "micro_batch": micro,
+            "tokens": tokens}
+
+
+def machine_memory(device: str) -> tuple[int, str] | None:
+    """(bytes, where) of the memory training will run in: the GPU's, or this machine's RAM (cgroup limit too)."""
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        index = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.cuda.get_device_properties(index).total_memory, f"GPU {torch.cuda.get_device_name(index)}"
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        total = min(total, int(limit)) if limit.isdigit() else total
+    except OSError:
+        pass
+    return total, "RAM"
+
+
+def check_memory(cfg: TrainConfig, planned) -> None:
+    """Refuse a run whose lower-bound memory need exceeds the machine's memory, with the numbers."""
+    available = machine_memory(cfg.distributed.device)
+    if available is None:
+        return
+    need = training_memory(cfg, planned)
+    total = need["weights"] + need["activations"] + need["inputs"]
+    if total <= available[0]:
+        return
+    gib = 2 ** 30
+    raise ConfigError(
+        f"model {cfg.model.name} at data.image_size = {cfg.data.image_size} needs at least {total / gib:,.1f} GiB "
+        f"to train ({need['weights'] / gib:,.1f} GiB of weights, gradients and optimiser state; "
+        f"{need['activations'] / gib:,.1f} GiB of activations for a micro-batch of {need['micro_batch']} images of "
+        f"{need['tokens']:,} tokens) but this machine has {available[0] / gib:,.1f} GiB of {available[1]}: lower "
+        "data.image_size or data.batch_size, raise train.accumulation_steps, or set model.grad_checkpointing = true")
 
 
 # ---- writing ------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from ..fileio import atomic_write_text
 from ..models import create_model
 from ..runtime import Dist, all_reduce_floats, barrier, resolve_precision, setup, teardown
 from . import checkpointing
-from .config import TrainConfig, to_yaml
+from .config import ConfigError, TrainConfig, architecture, check_resume_architecture, to_yaml
 from .distributed import unwrap, wrap
 from .ema import EMA
 from .metrics import MetricsLog, Progress, format_duration, format_metric, metric_label, plot_curves
@@ -84,10 +84,12 @@ def build_loaders(cfg: TrainConfig, d: Dist, micro_batch: int):
 def initial_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """The run's model before training: a fresh one from the registry, or model.init loaded for fine-tuning."""
     overrides = dict(cfg.model.overrides)
+    if overrides.pop("num_classes", num_classes) != num_classes:
+        raise ConfigError(f"model.overrides.num_classes = {cfg.model.overrides['num_classes']} conflicts with the "
+                          f"{num_classes} classes of data.dataset = {cfg.data.dataset!r}: the data set sets the class "
+                          "count (remove num_classes from model.overrides)")
     if cfg.model.init is None:
-        kwargs = {"image_size": cfg.data.image_size, "in_chans": cfg.data.in_chans, "num_classes": num_classes}
-        return create_model(cfg.model.name, **{**kwargs, **overrides})
-    num_classes = overrides.pop("num_classes", num_classes)
+        return create_model(cfg.model.name, **architecture(cfg, num_classes))
     model = load_pretrained(cfg.model.init, image_size=cfg.data.image_size, **overrides)
     if cfg.model.reset_head:
         return reset_head(model, num_classes)
@@ -154,6 +156,7 @@ class Trainer:
         barrier()
         self.resume_path = checkpointing.find_resumable(self.run_dir, self.d.world_size)
         if self.resume_path is not None:  # weights first, before sharding
+            check_resume_architecture(cfg, model.config, checkpoint=self.resume_path)
             model.load_state_dict(checkpointing.load_model_weights(self.resume_path))
             objective.load_state_dict(checkpointing.load_objective_weights(self.resume_path))
         # self.model: the ViT (what the checkpoint's model.safetensors holds); self.network: it and the
