@@ -549,7 +549,7 @@ def training_memory(cfg: TrainConfig, planned) -> dict[str, int]:
     states = 2 + OPTIMIZER_STATES.get(cfg.optim.name, 2) + (1 if cfg.train.ema_decay else 0)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     micro = cfg.data.batch_size // max(world * cfg.train.accumulation_steps, 1)
-    act_bytes = 2 if cfg.train.precision == "bf16" else 4
+    act_bytes = 4 if cfg.train.precision == "fp32" else 2  # a lower bound: auto may pick bf16
     width, mlp, depth = (getattr(planned, k, 0) for k in ("width", "mlp_dim", "depth"))
     grid = planned.grid_size if hasattr(planned, "grid_size") else (0, 0)
     tokens = grid[0] * grid[1]
