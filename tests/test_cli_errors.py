@@ -174,3 +174,152 @@ def test_json_output_of_data_and_convert(checkpoint, tmp_path, capsys):
                  "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["source_format"] == "vitlab" and (tmp_path / "t.safetensors").is_file()
+
+
+# ---- damaged checkpoints, through every command that reads one ------------------------------------------
+def _damaged(kind: str, good, root):
+    """A checkpoint damaged in one of the ways a user meets: returns (path, what the message must name)."""
+    import shutil
+
+    path = root / kind
+    if kind == "not-a-checkpoint":
+        path.mkdir()
+        (path / "notes.txt").write_text("hello")
+        return path, path
+    if kind == "corrupt.safetensors":
+        path.write_bytes((good / "model.safetensors").read_bytes()[:100])
+        return path, path
+    shutil.copytree(good, path)
+    if kind == "truncated-folder":
+        weights = path / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-1000])
+        return path, weights
+    if kind == "no-weights":
+        (path / "model.safetensors").unlink()
+        return path, path / "model.safetensors"
+    if kind == "config-is-a-list":
+        (path / "config.json").write_text("[1, 2, 3]")
+        return path, path / "config.json"
+    raise ValueError(kind)
+
+
+DAMAGE = ["not-a-checkpoint", "corrupt.safetensors", "truncated-folder", "no-weights", "config-is-a-list"]
+
+
+@pytest.mark.parametrize("command", [*EVAL_COMMANDS, "convert"])
+def test_damaged_checkpoints(command, checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for kind in DAMAGE:
+        path, named = _damaged(kind, checkpoint, tmp_path)
+        extra = ["--out", tmp_path / "o", "--to", "hf"] if command == "convert" else EVAL_COMMANDS[command]
+        refused(capsys, [command, "--checkpoint", path, *extra], named)
+
+
+def test_config_json_list_in_a_run_directory(checkpoint, tmp_path, capsys):
+    import shutil
+
+    step = tmp_path / "run" / "checkpoints" / "step-00000004"
+    shutil.copytree(checkpoint, step)
+    (step / "config.json").write_text("[]")
+    refused(capsys, ["predict", "--checkpoint", tmp_path / "run", "x.png"], "config.json")
+
+
+# ---- data ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def five_classes(tmp_path_factory):
+    """An image folder with the checkpoint's 5 classes, one 32 px image each."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("five")
+    for c in range(5):
+        (root / f"c{c}").mkdir()
+        Image.new("RGB", (32, 32), (40 * c, 0, 0)).save(root / f"c{c}" / "a.png")
+    return root
+
+
+def test_missing_data_folder(checkpoint, tmp_path, capsys):
+    for command in ("eval", "fewshot", "inspect"):
+        extra = ["--out", tmp_path / "o"] if command == "inspect" else []
+        refused(capsys, [command, "--checkpoint", checkpoint, "--data", f"folder:{tmp_path / 'missing'}", *extra],
+                tmp_path / "missing")
+    refused(capsys, ["data", f"folder:{tmp_path / 'missing'}"], tmp_path / "missing")
+
+
+def test_missing_real_labels(checkpoint, five_classes, tmp_path, capsys):
+    refused(capsys, ["eval", "--checkpoint", checkpoint, "--data", five_classes, "--split", "train", "--num-workers", "0",
+                     "--real", tmp_path / "real.json", "--out", tmp_path / "o"], tmp_path / "real.json")
+
+
+def test_truncated_fashion_mnist(tmp_path, capsys):
+    import gzip
+
+    root = tmp_path / "fmnist"
+    root.mkdir()
+    images = gzip.compress(b"\x00\x00\x08\x03" + (10).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + b"\x00" * 784 * 10)
+    labels = gzip.compress(b"\x00\x00\x08\x01" + (10).to_bytes(4, "big") + bytes(range(10)))
+    (root / "t10k-images-idx3-ubyte.gz").write_bytes(images[: len(images) // 2])  # cut mid-stream
+    (root / "t10k-labels-idx1-ubyte.gz").write_bytes(labels)
+    refused(capsys, ["data", "fashion_mnist", "--split", "test", "--data-root", root], "t10k-images-idx3-ubyte.gz")
+
+
+# ---- training configs: refused by `vitlab train --check`, before any work -----------------------------
+@pytest.fixture
+def config(tmp_path):
+    import training_support as ts
+
+    return ts.write_config(tmp_path / "c.yaml", ts.tiny_config(tmp_path / "run"))
+
+
+BAD_SETTINGS = [  # --set value, what the message names
+    (["data.seed=-1"], "data.seed"),
+    (["data.split_seed=-2"], "data.split_seed"),
+    (["seed=-1"], "seed"),
+    (["optim.eps=0"], "optim.eps"),
+    (["optim.eps=-1e-8"], "optim.eps"),
+    (["optim.name=sgd", "optim.momentum=-0.5"], "optim.momentum"),
+    (["optim.name=sgd", "optim.momentum=0", "optim.nesterov=true"], "optim.nesterov"),
+    (["optim.weight_decay=nan"], "optim.weight_decay = nan"),
+    (["optim.lr=inf"], "optim.lr = inf"),
+    (["data.crop_fraction=nan"], "data.crop_fraction"),
+    (["model.overrides.width=64.5"], "model.overrides.width must be int"),
+    (["model.overrides.image_size=32"], "data.image_size"),
+    (["model.overrides.in_chans=3"], "data.in_chans"),
+    (["data.image_size=16384", "data.batch_size=64"], "GiB"),
+]
+
+
+@pytest.mark.parametrize("settings,named", BAD_SETTINGS, ids=[s[0][-1] for s in BAD_SETTINGS])
+def test_bad_settings_are_refused_by_check(settings, named, config, capsys):
+    argv = ["train", config, "--check"] + [a for s in settings for a in ("--set", s)]
+    line = refused(capsys, argv, named)
+    if named == "GiB":  # the estimate says what it needs, what there is, and what to change
+        assert "needs at least" in line and "this machine has" in line and "data.batch_size" in line
+
+
+def test_init_that_is_not_a_checkpoint(config, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not weights")
+    (tmp_path / "folder").mkdir()
+    for init in (tmp_path / "notes.txt", tmp_path / "folder", tmp_path / "missing"):
+        refused(capsys, ["train", config, "--check", "--set", f"model.init={str(init)!r}"], "model.init", init)
+
+
+def test_config_files_that_are_not_tables_or_not_utf8(tmp_path, capsys):
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    refused(capsys, ["train", tmp_path / "list.yaml", "--check"], "list.yaml", "top level")
+    (tmp_path / "latin1.toml").write_bytes("run_dir = 'caf\xe9'\n".encode("latin-1"))
+    refused(capsys, ["train", tmp_path / "latin1.toml", "--check"], "latin1.toml", "UTF-8")
+    (tmp_path / "a.toml").write_text('base = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\n')
+    refused(capsys, ["train", tmp_path / "a.toml", "--check"], "cycle")
+    (tmp_path / "c.toml").write_text('base = "nowhere.toml"\n')
+    refused(capsys, ["train", tmp_path / "c.toml", "--check"], "nowhere.toml")
+
+
+def test_resuming_a_different_architecture(config, capsys):
+    assert main(["train", str(config), "--set", "train.steps=1", "--set", "train.checkpoint_every=1"]) == 0
+    capsys.readouterr()
+    for argv in (["--check"], []):
+        refused(capsys, ["train", config, *argv, "--set", "model.overrides.width=64", "--set", "model.overrides.depth=1"],
+                "width 32 there, 64 here", "depth 2 there, 1 here")
+    # dropout rates may change on resume: not architecture
+    assert main(["train", str(config), "--check", "--set", "model.overrides.drop_path=0.1"]) == 0

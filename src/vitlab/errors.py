@@ -17,6 +17,10 @@ class VitlabError(Exception):
     """An expected failure: bad input the user can fix. The message names the problem and what to do."""
 
 
+class UsageError(VitlabError, ValueError):
+    """Settings that cannot work (together), found after parsing; the message says which and what to give."""
+
+
 def user_message(error: BaseException) -> str | None:
     """One line for an expected failure, or None for a bug (which should keep its traceback)."""
     if isinstance(error, VitlabError):

@@ -17,13 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import VitlabError
+from ..errors import UsageError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # vitlab.runtime.CHOICES, listed here for --help
-
-
-class UsageError(VitlabError):
-    """Arguments that cannot work together, found after parsing; the message says which and what to give."""
 
 
 class DeprecatedAlias(argparse.Action):

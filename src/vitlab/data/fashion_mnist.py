@@ -1,5 +1,6 @@
 """Fashion-MNIST (Xiao et al. 2017) from its IDX files: 60k train / 10k test, 28 x 28 grey, 10 classes."""
 import gzip
+import zlib
 import logging
 import os
 from pathlib import Path
@@ -45,8 +46,11 @@ def find(directory: Path, stem: str) -> Path | None:
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (optionally gzipped) as a numpy array of its declared shape."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}: truncated or damaged ({e}); delete it and download it again") from None
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
         raise DataError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]

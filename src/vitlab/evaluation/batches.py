@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ..data.errors import BadImage  # the data package's "this one file cannot be decoded" error
+from ..checkpoints.mapping import CheckpointError
 
 SKIPPABLE = (BadImage, OSError)
 
@@ -45,7 +46,7 @@ def normalise(x: torch.Tensor, preprocessing: dict) -> torch.Tensor:
         mean = torch.tensor(preprocessing["mean"], dtype=x.dtype, device=x.device).view(-1, 1, 1) * 255
         std = torch.tensor(preprocessing["std"], dtype=x.dtype, device=x.device).view(-1, 1, 1) * 255
         return (x - mean) / std
-    raise ValueError(f"unknown normalisation {kind!r} in the checkpoint's preprocessing {preprocessing}")
+    raise CheckpointError(f"unknown normalisation {kind!r} in the checkpoint's preprocessing {preprocessing}")
 
 
 class _Shard(Dataset):

@@ -14,6 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .real import real_hits
+from ..data.errors import DataError
 from ..runtime import all_reduce_sum, autocast, rank_and_world
 
 
@@ -43,7 +44,7 @@ class ClassificationCounts:
         labels = labels.to(logits.device)
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             bad = labels[(labels < 0) | (labels >= self.num_classes)][0].item()
-            raise ValueError(f"label {bad} is outside the model's {self.num_classes} classes "
+            raise DataError(f"label {bad} is outside the model's {self.num_classes} classes "
                              f"(0..{self.num_classes - 1}); evaluate with a checkpoint trained on this data set")
         predicted = logits.argmax(dim=1)
         flat = labels * self.num_classes + predicted

@@ -11,6 +11,8 @@ import json
 import re
 from pathlib import Path
 
+from ..data.errors import DataError
+
 VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})")
 
 
@@ -19,13 +21,13 @@ def load_real_labels(path: str | Path) -> list[list[int]]:
     try:
         labels = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read ReaL labels: {e}") from e
+        raise DataError(f"{path}: cannot read ReaL labels: {e}") from e
     if not isinstance(labels, list):
-        raise ValueError(f"{path}: ReaL labels must be a JSON list (one list of labels per image), "
+        raise DataError(f"{path}: ReaL labels must be a JSON list (one list of labels per image), "
                          f"not {type(labels).__name__}")
     for i, entry in enumerate(labels):
         if not isinstance(entry, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in entry):
-            raise ValueError(f"{path}: entry {i} must be a list of integer labels, got {entry!r}")
+            raise DataError(f"{path}: entry {i} must be a list of integer labels, got {entry!r}")
     return labels
 
 
@@ -43,10 +45,10 @@ def align_to_dataset(real: list[list[int]], dataset) -> list[list[int]]:
         numbers = [int(m.group(1)) for m in matches]
         too_big = [k for k in numbers if k > len(real) or k < 1]
         if too_big:
-            raise ValueError(f"validation image number {too_big[0]} is outside the {len(real)} ReaL entries")
+            raise DataError(f"validation image number {too_big[0]} is outside the {len(real)} ReaL entries")
         return [real[k - 1] for k in numbers]
     if len(real) != n:
-        raise ValueError(f"the ReaL file has {len(real)} entries but the data set has {n} images, and the images "
+        raise DataError(f"the ReaL file has {len(real)} entries but the data set has {n} images, and the images "
                          "are not named ILSVRC2012_val_NNNNNNNN to match them up")
     return real
 

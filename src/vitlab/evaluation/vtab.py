@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from ..data import DataConfig
+from ..data.errors import DataError
+from ..errors import UsageError
 from ..training.config import DistributedConfig, OptimConfig, ScheduleConfig, TrainConfig, TrainSettings
 from ..training.trainer import TrainResult, train
 from .batches import EvalBatches, model_preprocessing, normalise
@@ -65,7 +67,7 @@ def split_1k(num_train: int, train_images: int = 800, val_images: int = 200, see
     """(train indices, validation indices): a seeded choice of train_images + val_images from the split."""
     need = train_images + val_images
     if num_train < need:
-        raise ValueError(f"the task's training split has {num_train} images; VTAB-1k needs {need}")
+        raise DataError(f"the task's training split has {num_train} images; VTAB-1k needs {need}")
     chosen = np.random.default_rng(seed).permutation(num_train)[:need]
     return np.sort(chosen[:train_images]), np.sort(chosen[train_images:])
 
@@ -123,7 +125,7 @@ def finetune_config(settings: VTABSettings, run_dir, *, device="cpu", precision:
     warm-up then cosine decay to zero, the global gradient norm clipped, micro-batches accumulated."""
     micro = settings.micro_batch_size or settings.batch_size
     if settings.batch_size % micro:
-        raise ValueError(f"the batch ({settings.batch_size}) must be a multiple of the micro-batch ({micro})")
+        raise UsageError(f"the batch ({settings.batch_size}) must be a multiple of the micro-batch ({micro})")
     return TrainConfig(
         run_dir=str(run_dir), seed=settings.seed,
         data=DataConfig(batch_size=settings.batch_size),
