@@ -58,11 +58,11 @@ def add_data_root(parser) -> None:
     add_alias(parser, "--root", "--data-root", "data_root")
 
 
-def add_runtime_args(parser, *, precision: str = "auto") -> None:
+def add_runtime_args(parser, *, precision: str = "auto", precision_help: str | None = None) -> None:
     add_device_arg(parser)
     parser.add_argument("--precision", default=precision, type=precision_name, metavar="{" + ",".join(PRECISIONS) + "}",
-                        help=f"autocast precision; weights stay fp32 (auto: bf16 on a GPU that has it; "
-                             f"default {precision})")
+                        help=precision_help or f"autocast precision; weights stay fp32 (auto: bf16 on a GPU that "
+                                               f"has it; default {precision})")
     add_alias(parser, "--amp", "--precision", "precision", convert=precision_name)
 
 

@@ -5,22 +5,21 @@ from __future__ import annotations
 import socket
 import sys
 
-from .evalargs import precision_argument
+from . import common
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 
 
 def add_arguments(parser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="checkpoint to serve (vitlab run dir or folder, .npz, timm, HF)")
+    common.add_checkpoint_args(parser, required=False, group=source)
     source.add_argument("--onnx", help="an ONNX file written by `vitlab convert C out.onnx --to onnx` "
                                        "(labels and preprocessing from its .json sidecar)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (auto: a GPU when there is one)")
-    parser.add_argument("--precision", default="auto", type=precision_argument,
-                        help="fp32, bf16, fp16 (weights cast once) or auto: the fast path, bf16 on a CPU with "
-                             "oneDNN bf16 kernels or a GPU that has it, else fp32")
+    common.add_runtime_args(parser, precision="auto",
+                            precision_help="fp32, bf16, fp16 (weights cast once) or auto: the fast path, bf16 on a "
+                                           "CPU with oneDNN bf16 kernels or a GPU that has it, else fp32")
     parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the checkpoint's)")
     parser.add_argument("--max-batch", type=int, default=32, help="largest batch of concurrent requests")
     parser.add_argument("--window-ms", type=float, default=5.0,
