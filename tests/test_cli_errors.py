@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import tiny
@@ -323,3 +324,100 @@ def test_resuming_a_different_architecture(config, capsys):
                 "width 32 there, 64 here", "depth 2 there, 1 here")
     # dropout rates may change on resume: not architecture
     assert main(["train", str(config), "--check", "--set", "model.overrides.drop_path=0.1"]) == 0
+
+
+# ---- run directories (issue 13 section 4) ---------------------------------------------------------------
+def _trained(config, capsys, steps=2):
+    assert main(["train", str(config), "--set", f"train.steps={steps}", "--set", "train.checkpoint_every=1"]) == 0
+    capsys.readouterr()
+    return Path(yaml_load(config)["run_dir"]) / "checkpoints"
+
+
+def yaml_load(path):
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())
+
+
+def test_damaged_optimizer_state(config, capsys):
+    checkpoints = _trained(config, capsys)
+    newest = sorted(checkpoints.iterdir())[-1]
+    (newest / "optimizer.pt").write_bytes(b"not a torch file")
+    # the newest is damaged: the run goes on from the older one, saying so
+    from vitlab.training.checkpointing import DamagedCheckpointWarning
+
+    with pytest.warns(DamagedCheckpointWarning, match="optimizer.pt"):
+        assert main(["train", str(config), "--set", "train.steps=3", "--set", "train.checkpoint_every=1"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    kept = sorted(p.name for p in checkpoints.iterdir())
+    for step in sorted(checkpoints.iterdir()):
+        (step / "optimizer.pt").write_bytes(b"")  # every one damaged: refused, nothing deleted
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        refused(capsys, ["train", config, "--set", "train.steps=4"], "reads back whole")
+    assert sorted(p.name for p in checkpoints.iterdir()) == kept
+
+
+def test_a_second_trainer_is_refused_naming_the_holder(config, tmp_path):
+    from vitlab.training.checkpointing import RunLock
+
+    with RunLock(tmp_path / "run"):
+        result = subprocess.run([sys.executable, "-m", "vitlab", "train", str(config)], capture_output=True,
+                                text=True, timeout=300, env=dict(os.environ, VITLAB_DEBUG=""))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert f"pid {os.getpid()}" in result.stderr and result.stderr.startswith("vitlab train: error: ")
+
+
+def test_a_full_disk_is_one_line(config, capsys, monkeypatch):
+    import errno
+
+    from vitlab.training import checkpointing
+
+    def full(obj, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpointing.torch, "save", full)
+    refused(capsys, ["train", config, "--set", "train.steps=1"], "optimizer.pt", "disk full", "intact")
+
+
+# ---- data edge cases (issue 13 section 5): skipped, named and counted; never a traceback -----------------
+def test_odd_files_in_an_image_folder_are_skipped_and_counted(tmp_path, capsys):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / cls / "good.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a" / "png-inside.jpg", format="PNG")  # read by content
+    (tmp_path / "imgs" / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    os.mkfifo(tmp_path / "imgs" / "b" / "pipe.png")  # never opened: it would hang the scan
+    code = main(["data", str(tmp_path / "imgs"), "--scan", "--json", "--image-size", "8"])
+    captured = capsys.readouterr()
+    assert code == 0 and "Traceback" not in captured.err
+    report = json.loads(captured.out)
+    assert report["decoded"] == 3 and any("broken.png" in name for name in report["bad_files"])
+
+
+def test_a_shard_with_a_non_utf8_label_is_read_past(tmp_path, capsys):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    def member(tar, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    with tarfile.open(tmp_path / "s-000.tar", "w") as tar:
+        for i, label in enumerate([b"0", b"\xff\xfe", b"1"]):
+            member(tar, f"{i:03d}.png", png.getvalue())
+            member(tar, f"{i:03d}.cls", label)
+    (tmp_path / "classes.txt").write_text("zero\none\n")
+    code = main(["data", f"shards:{tmp_path}/s-000.tar", "--scan", "--json", "--image-size", "8"])
+    captured = capsys.readouterr()
+    assert code == 0 and "Traceback" not in captured.err
+    assert json.loads(captured.out)["decoded"] == 2

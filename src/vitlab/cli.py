@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 import traceback
+import warnings
 
 from .errors import user_message
 
@@ -58,7 +59,9 @@ def run_command(args: argparse.Namespace) -> int:
     prefix = f"vitlab {args.command}"
     try:
         module = importlib.import_module(f"vitlab.commands.{COMMANDS[args.command][0]}")
-        return int(module.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.formatwarning = lambda message, *_, **__: f"{prefix}: warning: {message}\n"  # one line each
+            return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130

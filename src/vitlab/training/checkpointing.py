@@ -42,6 +42,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 
 from ..checkpoints import CheckpointError, save_pretrained
 from ..checkpoints.vitlab_format import WEIGHTS_FILE
+from ..errors import VitlabError
 from ..fileio import atomic_write, atomic_write_text, fsync_dir
 from ..runtime import Dist, barrier
 from .objectives import join_state_dicts, split_state_dict
@@ -57,7 +58,7 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, permissions); the earlier checkpoints are intact."""
 
 
-class RunDirLocked(RuntimeError):
+class RunDirLocked(VitlabError, RuntimeError):
     """Another trainer holds the run directory."""
 
 
