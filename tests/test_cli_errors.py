@@ -421,3 +421,23 @@ def test_a_shard_with_a_non_utf8_label_is_read_past(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0 and "Traceback" not in captured.err
     assert json.loads(captured.out)["decoded"] == 2
+
+
+def test_a_warning_is_one_line_and_the_formatter_is_restored(monkeypatch, capsys):
+    import warnings
+
+    from vitlab.commands import models
+
+    def warns(args):
+        warnings.warn("something to know\nover two lines", UserWarning)
+        return 0
+
+    monkeypatch.setattr(models, "run", warns)
+    original = warnings.formatwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        monkeypatch.setattr(warnings, "showwarning", lambda m, c, f, l, file=None, line=None:
+                            sys.stderr.write(warnings.formatwarning(m, c, f, l)))
+        assert main(["models"]) == 0
+    assert capsys.readouterr().err == "vitlab models: warning: something to know over two lines\n"
+    assert warnings.formatwarning is original

@@ -8,13 +8,14 @@ bug report. Ctrl-C exits with 130. Anything else is a bug and shows its tracebac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
 import traceback
 import warnings
 
-from .errors import user_message
+from .errors import one_line, user_message
 
 # name -> (module under vitlab.commands, one-line help). Each module defines add_arguments(parser) and run(args).
 COMMANDS = {
@@ -59,8 +60,7 @@ def run_command(args: argparse.Namespace) -> int:
     prefix = f"vitlab {args.command}"
     try:
         module = importlib.import_module(f"vitlab.commands.{COMMANDS[args.command][0]}")
-        with warnings.catch_warnings():
-            warnings.formatwarning = lambda message, *_, **__: f"{prefix}: warning: {message}\n"  # one line each
+        with one_line_warnings(prefix):
             return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
@@ -73,6 +73,17 @@ def run_command(args: argparse.Namespace) -> int:
             traceback.print_exc()
         print(f"{prefix}: error: {message}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def one_line_warnings(prefix: str):
+    """Warnings printed while a command runs read `vitlab COMMAND: warning: ...`, one line each."""
+    original = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"{prefix}: warning: {one_line(str(message))}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
 
 
 def debug() -> bool:
