@@ -441,3 +441,21 @@ def test_a_warning_is_one_line_and_the_formatter_is_restored(monkeypatch, capsys
         assert main(["models"]) == 0
     assert capsys.readouterr().err == "vitlab models: warning: something to know over two lines\n"
     assert warnings.formatwarning is original
+
+
+def test_models_setting_refused(capsys):
+    refused(capsys, ["models", "--set", "width=64.5"], "width", "64.5")
+
+
+def test_real_entry_point_refuses_a_bad_config(config):
+    result = subprocess.run([sys.executable, "-m", "vitlab", "train", str(config), "--check", "--set",
+                             "optim.weight_decay=nan"], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, VITLAB_DEBUG=""))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "vitlab train: error: optim.weight_decay = nan is not a finite number; give a real number\n"
+
+
+def test_fine_tuning_too_large_is_refused_before_loading(config, capsys):
+    checkpoints = _trained(config, capsys, steps=1)
+    refused(capsys, ["train", config, "--check", "--set", f"model.init={str(checkpoints.parent)!r}", "--set",
+                     "run_dir='elsewhere'", "--set", "data.image_size=16384"], "needs at least", "GiB")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from ..models import MODELS, count_flops, count_parameters, list_models, model_config, num_tokens
 
@@ -65,12 +64,12 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run(args) -> int:
+    from ..errors import UsageError
     from ..training.config import ConfigError
 
     try:
         rows = model_rows(args.filter, parse_settings(args.overrides))
-    except (ConfigError, ValueError, TypeError) as e:
-        print(f"vitlab models: {e}", file=sys.stderr)
-        return 2
+    except (ConfigError, ValueError, TypeError) as e:  # an unknown or impossible setting
+        raise UsageError(str(e)) from None
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0

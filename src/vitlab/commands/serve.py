@@ -39,7 +39,7 @@ def settings_from(args):
 
 
 def fail(message: str) -> int:
-    print(f"vitlab serve: {message}", file=sys.stderr)
+    print(f"vitlab serve: error: {message}", file=sys.stderr)
     return 2
 
 

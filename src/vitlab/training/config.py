@@ -455,8 +455,7 @@ def _check_distill(cfg: TrainConfig) -> None:
 def _check_paths(cfg: TrainConfig) -> None:
     if cfg.distill.teacher is not None:
         _check_checkpoint("distill.teacher", cfg.distill.teacher)
-    if cfg.model.init is not None:
-        _check_checkpoint("model.init", cfg.model.init)
+    init_meta = _check_checkpoint("model.init", cfg.model.init) if cfg.model.init is not None else None
     spec = cfg.data.dataset
     kind, _, location = spec.partition(":")
     if kind == "folder" and not Path(location).is_dir():
@@ -470,11 +469,13 @@ def _check_paths(cfg: TrainConfig) -> None:
     if cfg.model.init is None:
         check_resume_architecture(cfg, _planned_config(cfg), ignore=("num_classes",))
         check_memory(cfg, _planned_config(cfg))
+    elif init_meta is not None:  # a vitlab checkpoint says its architecture: the estimate needs no weights
+        check_memory(cfg, _init_config(cfg, init_meta))
 
 
-def _check_checkpoint(key: str, init: str) -> None:
+def _check_checkpoint(key: str, init: str) -> dict | None:
     """A checkpoint the config names must be one load_pretrained reads (its format recognised, a vitlab config
-    readable)."""
+    readable); returns a vitlab checkpoint's config.json."""
     from ..checkpoints import CheckpointError, detect_format
     from ..checkpoints.load import latest_run_checkpoint
     from ..checkpoints.vitlab_format import read_config
@@ -484,9 +485,22 @@ def _check_checkpoint(key: str, init: str) -> None:
         raise ConfigError(f"{key}: checkpoint not found: {init}")
     try:
         if detect_format(path) == "vitlab":
-            read_config(latest_run_checkpoint(path) or path)
+            return read_config(latest_run_checkpoint(path) or path)
     except (CheckpointError, OSError) as e:
         raise ConfigError(f"{key} = {init!r} is not a checkpoint vitlab can load: {e}") from None
+    return None
+
+
+def _init_config(cfg: TrainConfig, meta: dict):
+    """The architecture fine-tuning from a vitlab checkpoint builds: its own, at data.image_size, with overrides."""
+    from ..models import BiTConfig, ViTConfig
+
+    config_cls = BiTConfig if meta.get("architecture") == "bit" else ViTConfig
+    overrides = {k: v for k, v in cfg.model.overrides.items() if k != "num_classes"}
+    try:
+        return config_cls.from_dict({**meta["config"], **overrides, "image_size": cfg.data.image_size})
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"model.init = {cfg.model.init!r}: {e}") from None
 
 
 def _planned_config(cfg: TrainConfig):
