@@ -459,3 +459,15 @@ def test_fine_tuning_too_large_is_refused_before_loading(config, capsys):
     checkpoints = _trained(config, capsys, steps=1)
     refused(capsys, ["train", config, "--check", "--set", f"model.init={str(checkpoints.parent)!r}", "--set",
                      "run_dir='elsewhere'", "--set", "data.image_size=16384"], "needs at least", "GiB")
+
+
+def test_resuming_onto_another_init_architecture_is_refused_by_the_trainer(config, tmp_path, capsys):
+    """With model.init the architecture is the checkpoint's, known only once loaded: the Trainer compares it."""
+    for width in (32, 64):
+        model = vitlab.create_model("ViT-Ti/16", **tiny(patch_size=4, width=width, image_size=16, in_chans=1))
+        vitlab.save_pretrained(model, tmp_path / f"init-{width}")
+    first = ["--set", f"model.init={str(tmp_path / 'init-32')!r}", "--set", "model.overrides={}", "--set", "train.steps=1"]
+    assert main(["train", str(config), *first, "--set", "train.checkpoint_every=1"]) == 0
+    capsys.readouterr()
+    refused(capsys, ["train", config, "--set", f"model.init={str(tmp_path / 'init-64')!r}", "--set", "model.overrides={}",
+                     "--set", "train.steps=2"], "width 32 there, 64 here")
