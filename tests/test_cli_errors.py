@@ -471,3 +471,13 @@ def test_resuming_onto_another_init_architecture_is_refused_by_the_trainer(confi
     capsys.readouterr()
     refused(capsys, ["train", config, "--set", f"model.init={str(tmp_path / 'init-64')!r}", "--set", "model.overrides={}",
                      "--set", "train.steps=2"], "width 32 there, 64 here")
+
+
+def test_an_error_from_a_loader_worker_keeps_only_its_message():
+    from vitlab.data import DataError
+    from vitlab.errors import user_message
+
+    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                        '  File "x.py", line 1, in <module>\nvitlab.data.errors.DataError: /data/x.png: unreadable')
+    assert user_message(wrapped) == "/data/x.png: unreadable"
+    assert user_message(TypeError("a bug")) is None
