@@ -170,3 +170,68 @@ def test_a_teacher_that_cannot_teach_this_data_is_refused_before_training(tmp_pa
     assert cli_main(["train", str(config_file)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "predicts 7 classes" in err[0], err
+
+
+# ---- a student with DeiT's distillation token -----------------------------------------------------------------
+STUDENT = dict(TINY, distill_token=True)
+
+
+def test_evaluation_averages_the_two_heads_and_reports_each(tmp_path):
+    import vitlab
+    from vitlab.runtime import Dist
+    from vitlab.training.objectives.distillation import evaluate_heads
+
+    torch.manual_seed(0)
+    model = vitlab.create_model("ViT-Ti/16", image_size=16, in_chans=1, num_classes=4, **STUDENT)
+    for head in (model.head, model.head_dist):  # two heads that disagree (a new model's are zero)
+        torch.nn.init.normal_(head.weight, std=1.0)
+    images = torch.randn(64, 1, 16, 16)
+    with torch.no_grad():
+        model.eval()
+        class_logits, dist_logits = model.forward_heads(images)
+        torch.testing.assert_close(model(images), (class_logits + dist_logits) / 2)
+    labels = dist_logits.argmax(-1)  # the distillation head is always right, the class head often not
+    loader = [(images[:32], labels[:32]), (images[32:], labels[32:])]
+    model.train()
+    got = evaluate_heads(model, loader, Dist(device=torch.device("cpu")))
+    expected = ((class_logits + dist_logits) / 2).argmax(-1).eq(labels).float().mean().item()
+    assert got["eval_accuracy"] == pytest.approx(expected)
+    assert got["eval_accuracy_dist_head"] == 1.0
+    assert got["eval_accuracy_class_head"] == pytest.approx(class_logits.argmax(-1).eq(labels).float().mean().item())
+    assert got["eval_accuracy_class_head"] < 1.0 and model.training  # left as it was found
+
+
+def test_a_distilled_student_trains_both_heads_and_its_checkpoint_keeps_the_token(tmp_path, teacher_dir):
+    import vitlab
+
+    cfg = student_config(tmp_path, teacher_dir, model={"overrides": STUDENT}, distill={"mode": "hard"},
+                         train={"steps": 6})
+    trainer = Trainer(cfg)
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    result = trainer.fit()
+    trained = trainer.model.state_dict()
+    for key in ("dist_token", "head_dist.weight", "head.weight", "cls_token"):
+        assert not torch.equal(start[key], trained[key]), key  # the class and the distillation head both learn
+    records = [json.loads(line) for line in (tmp_path / "student/metrics.jsonl").read_text().splitlines()]
+    final = records[-1]
+    assert {"eval_accuracy", "eval_accuracy_class_head", "eval_accuracy_dist_head"} <= set(final)
+    assert final["eval_accuracy"] == result.last_accuracy
+    loaded = vitlab.load_pretrained(tmp_path / "student")  # the run directory: its newest checkpoint
+    assert loaded.config.distill_token and torch.equal(loaded.dist_token, trained["dist_token"])
+    bigger = vitlab.load_pretrained(tmp_path / "student", image_size=24)  # resampled like the class token
+    assert bigger.pos_embed.shape[1] == 2 + 36 and torch.equal(bigger.pos_embed[:, :2], trained["pos_embed"][:, :2])
+
+
+def test_recipes_name_a_teacher_and_a_student_with_a_distillation_token():
+    from pathlib import Path
+
+    from vitlab.training.config import load_config
+
+    root = Path(__file__).parents[1] / "configs"
+    for name, mode in (("deit-s16-distilled-imagenet1k.toml", "hard"), ("fashion-mnist-distilled.toml", "hard")):
+        cfg = load_config(root / name, check_paths=False)
+        assert cfg.distill.teacher and cfg.distill.mode == mode and cfg.distill.weight == 0.5, name
+        assert cfg.model.overrides["distill_token"] and cfg.model.overrides.get("classifier", "token") == "token"
+    teacher = load_config(root / "fashion-mnist-teacher.toml", check_paths=False)
+    assert teacher.model.name.startswith("BiT-") and teacher.data.in_chans == 1 and teacher.run_dir == \
+        load_config(root / "fashion-mnist-distilled.toml", check_paths=False).distill.teacher
