@@ -232,6 +232,7 @@ def test_recipes_name_a_teacher_and_a_student_with_a_distillation_token():
         cfg = load_config(root / name, check_paths=False)
         assert cfg.distill.teacher and cfg.distill.mode == mode and cfg.distill.weight == 0.5, name
         assert cfg.model.overrides["distill_token"] and cfg.model.overrides.get("classifier", "token") == "token"
+        assert cfg.run_dir == f"runs/{name[:-len('.toml')]}"  # never its base's run directory
     teacher = load_config(root / "fashion-mnist-teacher.toml", check_paths=False)
     assert teacher.model.name.startswith("BiT-") and teacher.data.in_chans == 1 and teacher.run_dir == \
         load_config(root / "fashion-mnist-distilled.toml", check_paths=False).distill.teacher
