@@ -553,3 +553,19 @@ def test_inspection_draws_every_figure_a_variant_has(overrides, tmp_path):
     written = inspect_model(model, tmp_path, images, ["a", "b"], progress=False)
     assert {"rollout", "attention_heads", "attention_distance"} <= set(written)
     assert ("posemb_similarity" in written) == (model.config.posemb != "relative")  # relative adds no table
+
+
+@pytest.mark.parametrize("overrides", [dict(posemb="sincos_2d", attention="axial", reg_tokens=1, layer_scale=0.1,
+                                            classifier="map"),
+                                       dict(posemb="relative", distill_token=True, classifier="token")])
+def test_a_variant_trains_and_reloads_through_vitlab_train(overrides, tmp_path):
+    import training_support as ts
+    from vitlab.training import from_dict, train
+    from vitlab.training.config import validate
+    model = {"overrides": dict(patch_size=4, width=32, depth=1, mlp_dim=64, num_heads=2, **overrides)}
+    cfg = validate(from_dict(ts.tiny_config(tmp_path / "run", model=model,
+                                            train={"steps": 4, "checkpoint_every": 2, "ema_decay": 0.9})))
+    result = train(cfg)
+    assert result.steps == 4 and all(math.isfinite(loss) for loss in result.losses)
+    loaded = vitlab.load_pretrained(tmp_path / "run")
+    assert all(getattr(loaded.config, k) == v for k, v in overrides.items())

@@ -417,7 +417,7 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
         self.distilled_training = False
         self.grad_checkpointing = False
-        self._posemb_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._posemb_cache: dict[tuple, torch.Tensor] = {}  # resampled or fixed tables by grid (and device)
         self.init_weights()
 
     # ---- initialisation (the official code's) ---------------------------------------------------------
