@@ -569,3 +569,37 @@ def test_a_variant_trains_and_reloads_through_vitlab_train(overrides, tmp_path):
     assert result.steps == 4 and all(math.isfinite(loss) for loss in result.losses)
     loaded = vitlab.load_pretrained(tmp_path / "run")
     assert all(getattr(loaded.config, k) == v for k, v in overrides.items())
+
+
+def block_keys(n, layer_scale=False):
+    keys = {f"blocks.{n}.{part}.{p}" for part in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+            for p in ("weight", "bias")}
+    return keys | ({f"blocks.{n}.ls1.gamma", f"blocks.{n}.ls2.gamma"} if layer_scale else set())
+
+
+@pytest.mark.parametrize("layout,overrides,extra", [
+    # timm deit.py VisionTransformerDistilled: cls, dist, pos_embed over both and the patches, two heads
+    ("deit_*_distilled", dict(distill_token=True),
+     {"cls_token": (1, 1, 16), "dist_token": (1, 1, 16), "pos_embed": (1, 18, 16), "norm.weight": (16,),
+      "norm.bias": (16,), "head_dist.weight": (3, 16), "head_dist.bias": (3,)}),
+    # timm vit_*_reg4_gap_256: no class token, 4 registers, no_embed_class, LayerScale, fc_norm instead of norm
+    ("vit_*_reg4_gap_256", dict(classifier="gap", reg_tokens=4, fc_norm=True, layer_scale=1e-5),
+     {"reg_token": (1, 4, 16), "pos_embed": (1, 16, 16), "fc_norm.weight": (16,), "fc_norm.bias": (16,)}),
+    # timm global_pool='map' (SigLIP): AttentionPoolLatent as attn_pool, final norm before it
+    ("vit_*_siglip (map)", dict(classifier="map"),
+     {"pos_embed": (1, 16, 16), "norm.weight": (16,), "norm.bias": (16,), "attn_pool.latent": (1, 1, 16),
+      "attn_pool.q.weight": (16, 16), "attn_pool.q.bias": (16,), "attn_pool.kv.weight": (32, 16),
+      "attn_pool.kv.bias": (32,), "attn_pool.proj.weight": (16, 16), "attn_pool.proj.bias": (16,),
+      "attn_pool.norm.weight": (16,), "attn_pool.norm.bias": (16,), "attn_pool.mlp.fc1.weight": (32, 16),
+      "attn_pool.mlp.fc1.bias": (32,), "attn_pool.mlp.fc2.weight": (16, 32), "attn_pool.mlp.fc2.bias": (16,)}),
+])
+def test_state_dict_names_and_shapes_follow_timm_layouts(layout, overrides, extra):
+    """The parameter names and shapes timm's models of these families have (read from timm's model code), so a
+    timm checkpoint of each loads by name."""
+    model = build(**overrides)
+    common = {"patch_embed.proj.weight", "patch_embed.proj.bias", "head.weight", "head.bias"}
+    scaled = "layer_scale" in overrides
+    expected = common | set(extra) | block_keys(0, scaled) | block_keys(1, scaled)
+    state = model.state_dict()
+    assert set(state) == expected, layout
+    assert all(tuple(state[k].shape) == shape for k, shape in extra.items()), layout
