@@ -118,17 +118,6 @@ def label_names(meta: dict, num_classes: int) -> list[str] | None:
     return names
 
 
-def preprocessing(path: Path) -> dict:
-    config = path / "preprocessor_config.json"
-    if not config.is_file():
-        return {"normalisation": "minus_one_one"}
-    meta = read_json(config)
-    mean, std = meta.get("image_mean", [0.5] * 3), meta.get("image_std", [0.5] * 3)
-    if all(m == 0.5 for m in mean) and all(s == 0.5 for s in std):
-        return {"normalisation": "minus_one_one"}
-    return {"normalisation": "mean_std", "mean": list(mean), "std": list(std)}
-
-
 def load_hf(path: Path, **overrides) -> nn.Module:
     """Load a Hugging Face ViT folder; the architecture comes from config.json, the head from the weights."""
     path = Path(path)
@@ -142,8 +131,7 @@ def load_hf(path: Path, **overrides) -> nn.Module:
     tensors = {k.removeprefix(prefix): v for k, v in tensors.items()}
     cfg = config_with_overrides(infer_config(meta, tensors, path), overrides, path)
     model = load_into_model(cfg, tensors, hf_pairs(cfg), weights)
-    model.label_names = label_names(meta, cfg.num_classes)
-    model.preprocessing = preprocessing(path)
+    model.label_names = label_names(meta, cfg.num_classes)  # load_checkpoint adds the preprocessing record
     return model
 
 

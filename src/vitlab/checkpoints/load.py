@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..data import preprocessing
 from .adapt import adapt_model
 from .files import read_json, read_tensors, sniff
 from .hf import is_hf_folder, load_hf
@@ -58,13 +59,23 @@ def latest_run_checkpoint(path: Path) -> Path | None:
 
 
 def load_checkpoint(path: str | Path, image_size_hint=None, **overrides) -> nn.Module:
-    """The model a checkpoint holds, exactly (no resampling, no new head).
+    """The model a checkpoint holds, exactly (no resampling, no new head), with its preprocessing record as
+    `model.preprocessing` (a dict; `vitlab.data.preprocessing.of_model` reads it) and its `label_names`.
 
     `image_size_hint` tells a non-square resolution of a format that does not store it (npz, timm)."""
     path = Path(path)
     fmt = detect_format(path)
     if path.is_dir() and (latest := latest_run_checkpoint(path)) is not None:
         path = latest
+    model = read_model(fmt, path, image_size_hint, overrides)
+    record = preprocessing.for_format(fmt, path, model)
+    model.preprocessing = record.to_dict()
+    if getattr(model, "label_names", None) is None and record.label_names is not None:
+        model.label_names = list(record.label_names)
+    return model
+
+
+def read_model(fmt: str, path: Path, image_size_hint, overrides: dict) -> nn.Module:
     if fmt == "vitlab":
         return load_vitlab(path, **overrides)
     if fmt == "hf":

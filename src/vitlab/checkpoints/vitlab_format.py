@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..fileio import atomic_write, atomic_write_text
+from ..data.preprocessing import of_model
 from ..models import BiTConfig, ViTConfig
 from ..models.registry import build_model
 from .files import read_safetensors
@@ -33,8 +34,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, label_names: lis
         "architecture": "bit" if isinstance(cfg, BiTConfig) else "vit",
         "config": cfg.to_dict(),
         "label_names": label_names if label_names is not None else getattr(model, "label_names", None),
-        "preprocessing": preprocessing if preprocessing is not None else getattr(model, "preprocessing", None)
-        or {"normalisation": "minus_one_one"},
+        "preprocessing": preprocessing if preprocessing is not None else of_model(model).to_dict(),
     }
     if extra:
         meta.update(extra)

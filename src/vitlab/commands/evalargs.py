@@ -7,7 +7,6 @@ import json
 import math
 from pathlib import Path
 
-from ..evaluation.batches import model_image_size
 from ..runtime import Dist, resolve_precision, setup
 from . import common
 
@@ -47,10 +46,6 @@ def output_dir(args, checkpoint: str, what: str) -> Path:
         return Path(args.out)
     ckpt = Path(checkpoint)
     return ckpt / what if ckpt.is_dir() else ckpt.parent / f"{ckpt.stem}-{what}"
-
-
-def image_size_of(model, args) -> tuple[int, int]:
-    return model_image_size(model) if args.image_size is None else (args.image_size, args.image_size)
 
 
 def json_text(data) -> str:

@@ -24,8 +24,8 @@ def run(args) -> int:
         raise common.UsageError(f"--data {args.data} has {dataset.num_classes} classes but {args.checkpoint} predicts "
                          f"{model.num_classes}; evaluate a checkpoint fine-tuned on this data set")
     real = align_to_dataset(load_real_labels(args.real), dataset) if args.real else None
-    batches = EvalBatches(dataset, image_size=evalargs.image_size_of(model, args), batch_size=args.batch_size,
-                          preprocessing=model_preprocessing(model), rank=d.rank, world_size=d.world_size,
+    batches = EvalBatches(dataset, preprocessing=model_preprocessing(model), batch_size=args.batch_size,
+                          rank=d.rank, world_size=d.world_size,
                           num_workers=args.num_workers)
     result = evaluate(model, batches, device=d.device, precision=precision, real_labels=real, desc=f"eval {args.split}")
     result.update(checkpoint=str(args.checkpoint), data=args.data, split=args.split,

@@ -46,8 +46,8 @@ def run(args) -> int:
     seeds = list(range(args.seeds))
 
     def features(dataset, indices, desc):
-        batches = EvalBatches(dataset, image_size=evalargs.image_size_of(model, args), batch_size=args.batch_size,
-                              preprocessing=model_preprocessing(model), rank=d.rank, world_size=d.world_size,
+        batches = EvalBatches(dataset, preprocessing=model_preprocessing(model), batch_size=args.batch_size,
+                              rank=d.rank, world_size=d.world_size,
                               num_workers=args.num_workers, indices=indices)
         return extract_features(model, batches, device=d.device, precision=precision, desc=desc)
 

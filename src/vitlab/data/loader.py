@@ -24,7 +24,8 @@ from .config import DataConfig
 from .errors import BadImage, DataError
 from .randaugment import RandAugment
 from .shards import ShardDataset, ShardStream, batch_record
-from .transforms import CropResize, crop_flip_batch, normalize, resize_batch, sample_crop_boxes
+from .preprocessing import EvalImage, from_data_config
+from .transforms import CropResize, crop_flip_batch, sample_crop_boxes
 
 log = logging.getLogger(__name__)
 MAX_RETRIES = 50  # replacement draws for an unreadable training image before giving up
@@ -77,7 +78,8 @@ class Loader:
         self.streamed = isinstance(dataset, ShardDataset)
         use_randaugment = train and cfg.randaugment_n > 0
         self.batched = isinstance(dataset, ArrayDataset) and not use_randaugment
-        self.transform = CropResize(
+        self.record = from_data_config(cfg)  # evaluation: the transform saved with checkpoints, used by commands
+        self.transform = EvalImage(self.record) if not train else CropResize(
             cfg.image_size, cfg.in_chans, train=train, inception_crop=cfg.inception_crop, area=cfg.crop_area,
             aspect=cfg.crop_aspect, flip=cfg.flip, resize_crop=cfg.resize_crop, crop_fraction=cfg.crop_fraction,
             randaugment=RandAugment(cfg.randaugment_n, cfg.randaugment_m, cfg.randaugment_mstd) if use_randaugment else None)
@@ -175,17 +177,18 @@ class Loader:
         for b in range(self.batch, len(self)):
             sel = indices[b * self.batch_size : (b + 1) * self.batch_size]
             rng = np.random.default_rng(self._key(b))
-            x = images[torch.as_tensor(sel, device=self.device)].float()
+            x = images[torch.as_tensor(sel, device=self.device)]
             if self.train:
+                x = x.float()
                 if cfg.inception_crop:
                     boxes = sample_crop_boxes(rng, len(sel), height, width, cfg.crop_area, cfg.crop_aspect)
                 else:
                     boxes = np.tile([0, 0, height, width], (len(sel), 1))
                 flips = rng.random(len(sel)) < 0.5 if cfg.flip else np.zeros(len(sel), bool)
-                x = crop_flip_batch(x, torch.as_tensor(boxes), torch.as_tensor(flips), size)
-            else:
-                x = resize_batch(x, size, cfg.resize_crop, cfg.crop_fraction)
-            x = match_channels(x, cfg.in_chans)
+                x = match_channels(crop_flip_batch(x, torch.as_tensor(boxes), torch.as_tensor(flips), size),
+                                   cfg.in_chans)
+            else:  # as every command evaluates: channels, then the record's crop and resize
+                x = self.record.geometry(match_channels(x, cfg.in_chans))
             self.batch = b + 1
             yield self._finish(x, ds.labels[torch.as_tensor(sel)], rng)
 
@@ -249,7 +252,7 @@ class Loader:
     def _finish(self, x: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator):
         """Device side: float, normalise, then (training) random erasing, soft targets, Mixup/CutMix."""
         cfg = self.cfg
-        x = normalize(x.to(self.device, non_blocking=True), cfg.normalize, cfg.mean, cfg.std)
+        x = self.record.normalise(x.to(self.device, non_blocking=True))
         y = labels.to(self.device, non_blocking=True)
         if not self.train:
             return x, y

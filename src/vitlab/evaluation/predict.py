@@ -11,7 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from ..runtime import autocast
-from .batches import model_image_size, model_preprocessing, normalise, resize
+from .batches import model_preprocessing
 
 IMAGENET1K_CLASSES = "imagenet1k_classes.txt"
 
@@ -72,9 +72,9 @@ def predict_files(model: nn.Module, paths, *, topk: int = 5, batch_size: int = 3
     """[{"file", "predictions": [{"label", "index", "probability"}, ...]} or {"file", "error"}] per path, in order."""
     device = torch.device(device)
     model = model.eval().to(device)
-    size = image_size or model_image_size(model)
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    preprocessing, names = model_preprocessing(model), label_names(model)
+    record, names = model_preprocessing(model), label_names(model)
+    if image_size is not None:
+        record = record.replace(image_size=image_size)
     in_chans = model.config.in_chans
     k = min(topk, model.num_classes)
     results = []
@@ -82,13 +82,13 @@ def predict_files(model: nn.Module, paths, *, topk: int = 5, batch_size: int = 3
         chunk, images = [], []
         for path in paths[start:start + batch_size]:
             try:
-                images.append(resize(read_image(path, in_chans), size))
+                images.append(record.geometry(read_image(path, in_chans)))
                 chunk.append(str(path))
             except ValueError as e:
                 results.append({"file": str(path), "error": str(e)})
         if not images:
             continue
-        x = normalise(torch.stack(images), preprocessing).to(device)
+        x = record.normalise(torch.stack(images)).to(device)
         with autocast(device, precision):
             logits = model(x)
         for path, best in zip(chunk, top_predictions(logits.float().softmax(dim=1), names, k)):

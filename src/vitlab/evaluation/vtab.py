@@ -24,7 +24,8 @@ from ..data.errors import DataError
 from ..errors import UsageError
 from ..training.config import DistributedConfig, OptimConfig, ScheduleConfig, TrainConfig, TrainSettings
 from ..training.trainer import TrainResult, train
-from .batches import EvalBatches, model_preprocessing, normalise
+from ..data.preprocessing import Preprocessing
+from .batches import EvalBatches, model_preprocessing
 from .metrics import evaluate
 
 GROUPS = ("natural", "specialized", "structured")
@@ -72,10 +73,11 @@ def split_1k(num_train: int, train_images: int = 800, val_images: int = 200, see
     return np.sort(chosen[:train_images]), np.sort(chosen[train_images:])
 
 
-def load_uint8(dataset, indices, image_size) -> tuple[torch.Tensor, torch.Tensor]:
-    """The chosen images, resized, held in memory as uint8 (N, C, H, W), with their labels."""
+def load_uint8(dataset, indices, record: Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen images, cropped and resized as `record` says, held in memory as uint8 (N, C, H, W), with their
+    labels."""
     images, labels = [], []
-    for x, y, _ in EvalBatches(dataset, image_size=image_size, batch_size=100, indices=indices, raw=True):
+    for x, y, _ in EvalBatches(dataset, preprocessing=record, batch_size=100, indices=indices, raw=True):
         images.append(x.round().clamp(0, 255).to(torch.uint8))
         labels.append(y)
     return torch.cat(images), torch.cat(labels)
@@ -89,7 +91,7 @@ class MemoryBatches:
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_size: int, *,
-                 preprocessing: dict, device, train: bool, flip: bool = False, seed: int = 0):
+                 preprocessing: Preprocessing, device, train: bool, flip: bool = False, seed: int = 0):
         self.device = torch.device(device)
         self.images, self.labels = images.to(self.device), labels.to(self.device)
         self.num_classes, self.batch_size, self.preprocessing = num_classes, batch_size, preprocessing
@@ -103,11 +105,11 @@ class MemoryBatches:
         if not self.train:
             for start in range(0, len(self.images), self.batch_size):
                 part = slice(start, start + self.batch_size)
-                yield normalise(self.images[part].float(), self.preprocessing), self.labels[part]
+                yield self.preprocessing.normalise(self.images[part]), self.labels[part]
             return
         while True:
             part = torch.randint(len(self.images), (self.batch_size,), generator=self.generator).to(self.device)
-            x = normalise(self.images[part].float(), self.preprocessing)
+            x = self.preprocessing.normalise(self.images[part])
             if self.flip:
                 flip = (torch.rand(len(part), generator=self.generator) < 0.5).to(self.device)
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -138,7 +140,7 @@ def finetune_config(settings: VTABSettings, run_dir, *, device="cpu", precision:
 
 
 def finetune(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images: torch.Tensor,
-             val_labels: torch.Tensor, settings: VTABSettings, *, preprocessing: dict, device="cpu",
+             val_labels: torch.Tensor, settings: VTABSettings, *, preprocessing: Preprocessing, device="cpu",
              precision: str = "fp32", work_dir=None) -> TrainResult:
     """Fine-tune on in-memory uint8 images with the paper's recipe, through the Trainer (in a temporary run
     directory under `work_dir`); the result's last_accuracy is the validation accuracy."""
@@ -160,14 +162,15 @@ def finetune(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_i
 def run_task(model: nn.Module, train_dataset, test_dataset, settings: VTABSettings, *, device="cpu",
              precision: str = "fp32", eval_batch_size: int = 256, progress: bool = True, work_dir=None) -> dict:
     """Fine-tune `model` (already given a head for the task's classes) on the 800 and report val/test accuracy."""
-    size = settings.image_size or model.config.image_size
     preprocessing = model_preprocessing(model)
+    if settings.image_size:
+        preprocessing = preprocessing.replace(image_size=settings.image_size)
     train_idx, val_idx = split_1k(len(train_dataset), settings.train_images, settings.val_images, settings.seed)
-    images, labels = load_uint8(train_dataset, train_idx, size)
-    val_images, val_labels = load_uint8(train_dataset, val_idx, size)
+    images, labels = load_uint8(train_dataset, train_idx, preprocessing)
+    val_images, val_labels = load_uint8(train_dataset, val_idx, preprocessing)
     result = finetune(model, images, labels, val_images, val_labels, settings, preprocessing=preprocessing,
                       device=device, precision=precision, work_dir=work_dir)
-    batches = EvalBatches(test_dataset, image_size=size, batch_size=eval_batch_size, preprocessing=preprocessing)
+    batches = EvalBatches(test_dataset, preprocessing=preprocessing, batch_size=eval_batch_size)
     test = evaluate(model, batches, device=device, precision=precision, ks=(1,), progress=progress, desc="test")
     return {"val_accuracy": result.last_accuracy, "test_accuracy": test["top1"], "num_train": len(train_idx),
             "num_val": len(val_idx), "num_test": test["num_samples"], "final_loss": result.losses[-1],

@@ -1,4 +1,5 @@
-"""Getting images into a model for inspection: files or a data set -> uint8 tensors -> normalised input."""
+"""Getting images into a model for inspection: files or a data set -> uint8 tensors -> normalised input, by the
+checkpoint's preprocessing record (the evaluation transform every command uses); the uint8 images are drawn."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from ..data import BadImage, DataConfig, DataError
 from ..data.images import decode
+from ..data.preprocessing import of_model
 
 MAX_PIXELS = DataConfig.max_pixels  # larger images are refused as decompression bombs
 
@@ -28,10 +30,15 @@ def load_image_files(paths: Iterable[str | Path], model: nn.Module, max_pixels: 
             warnings.warn(f"skipping an image that cannot be read: {e}", stacklevel=2)
             skipped.append(str(e))
             continue
-        images.append(resize(tensor, model.config.image_hw))
+        images.append(to_model_input_size(tensor, model))
     if not images:
         raise DataError("no readable image files" + (f" ({'; '.join(skipped)})" if skipped else " given"))
     return torch.stack(images)
+
+
+def to_model_input_size(image: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """uint8 (C, H, W) cropped and resized as the model's preprocessing record says, still uint8 (to be drawn)."""
+    return of_model(model).geometry(image).round().clamp(0, 255).to(torch.uint8)
 
 
 def resize(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
@@ -49,7 +56,7 @@ def dataset_batches(dataset, model: nn.Module, num_images: int,
     names = getattr(dataset, "class_names", None)
     images, captions = [], []
     for i, (image, label) in enumerate(itertools.islice(readable(dataset), num_images)):
-        images.append(resize(image, model.config.image_hw))
+        images.append(to_model_input_size(image, model))
         captions.append(names[label] if names else f"#{i} label {label}")
         if len(images) == batch_size:
             yield torch.stack(images), captions
@@ -72,20 +79,5 @@ def readable(dataset) -> Iterator:
 
 
 def normalise(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    """uint8 images to the float input the model was trained on, per `model.preprocessing`.
-
-    The default, and the official checkpoints', is x / 127.5 - 1; {"normalisation": "mean_std", "mean": [...],
-    "std": [...]} gives (x / 255 - mean) / std.
-    """
-    spec = getattr(model, "preprocessing", None) or {}
-    kind = spec.get("normalisation", spec.get("normalize", "minus_one_one"))
-    x = images.float()
-    if kind == "minus_one_one":
-        return x / 127.5 - 1.0
-    if kind == "mean_std":
-        channels = images.shape[1]
-        mean = torch.as_tensor(spec["mean"], dtype=x.dtype).reshape(-1, 1, 1)[:channels]
-        std = torch.as_tensor(spec["std"], dtype=x.dtype).reshape(-1, 1, 1)[:channels]
-        return (x / 255.0 - mean) / std
-    raise ValueError(f"unknown preprocessing normalisation {kind!r} in the checkpoint "
-                     "(expected 'minus_one_one' or 'mean_std')")
+    """uint8 images to the float input the model was trained on, per its preprocessing record."""
+    return of_model(model).normalise(images)

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..checkpoints import load_pretrained
 from ..checkpoints.adapt import adapt_model, reset_head
+from ..data.preprocessing import from_data_config
 from ..fileio import atomic_write_text
 from ..models import create_model
 from ..runtime import Dist, all_reduce_floats, barrier, resolve_precision, setup, teardown
@@ -134,7 +135,7 @@ class Trainer:
         self.total_steps = settings.steps or math.ceil(
             settings.epochs * len(self.train_loader) / settings.accumulation_steps)
 
-        self.preprocessing = preprocessing_of(cfg)
+        self.preprocessing = from_data_config(cfg.data).to_dict()  # label names are added once known
         classes = head_classes(cfg.objective, self.num_classes)
         if model is None:
             model = initial_model(cfg, classes)
@@ -149,6 +150,7 @@ class Trainer:
                                         loss=cfg.loss)
         self.model_config = model.config
         self.label_names = getattr(self.train_loader, "class_names", None) if objective.reads_labels else None
+        self.preprocessing["label_names"] = self.label_names
         if cfg.model.grad_checkpointing:
             model.set_grad_checkpointing(True)
         if self.d.is_main:
@@ -398,14 +400,6 @@ def set_gradient_sync(network: nn.Module, enabled: bool) -> None:
     for module in network.children():
         if hasattr(module, "set_requires_gradient_sync"):
             module.set_requires_gradient_sync(enabled)
-
-
-def preprocessing_of(cfg: TrainConfig) -> dict:
-    data = cfg.data
-    if data.normalize == "mean_std":
-        return {"normalisation": "mean_std", "mean": list(data.mean), "std": list(data.std),
-                "image_size": data.image_size}
-    return {"normalisation": "minus_one_one", "image_size": data.image_size}
 
 
 def train(cfg: TrainConfig, *, loaders=None, model: nn.Module | None = None) -> TrainResult:
