@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..evaluation.batches import model_preprocessing, normalise, resize
+from ..data.preprocessing import Preprocessing, eval_transform
+from ..evaluation.batches import model_preprocessing
 from ..evaluation.predict import label_names
 from ..runtime import check_precision, pick_device, resolve_precision
 
@@ -34,12 +35,14 @@ class Engine:
     labels: list[str]
     in_chans: int
     image_hw: tuple[int, int]
-    preprocessing: dict
+    preprocessing: dict  # the checkpoint's preprocessing record (vitlab.data.preprocessing), as saved
     has_attention: bool = False
 
     def prepare(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 (C, H, W) -> the model's float input (C, h, w): resized and normalised as `predict` does."""
-        return normalise(resize(image, self.image_hw)[None], self.preprocessing)[0]
+        """uint8 (C, H, W) -> the model's float input (C, h, w): cropped, resized and normalised by the
+        checkpoint's preprocessing record, as `predict` and `eval` do."""
+        record = Preprocessing.from_dict(self.preprocessing).replace(image_size=self.image_hw, channels=self.in_chans)
+        return eval_transform(record)(image)
 
     def run(self, x: torch.Tensor, attention: bool = False) -> Output:
         raise NotImplementedError
@@ -73,7 +76,7 @@ class TorchEngine(Engine):
         self.checkpoint, self.model = Path(checkpoint), model
         self.device = pick_device(device)
         self.precision = serving_precision(precision, self.device)
-        self.labels, self.preprocessing = label_names(model), model_preprocessing(model)
+        self.labels, self.preprocessing = label_names(model), model_preprocessing(model).to_dict()
         self.in_chans, self.image_hw, self.grid = cfg.in_chans, cfg.image_hw, cfg.grid_size
         self.num_prefix_tokens = cfg.num_prefix_tokens
         model = model.to(self.device)
