@@ -35,9 +35,12 @@ def detect_format(path: str | Path) -> str:
         if is_hf_folder(path):
             return "hf"
         if (path / "config.json").is_file():
-            read_json(path / "config.json")  # names the file when it is not a JSON object
-            raise CheckpointError(f"{path / 'config.json'}: neither a vitlab config (\"format\": \"vitlab\") nor a "
-                                  "Hugging Face one (\"model_type\")")
+            meta = read_json(path / "config.json")  # names the file when it is not a JSON object
+            if "pretrained_cfg" in meta and (path / WEIGHTS_FILE).is_file():  # timm's Hub layout
+                return "timm"
+            raise CheckpointError(f"{path / 'config.json'}: neither a vitlab config (\"format\": \"vitlab\"), a "
+                                  "Hugging Face one (\"model_type\") nor timm's (\"pretrained_cfg\" beside "
+                                  "model.safetensors)")
         if (path / WEIGHTS_FILE).is_file():
             return "timm"
         raise CheckpointError(f"{path}: not a checkpoint folder (no config.json); give a vitlab run or checkpoint "
