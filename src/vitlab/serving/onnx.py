@@ -7,6 +7,8 @@ cannot: label names, preprocessing, input size and the model card, so `vitlab se
 
 int8 is onnxruntime's dynamic quantisation: MatMul/Gemm weights stored as int8 (per output channel), the
 activations quantised on the fly per batch; everything else (attention softmax, LayerNorm, GELU) stays fp32.
+Before quantising, onnxruntime's transformer optimiser fuses residual-add + LayerNorm and bias + GELU into its
+CPU kernels (the quantised graph no longer matches those patterns at load time).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def export_onnx(model: nn.Module, destination: str | Path, *, quantize: str | No
         export_graph(_Logits(model), example, fp32, opset)
         with atomic_path(destination) as out:
             if quantize == "int8":
-                quantize_int8(fp32, Path(out))
+                quantize_int8(fuse_for_cpu(fp32, cfg), Path(out))
             else:
                 os.replace(fp32, out)
     write_sidecar(model, destination, precision=quantize or "fp32", opset=opset, source=source)
@@ -79,11 +81,34 @@ def export_graph(module: nn.Module, example: torch.Tensor, path: Path, opset: in
                           do_constant_folding=True, dynamo=False)
 
 
+def fuse_for_cpu(path: Path, cfg) -> Path:
+    """onnxruntime's transformer fusions (SkipLayerNormalization, BiasGelu), written beside `path`."""
+    import logging
+
+    from onnxruntime.transformers import optimizer
+
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    fused = optimizer.optimize_model(str(path), model_type="vit", num_heads=cfg.num_heads, hidden_size=cfg.width,
+                                     opt_level=1)
+    out = path.with_name(path.stem + "-fused.onnx")
+    fused.save_model_to_file(str(out))
+    return out
+
+
 def quantize_int8(source: Path, destination: Path) -> None:
+    import logging
+
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(source, destination, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
-                     per_channel=True)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quiet its root-logger hint to "pre-process first" (fuse_for_cpu did)
+    try:
+        quantize_dynamic(source, destination, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
+                         per_channel=True, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        root.setLevel(level)
 
 
 def write_sidecar(model: nn.Module, onnx_path: Path, *, precision: str, opset: int, source=None) -> Path:
