@@ -295,3 +295,25 @@ def test_serve_command_refuses_a_bad_checkpoint_in_one_line(tmp_path, capsys):
     assert main(["serve", "--checkpoint", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("vitlab serve:") and "missing" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("overrides", [dict(classifier="gap", reg_tokens=2), dict(attention="axial"),
+                                       dict(distill_token=True)])
+def test_attention_maps_of_other_vit_variants(tmp_path, overrides):
+    engine = TorchEngine(tiny_checkpoint(tmp_path / "ckpt", **overrides), device="cpu", precision="fp32")
+    out = engine.run(torch.stack([engine.prepare(torch.full((3, 16, 16), 9, dtype=torch.uint8))] * 2), attention=True)
+    assert out.rollout.shape == (2, 2, 2) and out.heads.shape == (2, 2, 2, 2)
+    assert out.probabilities.sum(1).tolist() == pytest.approx([1, 1])
+
+
+def test_a_bit_resnet_is_served_without_attention(tmp_path):
+    from vitlab import create_model, save_pretrained
+
+    model = create_model("BiT-R50x1", layers=(1, 1, 1, 1), num_classes=3, image_size=32)
+    engine = TorchEngine(save_pretrained(model, tmp_path / "bit"), device="cpu", precision="fp32")
+    assert not engine.has_attention and engine.card()["name"].startswith("BiT ResNet, units (1, 1, 1, 1)")
+    with serving(create_app(engine)) as port:
+        status, _, body = predict_raw(port, image_bytes(0))
+        assert status == 200 and len(body[0]["predictions"]) == 3
+        status, _, body = predict_raw(port, image_bytes(0), "?rollout=base64")
+        assert status == 400 and "cannot show attention" in body["error"]

@@ -18,7 +18,9 @@ from vitlab.serving.onnx import export_onnx, load_session, read_sidecar
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(classifier="gap"), dict(representation_size=16, in_chans=1),
-                                       dict(image_size=(16, 24), gelu="tanh")])
+                                       dict(image_size=(16, 24), gelu="tanh"), dict(attention="axial"),
+                                       dict(posemb="relative", classifier="map", reg_tokens=2),
+                                       dict(distill_token=True, layer_scale=0.1)])
 def test_onnxruntime_matches_torch_within_1e4(tmp_path, overrides):
     model = create_model("ViT-Ti/16", **tiny(patch_size=8, image_size=overrides.pop("image_size", 16), **overrides))
     torch.nn.init.normal_(model.head.weight, std=0.5)

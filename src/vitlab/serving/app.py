@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect
 from ..evaluation.predict import top_predictions
 from .batching import Batcher
 from .card import curves_path
-from .engine import Engine
+from .engine import Engine, TorchEngine
 from .errors import RequestError
 from .images import ImageLimits, decode_image
 from .overlays import data_url, head_maps, rollout_overlay
@@ -96,7 +96,7 @@ def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
 
     @app.get("/v1/model/training_curves.png")
     async def training_curves():
-        path = curves_path(engine.checkpoint) if hasattr(engine, "model") else None
+        path = curves_path(engine.checkpoint) if isinstance(engine, TorchEngine) else None
         if path is None:
             raise RequestError(404, "this checkpoint has no training curves (not inside a vitlab train run)")
         return FileResponse(path, media_type="image/png")
@@ -109,8 +109,8 @@ def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
             raise RequestError(400, f"rollout=png answers one image; this request has {len(uploads)}")
         want_attention = rollout != "none"
         if want_attention and not engine.has_attention:
-            raise RequestError(400, "this model cannot show attention (an ONNX export has logits only); "
-                                    "ask without rollout")
+            raise RequestError(400, "this model cannot show attention (a ResNet, or an ONNX export, which has "
+                                    "logits only); ask without rollout")
 
         def decode(name, data):
             with decoding:

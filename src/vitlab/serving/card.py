@@ -84,13 +84,22 @@ def onnx_model_card(engine) -> dict:
             "has_attention": engine.has_attention, "run": side.get("run")}
 
 
-def describe(cfg) -> str:
-    """'ViT-Ti/16 at 224x224 px' where the shape is one of the paper's, else its width, depth, heads and patch."""
-    from ..models.registry import MODELS
+SHAPE_FIELDS = ("width", "depth", "mlp_dim", "num_heads", "patch_size", "resnet_layers", "attention", "layers",
+                "width_factor")
 
-    h, w = cfg.image_hw
-    for name, entry in MODELS.items():
-        if not entry.get("bit") and all(getattr(cfg, k) == v for k, v in entry.items()):
+
+def describe(cfg) -> str:
+    """'ViT-Ti/16 at 224x224 px' where the shape is a registered one, else its width, depth, heads and patch."""
+    from ..models.registry import list_models, model_config
+
+    fields = cfg.to_dict()
+    size = fields.get("image_size", 224)
+    h, w = (size, size) if isinstance(size, int) else size
+    for name in list_models():
+        ref = model_config(name).to_dict()
+        if all(fields.get(k) == ref[k] for k in SHAPE_FIELDS if k in ref):
             return f"{name} at {h}x{w} px"
+    if "layers" in fields:
+        return f"BiT ResNet, units {tuple(fields['layers'])}, width x{fields['width_factor']}, {h}x{w} px"
     return (f"ViT, width {cfg.width}, depth {cfg.depth}, {cfg.num_heads} heads, MLP {cfg.mlp_dim}, "
             f"patch {cfg.patch_size}, {h}x{w} px")

@@ -63,22 +63,23 @@ def serving_precision(precision: str, device: torch.device) -> str:
 
 
 class TorchEngine(Engine):
-    has_attention = True
+    """Any checkpoint vitlab loads; attention maps for a Vision Transformer (not for a BiT ResNet)."""
 
-    def __init__(self, checkpoint: str | Path, *, device: str | None = None, precision: str = "auto",
+    def __init__(self, checkpoint: str | Path, *, device: str | None = "auto", precision: str = "auto",
                  image_size: int | None = None):
         from ..checkpoints import load_pretrained
-        from ..inspection.attention import check_vit
+        from ..models import ViTConfig
         from ..models.fast import fast_inference
 
         model = load_pretrained(checkpoint, image_size=image_size).eval().requires_grad_(False)
-        cfg = check_vit(model)
+        cfg = model.config
         self.checkpoint, self.model = Path(checkpoint), model
         self.device = pick_device(device)
         self.precision = serving_precision(precision, self.device)
         self.labels, self.preprocessing = label_names(model), model_preprocessing(model).to_dict()
-        self.in_chans, self.image_hw, self.grid = cfg.in_chans, cfg.image_hw, cfg.grid_size
-        self.num_prefix_tokens = cfg.num_prefix_tokens
+        size = cfg.image_size  # the model's, which differs from the record's after image_size= resampling
+        self.in_chans, self.image_hw = cfg.in_chans, (size, size) if isinstance(size, int) else tuple(size)
+        self.has_attention = isinstance(cfg, ViTConfig)
         model = model.to(self.device)
         if self.precision != "fp32":
             fast = fast_inference(model, self.precision)  # weights cast once; bf16 on CPU: oneDNN-packed, GELU fused
@@ -91,13 +92,14 @@ class TorchEngine(Engine):
         from ..inspection.rollout import attention_rollout, class_attention
 
         x = x.to(self.device, self.dtype)
-        if not attention:
+        if not (attention and self.has_attention):
             return Output(self.net(x).float().softmax(dim=1).cpu())
         tokens, attentions = self.net.forward_features(x, return_attention=True)
         probabilities = self.net.forward_head(tokens).float().softmax(dim=1).cpu()
         attentions = [a.float().cpu() for a in attentions]
-        rollout = attention_rollout(attentions, self.num_prefix_tokens, self.grid)
-        heads = class_attention(attentions[-1], self.num_prefix_tokens, self.grid)
+        cfg = self.model.config
+        rollout = attention_rollout(attentions, cfg.num_prefix_tokens, cfg.grid_size, cfg.has_class_token)
+        heads = class_attention(attentions[-1], cfg.num_prefix_tokens, cfg.grid_size, cfg.has_class_token)
         return Output(probabilities, rollout, heads)
 
     def card(self) -> dict:

@@ -74,11 +74,17 @@ def export_graph(module: nn.Module, example: torch.Tensor, path: Path, opset: in
     """torch.onnx's TorchScript-based exporter, with a dynamic batch axis."""
     import warnings
 
+    from ..checkpoints import CheckpointError
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python-level shape checks
-        torch.onnx.export(module, (example,), str(path), input_names=[INPUT], output_names=[OUTPUT],
-                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=opset,
-                          do_constant_folding=True, dynamo=False)
+        try:
+            torch.onnx.export(module, (example,), str(path), input_names=[INPUT], output_names=[OUTPUT],
+                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=opset,
+                              do_constant_folding=True, dynamo=False)
+        except Exception as e:  # the exporter's own error classes; the message names the unsupported op
+            raise CheckpointError(f"cannot export this model to ONNX opset {opset}: "
+                                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
 def fuse_for_cpu(path: Path, cfg) -> Path:
