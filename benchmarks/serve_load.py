@@ -57,6 +57,15 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def batching_stats(port: int) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        return json.loads(conn.getresponse().read())["batching"]
+    finally:
+        conn.close()
+
+
 def load(port: int, images: list[bytes], requests: int, clients: int, max_seconds: float) -> dict:
     latencies, errors, lock = [], [], threading.Lock()
     issued = iter(range(requests))
@@ -120,16 +129,13 @@ def main() -> int:
         with vitlab_serve(*serve_args) as (url, pid):
             port = int(url.rstrip("/").rsplit(":", 1)[1])
             load(port, images, 64, 8, 60)  # warm-up: first-call allocations and oneDNN kernel selection
-            before = rss_mib(pid)
+            before, counted = rss_mib(pid), batching_stats(port)
             result = load(port, images, args.requests, args.clients, args.max_seconds)
-            after = rss_mib(pid)
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            conn.request("GET", "/healthz")
-            stats = json.loads(conn.getresponse().read())["batching"]
-            conn.close()
+            after, stats = rss_mib(pid), batching_stats(port)
+        batches, batched = stats["batches"] - counted["batches"], stats["images"] - counted["images"]
         row = {"max_batch": max_batch, "window_ms": args.window_ms, "clients": args.clients, **result,
                "rss_before_mib": round(before, 1), "rss_after_mib": round(after, 1),
-               "mean_batch": stats["mean_batch"], "largest_batch": stats["largest_batch"],
+               "mean_batch": round(batched / max(batches, 1), 2), "largest_batch": stats["largest_batch"],
                "load_average": os.getloadavg()}
         rows.append(row)
         print(json.dumps(row), flush=True)
