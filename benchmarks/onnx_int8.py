@@ -37,7 +37,7 @@ def onnx_runner(session):
 
 def accuracy(checkpoint: str, workdir: Path, batch_size: int, threads: int) -> dict:
     from vitlab.evaluation import EvalBatches
-    from vitlab.evaluation.batches import model_image_size, model_preprocessing
+    from vitlab.evaluation.batches import model_preprocessing
 
     model = vitlab.load_pretrained(checkpoint).eval()
     from vitlab.data import build_dataset
@@ -49,8 +49,7 @@ def accuracy(checkpoint: str, workdir: Path, batch_size: int, threads: int) -> d
                **{f"onnx {k}": onnx_runner(load_session(p, threads)) for k, p in paths.items()}}
     correct = dict.fromkeys(runners, 0)
     total, parity = 0, 0.0
-    batches = EvalBatches(dataset, image_size=model_image_size(model), batch_size=batch_size,
-                          preprocessing=model_preprocessing(model))
+    batches = EvalBatches(dataset, preprocessing=model_preprocessing(model), batch_size=batch_size)
     with torch.inference_mode():
         for x, y, _ in batches:
             logits = {name: run(x).float() for name, run in runners.items()}
