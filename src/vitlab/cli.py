@@ -29,6 +29,7 @@ COMMANDS = {
     "predict": ("predict", "top-5 labels for image files"),
     "inspect": ("inspect", "the paper's figures of what a ViT learned"),
     "convert": ("convert", "convert a checkpoint between vitlab, hf, timm and npz formats"),
+    "download": ("download", "fetch pre-trained checkpoints (hf-hub:, URLs, official names) into the cache"),
     "bench": ("bench", "measure vitlab's training and inference throughput"),
     "serve": ("serve", "a web page and a JSON API in front of a checkpoint (pip install 'vitlab[serve]')"),
 }

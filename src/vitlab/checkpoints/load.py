@@ -5,6 +5,9 @@
                              -> "model_type": ...    -> hf (Hugging Face)
     .npz (zip of .npy)       -> npz_official (official and big_vision layouts)
     .safetensors/.pth/.bin   -> timm (or, with Hugging Face / vitlab names, a hint to pass the folder)
+    folder with config.json  -> "architecture": ...  -> timm (a timm Hub repository)
+
+A name or address (hf-hub:ORG/NAME, an http(s) URL, an official name) is fetched first (checkpoints/remote.py).
 """
 
 from __future__ import annotations
@@ -19,14 +22,16 @@ from .files import read_json, read_tensors, sniff
 from .hf import is_hf_folder, load_hf
 from .mapping import CheckpointError
 from .npz_official import load_official_npz
-from .timm import is_timm_state_dict, load_timm
+from .remote import resolve
+from .timm import is_timm_folder, is_timm_state_dict, load_timm, load_timm_folder
 from .vitlab_format import WEIGHTS_FILE, is_vitlab_checkpoint, load_vitlab
 
 def detect_format(path: str | Path) -> str:
     """'vitlab', 'hf', 'npz' or 'timm', from the file's contents (never from its name alone)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"checkpoint not found: {path} is not a file or folder, nor hf-hub:ORG/NAME, an "
+                                "http(s) URL or an official name (`vitlab models --pretrained` lists them)")
     if path.is_dir():
         if latest_run_checkpoint(path) is not None:
             return "vitlab"
@@ -66,7 +71,7 @@ def load_checkpoint(path: str | Path, image_size_hint=None, **overrides) -> nn.M
     `model.preprocessing` (a dict; `vitlab.data.preprocessing.of_model` reads it) and its `label_names`.
 
     `image_size_hint` tells a non-square resolution of a format that does not store it (npz, timm)."""
-    path = Path(path)
+    path = resolve(path)
     fmt = detect_format(path)
     if path.is_dir() and (latest := latest_run_checkpoint(path)) is not None:
         path = latest
@@ -85,6 +90,8 @@ def read_model(fmt: str, path: Path, image_size_hint, overrides: dict) -> nn.Mod
         return load_hf(path, **overrides)
     if fmt == "npz":
         return load_official_npz(path, image_size_hint=image_size_hint, **overrides)
+    if path.is_dir() and is_timm_folder(path):
+        return load_timm_folder(path, image_size_hint=image_size_hint, **overrides)
     file = path / WEIGHTS_FILE if path.is_dir() else path
     tensors = read_tensors(file)
     if not is_timm_state_dict(tensors):
@@ -95,7 +102,8 @@ def read_model(fmt: str, path: Path, image_size_hint, overrides: dict) -> nn.Mod
 
 def load_pretrained(path: str | Path, *, num_classes: int | None = None, image_size=None,
                     posemb_method: str = "official", keep_pre_logits: bool = False, **overrides) -> nn.Module:
-    """Load any supported checkpoint into a vitlab model.
+    """Load any supported checkpoint into a vitlab model: a local path, hf-hub:ORG/NAME[@REVISION], an
+    http(s) URL, or an official name (`ViT-B_16`, `imagenet21k+imagenet2012/R50+ViT-B_16`, AugReg file names).
 
     `image_size` other than the checkpoint's resamples the position embeddings (`posemb_method`: 'official' =
     scipy.ndimage.zoom(order=1) on the grid, or 'bicubic' / 'bilinear' as timm and HF do); `num_classes` other

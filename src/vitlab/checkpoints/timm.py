@@ -24,7 +24,7 @@ from torch import nn
 
 from ..fileio import atomic_write
 from ..models import ViTConfig, VisionTransformer
-from .files import read_tensors
+from .files import read_json, read_tensors
 from .mapping import (CheckpointError, Pair, add_class_slot, as_float32, checkpoint_image_size, config_with_overrides,
                       count_indexed, export_tensors, heads_for_width, is_square, load_into_model)
 
@@ -110,6 +110,39 @@ def load_timm(path: Path, tensors: dict[str, torch.Tensor] | None = None, image_
     cfg = config_with_overrides(infer_config(tensors, path, overrides.get("num_heads"), image_size_hint), overrides, path)
     model = load_into_model(cfg, tensors, timm_pairs(cfg), path, HINTS)
     model.label_names, model.preprocessing = None, None
+    return model
+
+
+TIMM_HEADS = {"tiny": 3, "small": 6, "medium": 8, "base": 12, "large": 16, "huge": 16, "giant": 16, "gigantic": 16}
+
+
+def is_timm_folder(path: Path) -> bool:
+    """A timm Hub repository: model.safetensors beside a config.json naming timm's `architecture`."""
+    config = Path(path) / "config.json"
+    return config.is_file() and "architecture" in read_json(config)
+
+
+def load_timm_folder(folder: Path, image_size_hint=None, **overrides) -> nn.Module:
+    """A timm Hub folder: the weights as a timm state dict, with what config.json adds (heads, resolution,
+    normalisation, label names)."""
+    meta = read_json(folder / "config.json")
+    pretrained_cfg = meta.get("pretrained_cfg") or {}
+    model_args = meta.get("model_args") or {}
+    size = re.search(r"vit_(\w+?)_", meta.get("architecture", ""))
+    heads = model_args.get("num_heads") or (TIMM_HEADS.get(size[1]) if size else None)
+    if heads and "num_heads" not in overrides:
+        overrides["num_heads"] = heads
+    if image_size_hint is None and "img_size" in model_args:
+        image_size_hint = model_args["img_size"]
+    elif image_size_hint is None and len(pretrained_cfg.get("input_size") or ()) == 3:
+        h, w = pretrained_cfg["input_size"][1:]
+        image_size_hint = h if h == w else (h, w)
+    model = load_timm(folder / "model.safetensors", image_size_hint=image_size_hint, **overrides)
+    if "mean" in pretrained_cfg and "std" in pretrained_cfg:
+        model.preprocessing = {"normalisation": "mean_std", "mean": list(pretrained_cfg["mean"]),
+                               "std": list(pretrained_cfg["std"])}
+    labels = meta.get("label_names")
+    model.label_names = list(labels) if labels and len(labels) == model.config.num_classes else None
     return model
 
 

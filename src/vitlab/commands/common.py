@@ -41,7 +41,8 @@ def add_alias(parser, old: str, new: str, dest: str, convert=None, **kwargs) -> 
 
 def add_checkpoint_args(parser, *, required: bool = True, group=None) -> None:
     (group or parser).add_argument("--checkpoint", required=required,
-                                   help="checkpoint: a vitlab run or folder, official .npz, timm or Hugging Face")
+                                   help="checkpoint: a vitlab run or folder, official .npz, timm or Hugging Face; "
+                                        "or hf-hub:ORG/NAME, an http(s) URL, an official name (vitlab models --pretrained)")
 
 
 def add_data_args(parser, *, required: bool = True, split: str | None = "test", spec_help: str | None = None) -> None:

@@ -10,6 +10,7 @@ import json
 
 from ..checkpoints import convert, detect_format
 from ..checkpoints.export import WRITERS
+from ..checkpoints.remote import resolve
 from . import common
 
 
@@ -49,6 +50,7 @@ def run(args) -> int:
         kwargs["image_size"] = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size[:2])
     if args.quantize and args.to != "onnx":
         raise common.UsageError("--quantize applies only to --to onnx")
+    source = resolve(source)  # hf-hub:, a URL or an official name: fetched into the cache
     fmt = detect_format(source)
     if args.to == "onnx":
         out, what = to_onnx(args, source, destination, kwargs), f"onnx{', int8' if args.quantize else ''}"

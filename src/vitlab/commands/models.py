@@ -13,6 +13,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a model setting for every ViT listed, e.g. --set posemb=relative --set "
                              "attention=axial (repeatable; BiT ResNets are then left out)")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="list the published checkpoints load_pretrained knows by name instead")
 
 
 def parse_settings(texts: list[str]) -> dict:
@@ -63,7 +65,31 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pretrained_rows(name_filter: str = "") -> list[dict]:
+    from ..checkpoints.pretrained import PRETRAINED
+
+    return [{"name": p.name, "source": p.source, "resolution": p.resolution, "imagenet_top1": p.accuracy,
+             "url": p.url} for p in PRETRAINED if name_filter.lower() in p.name.lower()]
+
+
+def format_pretrained(rows: list[dict]) -> str:
+    header = f"{'px':>4} {'top-1':>6}  {'source':<50} name"
+    lines = [header, "-" * 100]
+    for r in rows:
+        top1 = "-" if r["imagenet_top1"] is None else f"{r['imagenet_top1']:.2f}"
+        lines.append(f"{r['resolution']:>4} {top1:>6}  {r['source']:<50} {r['name']}")
+    lines.append("top-1: ImageNet accuracy as the publishers report it (for a pre-trained checkpoint: after fine-tuning "
+                 "at 384 px).\nAlso accepted: a bare ViT-B_16 (= imagenet21k/ViT-B_16), the AugReg model names (Ti_16, "
+                 "R26_S_32, ...) for the recommended\nImageNet-21k checkpoint, any AugReg file stem, hf-hub:ORG/NAME and "
+                 "http(s) URLs.")
+    return "\n".join(lines)
+
+
 def run(args) -> int:
+    if args.pretrained:
+        rows = pretrained_rows(args.filter)
+        print(json.dumps(rows, indent=2) if args.json else format_pretrained(rows))
+        return 0
     from ..errors import UsageError
     from ..training.config import ConfigError
 

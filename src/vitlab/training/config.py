@@ -478,11 +478,14 @@ def _check_checkpoint(key: str, init: str) -> dict | None:
     readable); returns a vitlab checkpoint's config.json."""
     from ..checkpoints import CheckpointError, detect_format
     from ..checkpoints.load import latest_run_checkpoint
+    from ..checkpoints.remote import is_remote
     from ..checkpoints.vitlab_format import read_config
 
     path = Path(init)
+    if not path.exists() and is_remote(init):
+        return  # hf-hub:, a URL or an official name: fetched (and checked) when training starts
     if not path.exists():
-        raise ConfigError(f"{key}: checkpoint not found: {init}")
+        raise ConfigError(f"{key}: checkpoint not found: {init} (nor hf-hub:ORG/NAME, a URL or an official name)")
     try:
         if detect_format(path) == "vitlab":
             return read_config(latest_run_checkpoint(path) or path)
