@@ -62,7 +62,7 @@ def test_a_complete_part_is_finished_without_a_new_body(server, tmp_path):
 
 
 def test_a_wrong_checksum_is_refused_and_nothing_is_left(server, tmp_path):
-    with pytest.raises(DownloadError, match="sha256 mismatch") as e:
+    with pytest.raises(DownloadError, match="checksum mismatch: expected sha256") as e:
         fetch(server, tmp_path, sha256="0" * 64)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "w.bin").exists() and not (tmp_path / "w.bin.part").exists()

@@ -148,4 +148,5 @@ def check(url: str, part: Path, *, expected_size: int | None, sha256: str | None
     for algorithm, expected in (("sha256", sha256), ("md5", md5)):
         if expected and (digest := file_digest(part, algorithm)) != expected.lower():
             part.unlink(missing_ok=True)
-            raise DownloadError(f"{url}: {algorithm} mismatch (expected {expected}, got {digest}); file refused")
+            raise DownloadError(f"{url}: checksum mismatch: expected {algorithm} {expected}, got {digest}; "
+                                "file refused")

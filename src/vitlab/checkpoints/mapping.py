@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import VitlabError
 from ..models import ViTConfig, VisionTransformer
+from ..models.resnet import resnet_stride
 
 
 class CheckpointError(VitlabError, ValueError):
@@ -129,6 +130,16 @@ def checkpoint_image_size(rows: int, stride: int, source: str | Path, key: str, 
         raise CheckpointError(f"{source}: {key!r} has {rows} patch rows, which is not a square grid; pass "
                               "image_size=(height, width) of the resolution it was trained at")
     return side * stride
+
+
+def width_factor(root_channels: int) -> int | float:
+    """The ResNet width factor from the root conv's output channels (the official `width = int(64 * factor)`)."""
+    return root_channels // 64 if root_channels % 64 == 0 else root_channels / 64
+
+
+def token_stride(patch_size: int, resnet_layers: tuple | None) -> int:
+    """Input pixels per token side: the patch, times the ResNet's stride for a hybrid (zero stages included)."""
+    return patch_size if resnet_layers is None else patch_size * resnet_stride(resnet_layers)
 
 
 def is_square(n: int) -> bool:

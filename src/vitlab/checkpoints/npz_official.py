@@ -30,7 +30,7 @@ from ..models import ViTConfig
 from .big_vision import is_big_vision, to_official_names  # big_vision is the same Flax model, renamed
 from .files import read_npz
 from .mapping import (CheckpointError, Pair, checkpoint_image_size, config_with_overrides, count_indexed,
-                      export_tensors, load_into_model)
+                      export_tensors, load_into_model, token_stride, width_factor)
 
 BLOCK = "Transformer/encoderblock_{}/"
 ATTN, LN1, LN2, MLP = "MultiHeadDotProductAttention_1", "LayerNorm_0", "LayerNorm_2", "MlpBlock_3"
@@ -149,8 +149,8 @@ def infer_config(t: dict[str, torch.Tensor], path: Path, image_size_hint=None) -
         stages = count_indexed(t, "block{}/unit1/conv1/kernel", start=1)
         cfg.update(resnet_layers=tuple(count_indexed(t, f"block{s}/unit{{}}/conv1/kernel", start=1)
                                        for s in range(1, stages + 1)),
-                   resnet_width=t["conv_root/kernel"].shape[3] // 64, in_chans=t["conv_root/kernel"].shape[2])
-    stride = ViTConfig(patch_size=cfg["patch_size"], resnet_layers=cfg.get("resnet_layers")).stride
+                   resnet_width=width_factor(t["conv_root/kernel"].shape[3]), in_chans=t["conv_root/kernel"].shape[2])
+    stride = token_stride(cfg["patch_size"], cfg.get("resnet_layers"))
     prefix = 1 if cfg["classifier"] == "token" else 0
     cfg["image_size"] = checkpoint_image_size(t[POSEMB].shape[1] - prefix, stride, path, POSEMB, image_size_hint)
     return cfg

@@ -26,7 +26,8 @@ from ..fileio import atomic_write
 from ..models import ViTConfig, VisionTransformer
 from .files import read_json, read_tensors
 from .mapping import (CheckpointError, Pair, add_class_slot, as_float32, checkpoint_image_size, config_with_overrides,
-                      count_indexed, export_tensors, heads_for_width, is_square, load_into_model)
+                      count_indexed, export_tensors, heads_for_width, is_square, load_into_model,
+                      token_stride, width_factor)
 
 RENAMES = (  # (ours, timm) as regular expressions on the key
     (r"^pre_logits\.", "pre_logits.fc."),
@@ -85,7 +86,7 @@ def infer_config(t: dict[str, torch.Tensor], path: Path, num_heads: int | None, 
         cfg.update(TIMM_HYBRID_EPS,
                    resnet_layers=tuple(count_indexed(t, f"{stem}stages.{s}.blocks.{{}}.conv1.weight")
                                        for s in range(stages)),
-                   resnet_width=t[stem + "stem.conv.weight"].shape[0] // 64,
+                   resnet_width=width_factor(t[stem + "stem.conv.weight"].shape[0]),
                    in_chans=t[stem + "stem.conv.weight"].shape[1])
     stride = infer_stride(t)
     if "pos_embed" not in t:
@@ -157,8 +158,10 @@ def lacks_class_row(rows: int, image_size_hint, tensors: dict) -> bool:
 
 def infer_stride(tensors: dict) -> int:
     patch = tensors["patch_embed.proj.weight"].shape[-1]
+    if "patch_embed.backbone.stem.conv.weight" not in tensors:
+        return patch
     stages = count_indexed(tensors, "patch_embed.backbone.stages.{}.blocks.0.conv1.weight")
-    return ViTConfig(patch_size=patch, resnet_layers=(1,) * stages if stages else None).stride
+    return token_stride(patch, (1,) * stages)
 
 
 def timm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

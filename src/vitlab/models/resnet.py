@@ -129,17 +129,31 @@ def make_stages(unit: type, layers: Sequence[int], width: int) -> nn.Sequential:
 
 
 def resnet_stride(layers: Sequence[int]) -> int:
-    """Root conv (2) x max-pool (2) x one stride-2 stage per stage after the first."""
-    return 4 * 2 ** (len(layers) - 1)
+    """Root conv (2) x max-pool (2) x one stride-2 stage per stage after the first (zero stages: the root alone)."""
+    return 4 * 2 ** max(len(layers) - 1, 0)
+
+
+def root_width(width_factor: float) -> int:
+    """The official code's `int(64 * width_factor)`: any factor, whole or not (0.5 -> 32 channels)."""
+    width = int(64 * width_factor)
+    if width < 32 or width % 32:
+        raise ValueError(f"ResNet width factor {width_factor} gives {width} root channels; GroupNorm(32) needs a "
+                         "positive multiple of 32")
+    return width
+
+
+def stages_out_chans(layers: Sequence[int], width: int) -> int:
+    """Channels of the last feature map: the root's width with no stages, else 4 x the last stage's middle."""
+    return 4 * width * 2 ** (len(layers) - 1) if len(layers) else width
 
 
 class HybridStem(nn.Module):
     """The R50 of the official R50+ViT hybrid, up to its last stage's feature map."""
 
-    def __init__(self, layers: Sequence[int], width_factor: int = 1, in_chans: int = 3,
+    def __init__(self, layers: Sequence[int], width_factor: float = 1, in_chans: int = 3,
                  ws_eps: float = 1e-5, gn_eps: float = 1e-6, ws_eps_in_sqrt: bool = False):
         super().__init__()
-        width = 64 * width_factor
+        width = root_width(width_factor)
         self.root = RootBlock(in_chans, width, post_activation=True)
         self.stages = make_stages(Bottleneck, layers, width)
         for m in self.modules():  # checkpoints from other code (timm) were trained with other epsilons
@@ -147,7 +161,7 @@ class HybridStem(nn.Module):
                 m.eps, m.eps_in_sqrt = ws_eps, ws_eps_in_sqrt
             elif isinstance(m, nn.GroupNorm):
                 m.eps = gn_eps
-        self.out_chans = 4 * width * 2 ** (len(layers) - 1)
+        self.out_chans = stages_out_chans(layers, width)
         self.stride = resnet_stride(layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,12 +171,12 @@ class HybridStem(nn.Module):
 class BiTResNet(nn.Module):
     """BiT's ResNet v2 classifier (pre-activation, GroupNorm, weight standardisation)."""
 
-    def __init__(self, layers: Sequence[int], width_factor: int = 1, in_chans: int = 3, num_classes: int = 1000, **_):
+    def __init__(self, layers: Sequence[int], width_factor: float = 1, in_chans: int = 3, num_classes: int = 1000, **_):
         super().__init__()
-        width = 64 * width_factor
+        width = root_width(width_factor)
         self.root = RootBlock(in_chans, width, post_activation=False)
         self.stages = make_stages(PreActBottleneck, layers, width)
-        self.num_features = 4 * width * 2 ** (len(layers) - 1)
+        self.num_features = stages_out_chans(layers, width)
         self.norm = group_norm(self.num_features)
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
