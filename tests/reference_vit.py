@@ -130,9 +130,12 @@ def forward(params: dict, images_nchw: np.ndarray, flavour: str = "official", cl
 
 
 def random_official_params(seed=0, *, width=32, depth=2, heads=4, mlp_dim=64, patch=8, grid=(4, 4), classes=5,
-                           token=True, representation=None, hybrid_layers=None, in_chans=3,
+                           token=True, representation=None, hybrid_layers=None, hybrid_width=64, in_chans=3,
                            legacy_gn_shape=False) -> dict[str, np.ndarray]:
-    """Random float32 parameters with the official names and shapes (documented in vitlab's npz_official)."""
+    """Random float32 parameters with the official names and shapes (documented in vitlab's npz_official).
+
+    A hybrid has `hybrid_layers` units per stage (`()`: the root block alone) and a root of `hybrid_width`
+    channels (the official `int(64 * width_factor)`)."""
     rng = np.random.default_rng(seed)
     p = {}
 
@@ -148,12 +151,12 @@ def random_official_params(seed=0, *, width=32, depth=2, heads=4, mlp_dim=64, pa
         p[name + "/bias"] = rng.normal(0, 0.1, shape).astype(np.float32)
 
     embed_in = in_chans
-    if hybrid_layers:
-        dense("conv_root", 49 * in_chans, (7, 7, in_chans, 64))
-        norm("gn_root", 64)
-        c = 64
+    if hybrid_layers is not None:
+        dense("conv_root", 49 * in_chans, (7, 7, in_chans, hybrid_width))
+        norm("gn_root", hybrid_width)
+        c = hybrid_width
         for s, units in enumerate(hybrid_layers, start=1):
-            mid = 64 * 2 ** (s - 1)
+            mid = hybrid_width * 2 ** (s - 1)
             for u in range(1, units + 1):
                 b = f"block{s}/unit{u}/"
                 dense(b + "conv1", c, (1, 1, c, mid))

@@ -101,15 +101,19 @@ def read_model(fmt: str, path: Path, image_size_hint, overrides: dict) -> nn.Mod
 
 
 def load_pretrained(path: str | Path, *, num_classes: int | None = None, image_size=None,
-                    posemb_method: str = "official", keep_pre_logits: bool = False, **overrides) -> nn.Module:
+                    posemb_method: str = "official", keep_pre_logits: bool = False, patch_size: int | None = None,
+                    **overrides) -> nn.Module:
     """Load any supported checkpoint into a vitlab model: a local path, hf-hub:ORG/NAME[@REVISION], an
     http(s) URL, or an official name (`ViT-B_16`, `imagenet21k+imagenet2012/R50+ViT-B_16`, AugReg file names).
 
     `image_size` other than the checkpoint's resamples the position embeddings (`posemb_method`: 'official' =
     scipy.ndimage.zoom(order=1) on the grid, or 'bicubic' / 'bilinear' as timm and HF do); `num_classes` other
     than the checkpoint's replaces the head with a zero-initialised one and drops the pre-logits layer unless
-    `keep_pre_logits`. Other keyword arguments override the inferred config (e.g. `num_heads=`, `drop_path=`).
+    `keep_pre_logits`. `patch_size` other than the checkpoint's resizes the patch-embedding kernel by FlexiViT's
+    pseudo-inverse resize, keeping the token grid (the image size scales with the patch; `image_size`, if given
+    too, then resamples the grid). Other keyword arguments override the inferred config (e.g. `num_heads=`).
     """
-    model = load_checkpoint(path, image_size_hint=image_size, **overrides)
+    hint = image_size if patch_size is None else None  # the hint describes the checkpoint's own resolution
+    model = load_checkpoint(path, image_size_hint=hint, **overrides)
     return adapt_model(model, num_classes=num_classes, image_size=image_size, posemb_method=posemb_method,
-                       keep_pre_logits=keep_pre_logits)
+                       keep_pre_logits=keep_pre_logits, patch_size=patch_size)

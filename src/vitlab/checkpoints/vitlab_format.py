@@ -15,16 +15,21 @@ from ..models import BiTConfig, ViTConfig
 from ..models.registry import build_model
 from .files import read_safetensors
 from .mapping import CheckpointError, check_contents
+from .model_card import current_command, model_card
 
 FORMAT = "vitlab"
 VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "README.md"
 
 
 def save_pretrained(model: nn.Module, directory: str | Path, *, label_names: list[str] | None = None,
-                    preprocessing: dict | None = None, extra: dict | None = None) -> Path:
-    """Write `model` as directory/config.json + directory/model.safetensors (each written atomically)."""
+                    preprocessing: dict | None = None, extra: dict | None = None, metrics: dict | None = None,
+                    command: str | None = None) -> Path:
+    """Write `model` as directory/config.json + directory/model.safetensors + a README.md model card (each
+    written atomically). `metrics` (e.g. the run's accuracy) and `command` (default: this process's `vitlab`
+    command line, if it is one) go into the card."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = model.config
@@ -41,6 +46,10 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, label_names: lis
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
     atomic_write_text(directory / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
+    card = model_card(cfg, sum(t.numel() for t in tensors.values()), label_names=meta["label_names"],
+                      preprocessing=meta["preprocessing"], metrics=metrics,
+                      command=command if command is not None else current_command())
+    atomic_write_text(directory / CARD_FILE, card)
     return directory
 
 

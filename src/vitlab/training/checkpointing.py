@@ -109,7 +109,8 @@ def save(run_dir: Path, step: int, *, model, optimizer, ema, loader, trainer_sta
             partial.mkdir(parents=True)
         barrier()
         if d.is_main:
-            save_pretrained(WeightsSnapshot(model_config, model_sd, label_names, preprocessing), partial)
+            save_pretrained(WeightsSnapshot(model_config, model_sd, label_names, preprocessing), partial,
+                            metrics={"step": step, **trainer_state})  # the model card shows the run's metrics
             save_objective(partial, objective_record, objective_sd)
             if ema_sd is not None:
                 save_pretrained(WeightsSnapshot(model_config, ema_sd, label_names, preprocessing), partial / "ema")

@@ -1,0 +1,107 @@
+"""The README.md written beside a saved model: what a Hub user reads before loading it.
+
+It says what the model is (architecture and its settings, parameter count, resolution, classes), how to feed
+it (the preprocessing record saved with the weights), how it did (the metrics of the run that wrote it,
+where known), how it was made (the command) and how to load it. The front matter carries the Hub's
+metadata fields (library_name, tags, pipeline_tag).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+
+from ..models import BiTConfig, ViTConfig
+
+ARCHITECTURE_FIELDS = ("patch_size", "width", "depth", "mlp_dim", "num_heads", "image_size", "in_chans",
+                       "num_classes", "classifier", "representation_size", "resnet_layers", "resnet_width",
+                       "class_token", "distill_token", "reg_tokens", "layer_scale", "posemb", "fc_norm", "gelu",
+                       "layer_norm_eps", "qkv_bias", "width_factor", "layers")
+
+
+def current_command() -> str | None:
+    """The command line of this process when it is the `vitlab` program (or `python -m vitlab`)."""
+    argv = list(sys.argv)
+    if not argv or not argv[0]:
+        return None
+    program = argv[0].rsplit("/", 1)[-1]
+    if program == "vitlab" or argv[0].endswith(("vitlab/__main__.py", "vitlab/cli.py")):
+        return shlex.join(["vitlab", *argv[1:]])
+    return None
+
+
+def model_card(cfg, num_parameters: int, *, label_names=None, preprocessing=None, metrics: dict | None = None,
+               command: str | None = None, name: str | None = None) -> str:
+    kind = "BiT ResNet" if isinstance(cfg, BiTConfig) else ("hybrid ResNet + ViT" if getattr(
+        cfg, "resnet_layers", None) is not None else "Vision Transformer")
+    settings = {k: v for k, v in cfg.to_dict().items() if k in ARCHITECTURE_FIELDS and v not in (None, False, 0)
+                or k == "num_classes"}
+    if "resnet_layers" not in settings:
+        settings.pop("resnet_width", None)
+    title = name or f"vitlab {kind}"
+    lines = [
+        "---", "library_name: vitlab", "tags:", "- image-classification", "- vision-transformer", "- vitlab",
+        "pipeline_tag: image-classification", "---", "",
+        f"# {title}", "",
+        f"A {kind} (Dosovitskiy et al., *An Image is Worth 16x16 Words*, ICLR 2021) saved by vitlab in its "
+        "own format: `config.json` (architecture, label names, preprocessing) and `model.safetensors`.", "",
+        "## Architecture", "",
+        f"- parameters: {num_parameters:,}",
+        *(f"- {k}: {json.dumps(v) if isinstance(v, (list, tuple, dict)) else v}" for k, v in settings.items()),
+        "", "## Preprocessing", "",
+        describe_preprocessing(preprocessing, cfg), "",
+        "## Labels", "",
+        describe_labels(label_names, settings.get("num_classes")), "",
+        "## Metrics", "",
+        describe_metrics(metrics), "",
+        "## How it was made", "",
+        f"```bash\n{command}\n```" if command else "Not recorded (saved from Python, not by a `vitlab` command).",
+        "", "## Use", "",
+        "```python\nimport vitlab\n\nmodel = vitlab.load_pretrained(\"PATH_OR_hf-hub:ORG/NAME\").eval()\n"
+        "logits = model(images)  # (B, C, H, W), preprocessed as above\n```", "",
+        "Other formats: `vitlab convert PATH out --to hf|timm|npz`.", "",
+    ]
+    return "\n".join(lines)
+
+
+def describe_preprocessing(pre: dict | None, cfg) -> str:
+    size = getattr(cfg, "image_size", None)
+    where = f"Resize to {size} x {size} px" if isinstance(size, int) else (
+        f"Resize to {size[0]} x {size[1]} px" if size else "Resize to the model's resolution")
+    if not pre:
+        return f"{where}; pixels mapped to [-1, 1] (x / 127.5 - 1), the paper's preprocessing."
+    norm = pre.get("normalisation")
+    if norm == "mean_std":
+        how = f"pixels in [0, 1], minus mean {pre.get('mean')}, divided by std {pre.get('std')}"
+    elif norm == "minus_one_one":
+        how = "pixels mapped to [-1, 1] (x / 127.5 - 1), the paper's preprocessing"
+    else:
+        how = f"normalisation {norm!r}"
+    other = {k: v for k, v in pre.items() if k not in ("normalisation", "mean", "std")}
+    extra = "".join(f"; {k}: {json.dumps(v)}" for k, v in other.items())
+    return f"{where}; {how}{extra}. (Recorded in config.json under `preprocessing`.)"
+
+
+def describe_labels(label_names, num_classes) -> str:
+    if not num_classes:
+        return "None: a feature extractor (no classification head)."
+    if not label_names:
+        return f"{num_classes} classes, unnamed."
+    shown = ", ".join(map(str, label_names[:10])) + (", ..." if len(label_names) > 10 else "")
+    return f"{num_classes} classes: {shown}"
+
+
+def describe_metrics(metrics: dict | None) -> str:
+    if not metrics:
+        return "None recorded with these weights."
+    rows = ["| metric | value |", "|---|---|"]
+    for key, value in metrics.items():
+        if value is None or isinstance(value, (dict, list)):
+            continue
+        if isinstance(value, float):
+            shown = f"{100 * value:.2f}%" if "accuracy" in key and value <= 1 else f"{value:.4g}"
+        else:
+            shown = value
+        rows.append(f"| {key} | {shown} |")
+    return "\n".join(rows)
