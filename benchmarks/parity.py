@@ -50,7 +50,7 @@ def diffs(model, x, expected) -> tuple[float, float]:
 
 
 def hw(arch) -> tuple[int, int]:
-    stride = arch["patch"] * (4 * 2 ** (len(arch["hybrid_layers"]) - 1) if "hybrid_layers" in arch else 1)
+    stride = arch["patch"] * (4 * 2 ** max(len(arch["hybrid_layers"]) - 1, 0) if "hybrid_layers" in arch else 1)
     return arch["grid"][0] * stride, arch["grid"][1] * stride
 
 
@@ -84,6 +84,45 @@ def timm_rows(tmp: Path, vit: dict, hybrid: dict):
             ("tanh GELU", dict(gelu="tanh"))
         yield name, *diffs(load_pretrained(tmp / "t.safetensors"), x, expected), 1e-5, \
             wrong_what, np.abs(logits(load_pretrained(tmp / "t.safetensors", **wrong), x) - expected).max()
+
+
+def hybrid_rows(tmp: Path, vit: dict):
+    """Official hybrids of other depths and widths: zero stages (R+Ti/16), four (R26+S/32), width factor 0.5."""
+    for name, layers, root in (("hybrid, zero stages (R+Ti)", (), 64), ("hybrid, 4 stages (R26)", (1, 1, 1, 1), 64),
+                               ("hybrid, width factor 0.5", (1, 1), 32)):
+        arch = dict(vit, patch=1 if layers else 8, grid=(2, 2), hybrid_layers=layers, hybrid_width=root)
+        params = random_official_params(**arch)
+        np.savez(tmp / "h.npz", **params)
+        x = np.random.default_rng(1).uniform(-1, 1, (2, 3, *hw(arch))).astype(np.float32)
+        expected = reference(params, x)
+        wrong = load_pretrained(tmp / "h.npz", gn_eps=1e-5)
+        yield f"official .npz {name}", *diffs(load_pretrained(tmp / "h.npz"), x, expected), 1e-4, \
+            "GN eps 1e-5", np.abs(logits(wrong, x) - expected).max()
+
+
+def flexi_rows(tmp: Path, vit: dict):
+    """FlexiViT: the model at another patch size, on each patch resized likewise; pinv vs plain bilinear."""
+    from test_checkpoints_flexi import resize_each_patch
+
+    from vitlab.checkpoints.adapt import set_patch_size
+
+    params = random_official_params(**vit)
+    np.savez(tmp / "f.npz", **params)
+    x = torch.from_numpy(np.random.default_rng(1).uniform(-1, 1, (2, 3, *hw(vit))).astype(np.float32))
+    original = load_pretrained(tmp / "f.npz").eval()
+    with torch.no_grad():
+        expected = original(x)
+    p = vit["patch"]
+    for new in (p * 3 // 2, 2 * p, p // 2):
+        errors = {}
+        for method in ("pinv", "bilinear"):
+            model = load_pretrained(tmp / "f.npz").eval()
+            set_patch_size(model, new, method)
+            with torch.no_grad():
+                errors[method] = (model(resize_each_patch(x, p, new)) - expected).abs().max().item()
+        tol = 1e-4 if new > p else float("nan")  # downsampling loses information: no exact answer exists
+        yield f"FlexiViT patch {p} -> {new} (pinv)", errors["pinv"], float("nan"), tol, "bilinear kernel", \
+            errors["bilinear"]
 
 
 def hf_rows(tmp: Path, vit: dict):
@@ -120,9 +159,10 @@ def main() -> None:
           f"{'its Δ':>9}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for rows in (npz_rows(tmp, vit, hybrid), timm_rows(tmp, vit, hybrid), hf_rows(tmp, vit)):
+        for rows in (npz_rows(tmp, vit, hybrid), hybrid_rows(tmp, vit), timm_rows(tmp, vit, hybrid),
+                     hf_rows(tmp, vit), flexi_rows(tmp, vit)):
             for name, diff, diff64, tol, wrong_what, wrong in rows:
-                mark = "ok" if diff <= tol else "over"
+                mark = "ok" if diff <= tol else ("over" if tol == tol else "")
                 print(f"{name:<36} {diff:>14.2e} {diff64:>10.1e} {tol:>10.0e}   {wrong_what:<18} {wrong:>9.2e}  {mark}",
                       flush=True)
 
