@@ -44,7 +44,6 @@ def test_card_records_the_vitlab_command_that_wrote_it(tmp_path, monkeypatch):
 def test_training_checkpoints_carry_the_runs_metrics(tmp_path):
     import training_support as ts
 
-    ts.install_fake_data()
     from vitlab.training import from_dict, train
     from vitlab.training.config import validate
 
