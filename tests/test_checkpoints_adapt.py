@@ -151,9 +151,9 @@ def test_shape_mismatch_names_both_shapes(npz):
 
 def test_timm_features_outside_the_paper_are_named(tmp_path):
     model = vitlab.create_model("ViT-Ti/16", **tiny(patch_size=8, width=192, num_heads=3))
-    state_dict = dict(model.state_dict(), **{"blocks.0.ls1.gamma": torch.ones(192), "fc_norm.weight": torch.ones(192)})
+    state_dict = dict(model.state_dict(), **{"norm_pre.weight": torch.ones(192), "blocks.0.attn.q_norm.weight": torch.ones(64)})
     save_file(state_dict, str(tmp_path / "m.safetensors"))
-    with pytest.raises(CheckpointError, match="LayerScale.*not supported"):
+    with pytest.raises(CheckpointError, match="norm_pre.*query/key normalisation is not part"):
         load_pretrained(tmp_path / "m.safetensors")
 
 

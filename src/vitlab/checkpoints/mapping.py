@@ -146,10 +146,10 @@ def is_square(n: int) -> bool:
     return int(round(n ** 0.5)) ** 2 == n
 
 
-def add_class_slot(posemb: torch.Tensor) -> torch.Tensor:
-    """A zero row for the [class] token in front of a table that has none (big_vision, timm's no_embed_class):
-    adding zero to the class token is what those codes do by adding nothing."""
-    return torch.cat([posemb.new_zeros(1, 1, posemb.shape[2]), posemb], dim=1)
+def add_class_slot(posemb: torch.Tensor, rows: int = 1) -> torch.Tensor:
+    """Zero rows for the [class] (and distillation) token in front of a table that has none (big_vision, timm's
+    no_embed_class): adding zero to those tokens is what those codes do by adding nothing."""
+    return torch.cat([posemb.new_zeros(1, rows, posemb.shape[2]), posemb], dim=1)
 
 
 def count_indexed(keys: Iterable[str], template: str, start: int = 0) -> int:

@@ -35,9 +35,10 @@ from .mapping import (CheckpointError, Pair, checkpoint_image_size, config_with_
 BLOCK = "Transformer/encoderblock_{}/"
 ATTN, LN1, LN2, MLP = "MultiHeadDotProductAttention_1", "LayerNorm_0", "LayerNorm_2", "MlpBlock_3"
 POSEMB = "Transformer/posembed_input/pos_embedding"
+MAP_HEAD = "MAPHead_0"  # big_vision's attention-pooling head (pool_type="map")
 PREFIXES = ("", "opt/target/", "params/", "params/img/")  # bare; old flax optimiser checkpoints; big_vision
 OFFICIAL = dict(gelu="tanh", layer_norm_eps=1e-6, ws_eps=1e-5, gn_eps=1e-6)
-HINTS = {"MAPHead": "the MAP-head pooling of later big_vision models is not the paper's ViT and is not supported"}
+HINTS: dict[str, str] = {}
 
 
 # ---- layout conversions (each with its inverse) --------------------------------------------------------------
@@ -53,28 +54,47 @@ def dense_t(w):  # (out, in) <-> (in, out): its own inverse
     return w.t()
 
 
-def block_pairs(i: int, cfg: ViTConfig) -> list[Pair]:
+def attention_pairs(cfg: ViTConfig, theirs: str, ours: tuple[tuple[str, int, int], ...], out: str,
+                    bias: bool = True) -> list[Pair]:
+    """Flax attention (`theirs`/{query,key,value,out}) <-> our projections: `ours` gives, for query, key and
+    value in turn, (our Linear, which part of it, of how many parts); `out` our output Linear."""
     D, H = cfg.width, cfg.num_heads
     hd = D // H
-    ours, theirs = f"blocks.{i}.", BLOCK.format(i)
-    attn = theirs + ATTN + "/"
-    pairs = [
-        Pair(ours + "norm1.weight", theirs + LN1 + "/scale"), Pair(ours + "norm1.bias", theirs + LN1 + "/bias"),
-        Pair(ours + "norm2.weight", theirs + LN2 + "/scale"), Pair(ours + "norm2.bias", theirs + LN2 + "/bias"),
-        Pair(ours + "attn.proj.weight", attn + "out/kernel",
-             lambda w: w.t().reshape(H, hd, D), lambda k: k.reshape(D, D).t()),
-        Pair(ours + "attn.proj.bias", attn + "out/bias"),
-    ]
-    for j, name in enumerate(("query", "key", "value")):
-        pairs.append(Pair(ours + "attn.qkv.weight", attn + name + "/kernel",
-                          lambda w: w.t().reshape(D, H, hd), lambda k: k.reshape(D, D).t(), part=j, parts=3))
-        if cfg.qkv_bias:
-            pairs.append(Pair(ours + "attn.qkv.bias", attn + name + "/bias",
-                              lambda b: b.reshape(H, hd), lambda b: b.reshape(D), part=j, parts=3))
-    for n, fc in ((0, "fc1"), (1, "fc2")):
-        pairs.append(Pair(ours + f"mlp.{fc}.weight", theirs + f"{MLP}/Dense_{n}/kernel", dense_t, dense_t))
-        pairs.append(Pair(ours + f"mlp.{fc}.bias", theirs + f"{MLP}/Dense_{n}/bias"))
+    pairs = [Pair(out + ".weight", theirs + "out/kernel", lambda w: w.t().reshape(H, hd, D),
+                  lambda k: k.reshape(D, D).t()),
+             Pair(out + ".bias", theirs + "out/bias")]
+    for name, (linear, part, parts) in zip(("query", "key", "value"), ours):
+        pairs.append(Pair(linear + ".weight", theirs + name + "/kernel", lambda w: w.t().reshape(D, H, hd),
+                          lambda k: k.reshape(D, D).t(), part=part, parts=parts))
+        if bias:
+            pairs.append(Pair(linear + ".bias", theirs + name + "/bias", lambda b: b.reshape(H, hd),
+                              lambda b: b.reshape(D), part=part, parts=parts))
     return pairs
+
+
+def mlp_pairs(ours: str, theirs: str) -> list[Pair]:
+    pairs = []
+    for n, fc in ((0, "fc1"), (1, "fc2")):
+        pairs.append(Pair(f"{ours}.{fc}.weight", f"{theirs}/Dense_{n}/kernel", dense_t, dense_t))
+        pairs.append(Pair(f"{ours}.{fc}.bias", f"{theirs}/Dense_{n}/bias"))
+    return pairs
+
+
+def block_pairs(i: int, cfg: ViTConfig) -> list[Pair]:
+    ours, theirs = f"blocks.{i}.", BLOCK.format(i)
+    qkv = tuple((ours + "attn.qkv", j, 3) for j in range(3))
+    return [*norm_pairs(ours + "norm1", theirs + LN1), *norm_pairs(ours + "norm2", theirs + LN2),
+            *attention_pairs(cfg, theirs + ATTN + "/", qkv, ours + "attn.proj", bias=cfg.qkv_bias),
+            *mlp_pairs(ours + "mlp", theirs + MLP)]
+
+
+def map_head_pairs(cfg: ViTConfig) -> list[Pair]:
+    """big_vision's MAPHead: probe, attention (query from the probe, key/value from the tokens), LN, MLP."""
+    head = MAP_HEAD + "/"
+    projections = (("attn_pool.q", 0, 1), ("attn_pool.kv", 0, 2), ("attn_pool.kv", 1, 2))
+    return [Pair("attn_pool.latent", head + "probe"),
+            *attention_pairs(cfg, head + "MultiHeadDotProductAttention_0/", projections, "attn_pool.proj"),
+            *norm_pairs("attn_pool.norm", head + "LayerNorm_0"), *mlp_pairs("attn_pool.mlp", head + "MlpBlock_0")]
 
 
 def norm_pairs(ours: str, theirs: str) -> list[Pair]:
@@ -100,8 +120,9 @@ def hybrid_pairs(cfg: ViTConfig) -> list[Pair]:
 
 def official_pairs(cfg: ViTConfig) -> list[Pair]:
     pairs = [Pair("patch_embed.proj.weight", "embedding/kernel", conv_to_hwio, conv_from_hwio),
-             Pair("patch_embed.proj.bias", "embedding/bias"),
-             Pair("pos_embed", POSEMB)]
+             Pair("patch_embed.proj.bias", "embedding/bias")]
+    if getattr(cfg, "posemb", "learned_1d") == "learned_1d":  # sincos_2d is computed, not stored
+        pairs.append(Pair("pos_embed", POSEMB))
     if cfg.classifier == "token":
         pairs.append(Pair("cls_token", "cls"))
     if cfg.resnet_layers is not None:
@@ -109,6 +130,8 @@ def official_pairs(cfg: ViTConfig) -> list[Pair]:
     for i in range(cfg.depth):
         pairs += block_pairs(i, cfg)
     pairs += norm_pairs("norm", "Transformer/encoder_norm")
+    if cfg.classifier == "map":
+        pairs += map_head_pairs(cfg)
     if cfg.representation_size:
         pairs += [Pair("pre_logits.weight", "pre_logits/kernel", dense_t, dense_t), Pair("pre_logits.bias", "pre_logits/bias")]
     if cfg.num_classes:
@@ -133,7 +156,7 @@ def infer_config(t: dict[str, torch.Tensor], path: Path, image_size_hint=None) -
         raise CheckpointError(f"{path}: 'embedding/kernel' has shape {tuple(kernel.shape)}, not (P, P, C, D)")
     cfg = dict(OFFICIAL, patch_size=kernel.shape[0], width=kernel.shape[3], in_chans=kernel.shape[2])
     q = BLOCK.format(0) + ATTN + "/query/"
-    need = [q + "kernel", BLOCK.format(0) + MLP + "/Dense_0/kernel", POSEMB]
+    need = [q + "kernel", BLOCK.format(0) + MLP + "/Dense_0/kernel"]
     for key in need:
         if key not in t:
             raise CheckpointError(f"{path}: not a ViT checkpoint: missing key {key!r}")
@@ -142,7 +165,7 @@ def infer_config(t: dict[str, torch.Tensor], path: Path, image_size_hint=None) -
                               "not (width, heads, head_dim)")
     cfg.update(depth=count_indexed(t, BLOCK + LN1 + "/scale"), num_heads=t[q + "kernel"].shape[1],
                mlp_dim=t[need[1]].shape[1], qkv_bias=q + "bias" in t,
-               classifier="token" if "cls" in t else "gap",
+               classifier="token" if "cls" in t else ("map" if MAP_HEAD + "/probe" in t else "gap"),
                representation_size=t["pre_logits/kernel"].shape[1] if "pre_logits/kernel" in t else None,
                num_classes=t["head/kernel"].shape[1] if "head/kernel" in t else 0)
     if "conv_root/kernel" in t:  # stages and units are numbered from 1
@@ -151,6 +174,9 @@ def infer_config(t: dict[str, torch.Tensor], path: Path, image_size_hint=None) -
                                        for s in range(1, stages + 1)),
                    resnet_width=width_factor(t["conv_root/kernel"].shape[3]), in_chans=t["conv_root/kernel"].shape[2])
     stride = token_stride(cfg["patch_size"], cfg.get("resnet_layers"))
+    if POSEMB not in t:  # big_vision's posemb="sincos2d": nothing stored, so the resolution is not known either
+        cfg.update(posemb="sincos_2d", image_size=image_size_hint or 224)
+        return cfg
     prefix = 1 if cfg["classifier"] == "token" else 0
     cfg["image_size"] = checkpoint_image_size(t[POSEMB].shape[1] - prefix, stride, path, POSEMB, image_size_hint)
     return cfg

@@ -36,15 +36,11 @@ RENAMES = (  # (ours, timm) as regular expressions on the key
     (r"\.downsample\.0\.", ".downsample.conv."),
     (r"\.downsample\.1\.", ".downsample.norm."),
 )
+BACKBONE = "patch_embed.backbone."
 TIMM_HYBRID_EPS = dict(ws_eps=1e-8, gn_eps=1e-5, ws_eps_in_sqrt=True)
 HINTS = {
-    "fc_norm": "timm's fc_norm (LayerNorm after average pooling) is not the paper's ViT and is not supported",
-    "reg_token": "register tokens are not part of the paper's ViT and are not supported",
-    "dist_token": "DeiT's distillation token is not supported (use a non-distilled DeiT checkpoint)",
-    ".ls1.": "LayerScale (ls1/ls2) is not part of the paper's ViT and is not supported",
     "norm_pre": "a LayerNorm before the blocks (CLIP-style norm_pre) is not part of the paper's ViT",
     "q_norm": "query/key normalisation is not part of the paper's ViT",
-    "attn_pool": "attention pooling (MAP head) is not part of the paper's ViT",
 }
 
 
@@ -57,7 +53,17 @@ def timm_name(key: str) -> str:
 def timm_pairs(cfg: ViTConfig) -> list[Pair]:
     with torch.device("meta"):
         keys = list(VisionTransformer(cfg).state_dict())
-    return [Pair(k, timm_name(k)) for k in keys]
+    pairs = [Pair(k, timm_name(k)) for k in keys]
+    if cfg.resnet_layers == ():  # timm's zero-stage hybrid: the ResNet stem is the whole backbone
+        pairs = [Pair(p.ours, p.theirs.replace(BACKBONE + "stem.", BACKBONE)) for p in pairs]
+    return pairs
+
+
+def staged_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A zero-stage hybrid's `patch_embed.backbone.conv/norm` read as the stem of a ResNet with no stages."""
+    if BACKBONE + "conv.weight" not in tensors:
+        return tensors
+    return {(BACKBONE + "stem." + k[len(BACKBONE):] if k.startswith(BACKBONE) else k): v for k, v in tensors.items()}
 
 
 def is_timm_state_dict(tensors: dict) -> bool:
@@ -77,11 +83,12 @@ def infer_config(t: dict[str, torch.Tensor], path: Path, num_heads: int | None, 
                classifier="token" if "cls_token" in t else "gap",
                representation_size=t["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in t else None,
                num_classes=t["head.weight"].shape[0] if "head.weight" in t else 0)
-    stem = "patch_embed.backbone."
+    cfg.update(family_settings(t))
+    stem = BACKBONE
     if any(k.startswith(stem) for k in t):
         if stem + "stem.conv.weight" not in t:
-            raise CheckpointError(f"{path}: a timm hybrid without ResNet stages (or another backbone than "
-                                  "ResNetV2) is not supported")
+            raise CheckpointError(f"{path}: a timm hybrid whose backbone is not a ResNetV2 (no "
+                                  f"'{stem}stem.conv.weight' or '{stem}conv.weight') is not supported")
         stages = count_indexed(t, stem + "stages.{}.blocks.0.conv1.weight")
         cfg.update(TIMM_HYBRID_EPS,
                    resnet_layers=tuple(count_indexed(t, f"{stem}stages.{s}.blocks.{{}}.conv1.weight")
@@ -91,10 +98,30 @@ def infer_config(t: dict[str, torch.Tensor], path: Path, num_heads: int | None, 
     stride = infer_stride(t)
     if "pos_embed" not in t:
         raise CheckpointError(f"{path}: not a ViT checkpoint: missing key 'pos_embed'")
-    prefix = 1 if cfg["classifier"] == "token" else 0
+    prefix = int("cls_token" in t) + int("dist_token" in t)
     cfg["image_size"] = checkpoint_image_size(t["pos_embed"].shape[1] - prefix, stride, path, "pos_embed",
                                               image_size_hint)
     return cfg
+
+
+def family_settings(t: dict[str, torch.Tensor]) -> dict:
+    """The settings of ViT's successors that a timm state dict shows by its keys (only those present, so a
+    plain ViT's config is unchanged): DeiT's distillation token, registers, LayerScale, fc_norm, MAP."""
+    out = {}
+    if "dist_token" in t:
+        out["distill_token"] = True
+    if "reg_token" in t:
+        out["reg_tokens"] = t["reg_token"].shape[1]
+    if "blocks.0.ls1.gamma" in t:
+        out["layer_scale"] = 1e-5  # timm's init_values; the file's own scales are what is loaded
+    if "fc_norm.weight" in t:
+        out["fc_norm"] = True
+        out["classifier"] = "gap"
+    if "attn_pool.latent" in t:
+        out["classifier"] = "map"
+    if "cls_token" in t and out.get("classifier", "token") != "token":
+        out["class_token"] = True
+    return out
 
 
 def load_timm(path: Path, tensors: dict[str, torch.Tensor] | None = None, image_size_hint=None,
@@ -105,9 +132,9 @@ def load_timm(path: Path, tensors: dict[str, torch.Tensor] | None = None, image_
     if not is_timm_state_dict(tensors):
         raise CheckpointError(f"{path}: not a timm ViT state dict (no 'patch_embed.proj.weight' / "
                               f"'blocks.0.attn.qkv.weight'; found e.g. {sorted(tensors)[:5]})")
-    if "pos_embed" in tensors and "cls_token" in tensors and lacks_class_row(tensors["pos_embed"].shape[1],
-                                                                             image_size_hint, tensors):
-        tensors["pos_embed"] = add_class_slot(tensors["pos_embed"])  # timm's no_embed_class=True
+    tensors = staged_names(tensors)
+    if "pos_embed" in tensors:
+        tensors["pos_embed"] = embedded_prefix_rows(tensors, image_size_hint, path)
     cfg = config_with_overrides(infer_config(tensors, path, overrides.get("num_heads"), image_size_hint), overrides, path)
     model = load_into_model(cfg, tensors, timm_pairs(cfg), path, HINTS)
     model.label_names, model.preprocessing = None, None
@@ -147,13 +174,27 @@ def load_timm_folder(folder: Path, image_size_hint=None, **overrides) -> nn.Modu
     return model
 
 
-def lacks_class_row(rows: int, image_size_hint, tensors: dict) -> bool:
-    """timm's no_embed_class tables have one row per patch; the usual ones one more, for the class token."""
+def embedded_prefix_rows(tensors: dict, image_size_hint, path: Path) -> torch.Tensor:
+    """timm's position table with a row for each of [class] and distillation tokens, as vitlab's has.
+
+    timm's no_embed_class=True tables (DeiT III, registers) have one row per patch: those tokens get zero rows,
+    which is what adding nothing to them computes. A table with rows for the registers too (timm's
+    no_embed_class=False with reg_tokens) cannot be expressed: vitlab's registers take no position embedding."""
+    table = tensors["pos_embed"]
+    rows, embedded = table.shape[1], int("cls_token" in tensors) + int("dist_token" in tensors)
+    registers = tensors["reg_token"].shape[1] if "reg_token" in tensors else 0
     if image_size_hint is not None:
         stride = infer_stride(tensors)
         h, w = (image_size_hint, image_size_hint) if isinstance(image_size_hint, int) else image_size_hint
-        return (h // stride) * (w // stride) == rows
-    return is_square(rows) and not is_square(rows - 1)
+        is_grid = lambda n: n == (h // stride) * (w // stride)  # noqa: E731
+    else:
+        is_grid = lambda n: is_square(n) and n > 0  # noqa: E731
+    if embedded and not is_grid(rows - embedded) and is_grid(rows):
+        return add_class_slot(table, embedded)
+    if registers and not is_grid(rows - embedded) and is_grid(rows - embedded - registers):
+        raise CheckpointError(f"{path}: 'pos_embed' has rows for the {registers} register tokens (timm's "
+                              "no_embed_class=False); vitlab's registers take no position embedding")
+    return table
 
 
 def infer_stride(tensors: dict) -> int:
