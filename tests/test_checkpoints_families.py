@@ -6,9 +6,12 @@ compared with fixtures timm itself wrote (tests/fixtures/timm/, made by tests/fi
 in a separate environment where timm is installed): its state dict, an input, and its logits.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from reference_vit import forward as reference
 from reference_vit import random_official_params
@@ -47,3 +50,31 @@ def test_official_hybrid_of_any_depth_and_width(tmp_path, name):
     back = export_checkpoint(model, tmp_path / "back.npz", "npz")
     written = dict(np.load(back))
     assert set(written) == set(params) and all(np.array_equal(written[k], params[k]) for k in params)
+
+
+# ---- timm, against timm's own logits (tests/fixtures/timm) -----------------------------------------------------
+FIXTURES = Path(__file__).parent / "fixtures" / "timm"
+
+
+def timm_fixture(name):
+    """(the state dict file, the input, timm's logits, the input's (h, w))."""
+    io = load_file(str(FIXTURES / f"{name}.io.safetensors"))
+    x = io["input"].float()
+    return FIXTURES / f"{name}.safetensors", x, io["logits"].double(), tuple(x.shape[-2:])
+
+
+def timm_max_diff(model, x, expected):
+    with torch.no_grad():
+        return (model.eval()(x).double() - expected).abs().max().item()
+
+
+@pytest.mark.parametrize("name, layers, root", [("hybrid_one_stage_wf05", (1,), 32)])
+def test_timm_hybrid_matches_timm(tmp_path, name, layers, root):
+    path, x, expected, hw = timm_fixture(name)
+    model = load_pretrained(path, image_size=hw, num_heads=2)
+    cfg = model.config
+    assert cfg.resnet_layers == layers and int(64 * cfg.resnet_width) == root and cfg.image_hw == hw
+    assert timm_max_diff(model, x, expected) <= 1e-5
+    back = load_pretrained(export_checkpoint(model, tmp_path / "back.safetensors", "timm"), image_size=hw, num_heads=2)
+    assert set(load_file(str(tmp_path / "back.safetensors"))) == set(load_file(str(path)))  # timm's own names
+    assert timm_max_diff(back, x, expected) <= 1e-5
