@@ -86,14 +86,34 @@ def resnet(x, p, fl):
     return x
 
 
-def attention(x, p, prefix):
-    q, k, v = (np.einsum("btd,dhk->bthk", x, p[f"{prefix}{n}/kernel"]) + p[f"{prefix}{n}/bias"]
-               for n in ("query", "key", "value"))
+def attention(x, p, prefix, queries_from=None):
+    """Flax MultiHeadDotProductAttention; `queries_from` (default `x`) gives the queries (MAP's probe)."""
+    q_in = x if queries_from is None else queries_from
+    q, k, v = (np.einsum("btd,dhk->bthk", inp, p[f"{prefix}{n}/kernel"]) + p[f"{prefix}{n}/bias"]
+               for inp, n in ((q_in, "query"), (x, "key"), (x, "value")))
     logits = np.einsum("bqhk,bthk->bhqt", q, k) / math.sqrt(q.shape[-1])
     weights = np.exp(logits - logits.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)
     out = np.einsum("bhqt,bthk->bqhk", weights, v)
     return np.einsum("bqhk,hkd->bqd", out, p[prefix + "out/kernel"]) + p[prefix + "out/bias"]
+
+
+def posemb_sincos_2d(h, w, width, temperature=10_000.0):
+    """big_vision's fixed table (MoCo v3): frequencies temperature^(-k / (D/4 - 1)), [sin x, cos x, sin y, cos y]."""
+    y, x = np.mgrid[:h, :w]
+    omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4 - 1))
+    y, x = np.outer(y.reshape(-1), omega), np.outer(x.reshape(-1), omega)
+    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)[None]
+
+
+def map_head(x, p, gelu_kind, prefix="MAPHead_0/"):
+    """big_vision's MAPHead: a learned probe attends over the tokens; then x + MLP(LN(x)); the probe's output."""
+    probe = np.broadcast_to(p[prefix + "probe"], (x.shape[0], 1, x.shape[2]))
+    y = attention(x, p, prefix + "MultiHeadDotProductAttention_0/", queries_from=probe)
+    z = layer_norm(y, p[prefix + "LayerNorm_0/scale"], p[prefix + "LayerNorm_0/bias"])
+    mlp = prefix + "MlpBlock_0/"
+    z = gelu(z @ p[mlp + "Dense_0/kernel"] + p[mlp + "Dense_0/bias"], gelu_kind)
+    return (y + z @ p[mlp + "Dense_1/kernel"] + p[mlp + "Dense_1/bias"])[:, 0]
 
 
 def forward(params: dict, images_nchw: np.ndarray, flavour: str = "official", cls_posemb: bool = True) -> np.ndarray:
@@ -107,7 +127,9 @@ def forward(params: dict, images_nchw: np.ndarray, flavour: str = "official", cl
     x = conv(x, p["embedding/kernel"], patch, same=False) + p["embedding/bias"]
     n, h, w, d = x.shape
     x = x.reshape(n, h * w, d)
-    posemb = p["Transformer/posembed_input/pos_embedding"]
+    posemb = p.get("Transformer/posembed_input/pos_embedding")
+    if posemb is None:  # big_vision's posemb="sincos2d": computed, never stored
+        posemb, cls_posemb = posemb_sincos_2d(h, w, d), False
     if "cls" in p:
         cls = np.broadcast_to(p["cls"], (n, 1, d))
         x = np.concatenate([cls, x], 1) + posemb if cls_posemb else np.concatenate([cls, x + posemb], 1)
@@ -123,7 +145,7 @@ def forward(params: dict, images_nchw: np.ndarray, flavour: str = "official", cl
         x = x + y @ p[b + "MlpBlock_3/Dense_1/kernel"] + p[b + "MlpBlock_3/Dense_1/bias"]
         i += 1
     x = layer_norm(x, p["Transformer/encoder_norm/scale"], p["Transformer/encoder_norm/bias"])
-    x = x[:, 0] if "cls" in p else x.mean(1)
+    x = x[:, 0] if "cls" in p else (map_head(x, p, fl["gelu"]) if "MAPHead_0/probe" in p else x.mean(1))
     if "pre_logits/kernel" in p:
         x = np.tanh(x @ p["pre_logits/kernel"] + p["pre_logits/bias"])
     return x @ p["head/kernel"] + p["head/bias"]
@@ -131,7 +153,7 @@ def forward(params: dict, images_nchw: np.ndarray, flavour: str = "official", cl
 
 def random_official_params(seed=0, *, width=32, depth=2, heads=4, mlp_dim=64, patch=8, grid=(4, 4), classes=5,
                            token=True, representation=None, hybrid_layers=None, hybrid_width=64, in_chans=3,
-                           legacy_gn_shape=False) -> dict[str, np.ndarray]:
+                           legacy_gn_shape=False, map_head=False, posemb="learn") -> dict[str, np.ndarray]:
     """Random float32 parameters with the official names and shapes (documented in vitlab's npz_official).
 
     A hybrid has `hybrid_layers` units per stage (`()`: the root block alone) and a root of `hybrid_width`
@@ -175,7 +197,8 @@ def random_official_params(seed=0, *, width=32, depth=2, heads=4, mlp_dim=64, pa
     if token:
         p["cls"] = rng.normal(0, 0.5, (1, 1, width)).astype(np.float32)
     rows = grid[0] * grid[1] + (1 if token else 0)
-    p["Transformer/posembed_input/pos_embedding"] = rng.normal(0, 0.5, (1, rows, width)).astype(np.float32)
+    if posemb == "learn":  # big_vision's "sincos2d" stores nothing
+        p["Transformer/posembed_input/pos_embedding"] = rng.normal(0, 0.5, (1, rows, width)).astype(np.float32)
     for i in range(depth):
         b = f"Transformer/encoderblock_{i}/"
         norm(b + "LayerNorm_0", width)
@@ -190,6 +213,18 @@ def random_official_params(seed=0, *, width=32, depth=2, heads=4, mlp_dim=64, pa
         dense(b + "MlpBlock_3/Dense_1", mlp_dim, (mlp_dim, width))
         bias(b + "MlpBlock_3/Dense_1", (width,))
     norm("Transformer/encoder_norm", width)
+    if map_head:
+        p["MAPHead_0/probe"] = rng.normal(0, 0.5, (1, 1, width)).astype(np.float32)
+        for n in ("query", "key", "value"):
+            dense(f"MAPHead_0/MultiHeadDotProductAttention_0/{n}", width, (width, heads, hd))
+            bias(f"MAPHead_0/MultiHeadDotProductAttention_0/{n}", (heads, hd))
+        dense("MAPHead_0/MultiHeadDotProductAttention_0/out", width, (heads, hd, width))
+        bias("MAPHead_0/MultiHeadDotProductAttention_0/out", (width,))
+        norm("MAPHead_0/LayerNorm_0", width)
+        dense("MAPHead_0/MlpBlock_0/Dense_0", width, (width, mlp_dim))
+        bias("MAPHead_0/MlpBlock_0/Dense_0", (mlp_dim,))
+        dense("MAPHead_0/MlpBlock_0/Dense_1", mlp_dim, (mlp_dim, width))
+        bias("MAPHead_0/MlpBlock_0/Dense_1", (width,))
     features = width
     if representation:
         dense("pre_logits", width, (width, representation))
