@@ -19,7 +19,7 @@ from vitlab import load_pretrained
 from vitlab.checkpoints.export import export_checkpoint
 
 HYBRIDS = {  # name: (units per stage, root width = int(64 * width factor), patch, grid (h, w))
-    # "R+Ti/16 (zero stages)": ((), 64, 2, (2, 3)),  -- needs ViTConfig.stride for zero stages (models)
+    "R+Ti/16 (zero stages)": ((), 64, 2, (2, 3)),
     "R26+S/32 (four stages)": ((1, 1, 1, 1), 64, 1, (1, 2)),
     "two stages, width factor 0.5": ((1, 1), 32, 1, (2, 2)),
     "three stages, width factor 1.5": ((1, 1, 1), 96, 1, (2, 1)),
@@ -78,3 +78,63 @@ def test_timm_hybrid_matches_timm(tmp_path, name, layers, root):
     back = load_pretrained(export_checkpoint(model, tmp_path / "back.safetensors", "timm"), image_size=hw, num_heads=2)
     assert set(load_file(str(tmp_path / "back.safetensors"))) == set(load_file(str(path)))  # timm's own names
     assert timm_max_diff(back, x, expected) <= 1e-5
+
+
+# ---- big_vision layouts: MAP heads, fixed sin-cos position embeddings, GAP without a class token -------------
+BIG_VISION = {  # name: (random_official_params options, classifier, posemb); token=False: pool_type map / gap
+    "MAP head, learned posemb": (dict(token=False, map_head=True), "map", "learned_1d"),
+    "MAP head, sincos2d": (dict(token=False, map_head=True, posemb="sincos2d"), "map", "sincos_2d"),
+    "GAP without class token, sincos2d": (dict(token=False, posemb="sincos2d"), "gap", "sincos_2d"),
+    "class token, sincos2d": (dict(token=True, posemb="sincos2d"), "token", "sincos_2d"),
+}
+
+
+@pytest.mark.parametrize("name", BIG_VISION)
+@pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
+def test_big_vision_families(tmp_path, name, scan):
+    from test_checkpoints import to_big_vision
+
+    options, classifier, posemb = BIG_VISION[name]
+    params = random_official_params(width=32, heads=2, patch=8, grid=(4, 4), **options)
+    np.savez(tmp_path / "bv.npz", **to_big_vision(params, scan))
+    model = load_pretrained(tmp_path / "bv.npz", image_size=32)
+    assert (model.config.classifier, model.config.posemb) == (classifier, posemb)
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
+    assert max_diff(model, params, x, cls_posemb=False) <= 1e-4
+    back = load_pretrained(export_checkpoint(model, tmp_path / "back.npz", "npz"), image_size=32)
+    with torch.no_grad():
+        assert torch.allclose(back.eval()(torch.from_numpy(x)), model(torch.from_numpy(x)), atol=1e-6)
+
+
+TIMM_FAMILIES = {  # fixture: what the config must say
+    "hybrid_zero_stages": dict(resnet_layers=(), resnet_width=1),
+    "deit_distilled": dict(distill_token=True, classifier="token"),
+    "deit3_layerscale": dict(classifier="token"),
+    "registers_gap": dict(reg_tokens=4, classifier="gap", fc_norm=True),
+    "dinov2_registers": dict(reg_tokens=4, classifier="token"),
+    "siglip_map": dict(classifier="map"),
+    "gap_no_class_token": dict(classifier="gap"),
+}
+
+
+@pytest.mark.parametrize("name", TIMM_FAMILIES)
+def test_timm_families_match_timm(tmp_path, name):
+    path, x, expected, hw = timm_fixture(name)
+    model = load_pretrained(path, image_size=hw, num_heads=2)
+    for key, value in TIMM_FAMILIES[name].items():
+        assert getattr(model.config, key) == value, key
+    assert timm_max_diff(model, x, expected) <= 1e-5
+    back = load_pretrained(export_checkpoint(model, tmp_path / "back.safetensors", "timm"), image_size=hw, num_heads=2)
+    assert timm_max_diff(back, x, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("settings", [dict(distill_token=True), dict(reg_tokens=4), dict(layer_scale=1e-5),
+                                      dict(posemb="sincos_2d")])
+def test_hf_export_refuses_what_transformers_vit_cannot_compute(tmp_path, settings):
+    from conftest import tiny
+    from vitlab import create_model
+    from vitlab.checkpoints import CheckpointError
+
+    model = create_model("ViT-Ti/16", **tiny(patch_size=8, **settings))
+    with pytest.raises(CheckpointError, match="transformers' ViT has none"):
+        export_checkpoint(model, tmp_path / "hf", "hf")

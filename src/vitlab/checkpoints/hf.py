@@ -160,6 +160,12 @@ def check_exportable(cfg: ViTConfig) -> None:
         problems.append("it pools by global average (transformers' ViT classifies the [class] token)")
     if cfg.representation_size and cfg.num_classes:
         problems.append("it has a pre-logits layer and a head (ViTForImageClassification has no pre-logits)")
+    extras = [what for what, on in (("a distillation token", cfg.distill_token), ("register tokens", cfg.reg_tokens),
+                                    ("LayerScale", cfg.layer_scale), (f"{cfg.posemb} position embeddings",
+                                                                      cfg.posemb != "learned_1d"),
+                                    ("fc_norm", cfg.fc_norm), ("axial attention", cfg.attention != "full")) if on]
+    if extras:
+        problems.append(f"it has {', '.join(extras)} (transformers' ViT has none)")
     if problems:
         raise CheckpointError("cannot export to Hugging Face: " + "; ".join(problems) +
                               "; use --to vitlab, timm or npz")

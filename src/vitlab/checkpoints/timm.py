@@ -60,7 +60,8 @@ def timm_pairs(cfg: ViTConfig) -> list[Pair]:
 
 
 def staged_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A zero-stage hybrid's `patch_embed.backbone.conv/norm` read as the stem of a ResNet with no stages."""
+    """A zero-stage hybrid's `patch_embed.backbone.conv/norm` seen as the stem of a ResNet with no stages (to
+    infer the architecture; `timm_pairs` maps the file's own names)."""
     if BACKBONE + "conv.weight" not in tensors:
         return tensors
     return {(BACKBONE + "stem." + k[len(BACKBONE):] if k.startswith(BACKBONE) else k): v for k, v in tensors.items()}
@@ -132,10 +133,10 @@ def load_timm(path: Path, tensors: dict[str, torch.Tensor] | None = None, image_
     if not is_timm_state_dict(tensors):
         raise CheckpointError(f"{path}: not a timm ViT state dict (no 'patch_embed.proj.weight' / "
                               f"'blocks.0.attn.qkv.weight'; found e.g. {sorted(tensors)[:5]})")
-    tensors = staged_names(tensors)
     if "pos_embed" in tensors:
-        tensors["pos_embed"] = embedded_prefix_rows(tensors, image_size_hint, path)
-    cfg = config_with_overrides(infer_config(tensors, path, overrides.get("num_heads"), image_size_hint), overrides, path)
+        tensors["pos_embed"] = embedded_prefix_rows(staged_names(tensors), image_size_hint, path)
+    inferred = infer_config(staged_names(tensors), path, overrides.get("num_heads"), image_size_hint)
+    cfg = config_with_overrides(inferred, overrides, path)
     model = load_into_model(cfg, tensors, timm_pairs(cfg), path, HINTS)
     model.label_names, model.preprocessing = None, None
     return model

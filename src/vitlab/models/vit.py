@@ -25,7 +25,7 @@ from . import axial
 from .posemb import METHODS as POSEMB_RESAMPLE_METHODS
 from .posemb import VARIANTS as POSEMB_VARIANTS
 from .posemb import RelativePositionBias, learned_2d, resample_axis, resample_grid, resample_posemb, sincos_2d
-from .resnet import HybridStem
+from .resnet import HybridStem, resnet_stride
 
 CLASSIFIERS = ("token", "gap", "map")
 ATTENTIONS = ("full", "axial")
@@ -78,7 +78,7 @@ class ViTConfig:
         """Input pixels per token side: the patch size, times the ResNet's stride for a hybrid."""
         if self.resnet_layers is None:
             return self.patch_size
-        return self.patch_size * 4 * 2 ** (len(self.resnet_layers) - 1)
+        return self.patch_size * resnet_stride(self.resnet_layers)  # zero stages: the root block's 4
 
     @property
     def grid_size(self) -> tuple[int, int]:
