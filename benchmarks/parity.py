@@ -88,16 +88,43 @@ def timm_rows(tmp: Path, vit: dict, hybrid: dict):
 
 def hybrid_rows(tmp: Path, vit: dict):
     """Official hybrids of other depths and widths: zero stages (R+Ti/16), four (R26+S/32), width factor 0.5."""
-    for name, layers, root in (("hybrid, zero stages (R+Ti)", (), 64), ("hybrid, 4 stages (R26)", (1, 1, 1, 1), 64),
-                               ("hybrid, width factor 0.5", (1, 1), 32)):
+    for name, layers, root in (("hybrid, 0 stages (R+Ti)", (), 64), ("hybrid, 4 stages (R26)", (1, 1, 1, 1), 64),
+                               ("hybrid, width 0.5", (1, 1), 32)):
         arch = dict(vit, patch=1 if layers else 8, grid=(2, 2), hybrid_layers=layers, hybrid_width=root)
         params = random_official_params(**arch)
         np.savez(tmp / "h.npz", **params)
         x = np.random.default_rng(1).uniform(-1, 1, (2, 3, *hw(arch))).astype(np.float32)
         expected = reference(params, x)
-        wrong = load_pretrained(tmp / "h.npz", gn_eps=1e-5)
+        wrong = load_pretrained(tmp / "h.npz", gelu="exact")
         yield f"official .npz {name}", *diffs(load_pretrained(tmp / "h.npz"), x, expected), 1e-4, \
-            "GN eps 1e-5", np.abs(logits(wrong, x) - expected).max()
+            "exact GELU", np.abs(logits(wrong, x) - expected).max()
+
+
+def big_vision_family_rows(tmp: Path, vit: dict):
+    """big_vision layouts beyond the paper's: MAP heads, fixed sincos2d position embeddings, GAP."""
+    for name, options in (("big_vision MAP head", dict(token=False, map_head=True)),
+                          ("big_vision MAP head + sincos2d", dict(token=False, map_head=True, posemb="sincos2d")),
+                          ("big_vision GAP, no [class], sincos2d", dict(token=False, posemb="sincos2d"))):
+        params = random_official_params(**vit, **options)
+        np.savez(tmp / "bv.npz", **to_big_vision(params, scan=True))
+        x = np.random.default_rng(1).uniform(-1, 1, (2, 3, *hw(vit))).astype(np.float32)
+        expected = reference(params, x, cls_posemb=False)
+        wrong = load_pretrained(tmp / "bv.npz", image_size=hw(vit), gelu="exact")
+        yield name, *diffs(load_pretrained(tmp / "bv.npz", image_size=hw(vit)), x, expected), 1e-4, "exact GELU", \
+            np.abs(logits(wrong, x) - expected).max()
+
+
+def timm_fixture_rows(tmp: Path, vit: dict):
+    """The timm families of tests/fixtures/timm (written by timm itself), against timm's own logits."""
+    from safetensors.torch import load_file
+
+    fixtures = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "timm"
+    for path in sorted(fixtures.glob("*.io.safetensors")):
+        name = path.name.removesuffix(".io.safetensors")
+        io = load_file(str(path))
+        x, expected = io["input"].float().numpy(), io["logits"].double().numpy()
+        model = load_pretrained(fixtures / f"{name}.safetensors", image_size=tuple(x.shape[-2:]), num_heads=2)
+        yield f"timm {name}", np.abs(logits(model, x) - expected).max(), float("nan"), 1e-5, "", float("nan")
 
 
 def flexi_rows(tmp: Path, vit: dict):
@@ -159,8 +186,8 @@ def main() -> None:
           f"{'its Δ':>9}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for rows in (npz_rows(tmp, vit, hybrid), hybrid_rows(tmp, vit), timm_rows(tmp, vit, hybrid),
-                     hf_rows(tmp, vit), flexi_rows(tmp, vit)):
+        for rows in (npz_rows(tmp, vit, hybrid), hybrid_rows(tmp, vit), big_vision_family_rows(tmp, vit),
+                     timm_rows(tmp, vit, hybrid), timm_fixture_rows(tmp, vit), hf_rows(tmp, vit), flexi_rows(tmp, vit)):
             for name, diff, diff64, tol, wrong_what, wrong in rows:
                 mark = "ok" if diff <= tol else ("over" if tol == tol else "")
                 print(f"{name:<36} {diff:>14.2e} {diff64:>10.1e} {tol:>10.0e}   {wrong_what:<18} {wrong:>9.2e}  {mark}",

@@ -138,3 +138,15 @@ def test_hf_export_refuses_what_transformers_vit_cannot_compute(tmp_path, settin
     model = create_model("ViT-Ti/16", **tiny(patch_size=8, **settings))
     with pytest.raises(CheckpointError, match="transformers' ViT has none"):
         export_checkpoint(model, tmp_path / "hf", "hf")
+
+
+@pytest.mark.parametrize("settings", [dict(distill_token=True), dict(reg_tokens=4), dict(layer_scale=1e-5),
+                                      dict(classifier="gap", fc_norm=True)])
+def test_npz_export_refuses_what_the_official_layout_cannot_hold(tmp_path, settings):
+    from conftest import tiny
+    from vitlab import create_model
+    from vitlab.checkpoints import CheckpointError
+
+    model = create_model("ViT-Ti/16", **tiny(patch_size=8, **settings))
+    with pytest.raises(CheckpointError, match="cannot export to npz"):
+        export_checkpoint(model, tmp_path / "m.npz", "npz")

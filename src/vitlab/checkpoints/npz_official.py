@@ -200,9 +200,23 @@ def load_official_npz(path: Path, arrays: dict[str, np.ndarray] | None = None, i
 
 
 # ---- writing ------------------------------------------------------------------------------------------------
+def check_npz_exportable(cfg: ViTConfig) -> None:
+    """The official (and big_vision) layouts have no names for these; refuse rather than drop them."""
+    extras = [what for what, on in (
+        ("a distillation token", cfg.distill_token), ("register tokens", cfg.reg_tokens),
+        ("LayerScale", cfg.layer_scale), ("fc_norm", cfg.fc_norm),
+        ("a class token it does not pool", cfg.has_class_token and cfg.classifier != "token"),
+        (f"{cfg.posemb} position embeddings", cfg.posemb not in ("learned_1d", "sincos_2d")),
+        ("axial attention", cfg.attention != "full")) if on]
+    if extras:
+        raise CheckpointError(f"cannot export to npz: the model has {', '.join(extras)}, which the official / "
+                              "big_vision layouts cannot hold; use --to vitlab or timm")
+
+
 def save_official_npz(model: nn.Module, path: str | Path) -> Path:
     """Write `model` in the official layout (loadable by the official JAX code, timm and vitlab)."""
     cfg = model.config
+    check_npz_exportable(cfg)
     tensors = export_tensors(model.state_dict(), official_pairs(cfg))
     arrays = {k: v.detach().float().cpu().contiguous().numpy() for k, v in tensors.items()}
 
