@@ -215,3 +215,9 @@ def test_a_training_config_may_start_from_a_name(tmp_path):
     path = ts.write_config(tmp_path / "c.yaml", ts.tiny_config(tmp_path / "run"))
     for init in ("hf-hub:google/vit-base-patch16-224", "https://example.org/w.npz", "imagenet21k/ViT-B_16"):
         assert load_config(path, [f"model.init={init}"]).model.init == init  # fetched when training starts
+
+
+def test_cli_reports_a_missing_name_in_one_line(server, capsys):
+    assert main(["download", server.url("/none.npz"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "HTTP 404" in err and "\n" not in err and "Traceback" not in err

@@ -24,12 +24,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .errors import VitlabError
+
 CHUNK = 1 << 20
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}  # worth another try; any other HTTP error is final
 TRANSIENT = (urllib.error.URLError, ConnectionError, http.client.HTTPException, socket.timeout, TimeoutError)
 
 
-class DownloadError(ValueError):
+class DownloadError(VitlabError, ValueError):
     """A file that could not be fetched or failed its check; the message names the URL and the reason."""
 
 

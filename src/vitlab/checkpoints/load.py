@@ -26,6 +26,7 @@ from .remote import resolve
 from .timm import is_timm_folder, is_timm_state_dict, load_timm, load_timm_folder
 from .vitlab_format import WEIGHTS_FILE, is_vitlab_checkpoint, load_vitlab
 
+
 def detect_format(path: str | Path) -> str:
     """'vitlab', 'hf', 'npz' or 'timm', from the file's contents (never from its name alone)."""
     path = Path(path)
@@ -39,6 +40,8 @@ def detect_format(path: str | Path) -> str:
             return "vitlab"
         if is_hf_folder(path):
             return "hf"
+        if (path / "config.json").is_file() and is_timm_folder(path):
+            return "timm"
         if (path / "config.json").is_file():
             meta = read_json(path / "config.json")  # names the file when it is not a JSON object
             if "pretrained_cfg" in meta and (path / WEIGHTS_FILE).is_file():  # timm's Hub layout
