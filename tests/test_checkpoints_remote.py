@@ -221,3 +221,13 @@ def test_cli_reports_a_missing_name_in_one_line(server, capsys):
     assert main(["download", server.url("/none.npz"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "HTTP 404" in err and "\n" not in err and "Traceback" not in err
+
+
+def test_results_of_a_named_checkpoint_go_to_a_folder_named_after_it():
+    from types import SimpleNamespace
+
+    from vitlab.commands.evalargs import output_dir
+
+    args = SimpleNamespace(out=None)
+    assert str(output_dir(args, "hf-hub:google/vit-base-patch16-224", "eval")) == "hf-hub_google_vit-base-patch16-224-eval"
+    assert str(output_dir(args, "imagenet21k+imagenet2012/ViT-B_16", "eval")) == "imagenet21k_imagenet2012_ViT-B_16-eval"

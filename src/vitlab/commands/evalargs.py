@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 
 from ..runtime import Dist, resolve_precision, setup
@@ -44,6 +45,10 @@ def build_dataset(spec: str, split: str, *, root=None, in_chans: int = 3):
 def output_dir(args, checkpoint: str, what: str) -> Path:
     if args.out:
         return Path(args.out)
+    from ..checkpoints.remote import is_remote
+
+    if is_remote(checkpoint):  # hf-hub:ORG/NAME, a URL or an official name: a folder here named after it
+        return Path(re.sub(r"[^A-Za-z0-9._-]+", "_", checkpoint).strip("_") + f"-{what}")
     ckpt = Path(checkpoint)
     return ckpt / what if ckpt.is_dir() else ckpt.parent / f"{ckpt.stem}-{what}"
 
