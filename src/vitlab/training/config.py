@@ -483,7 +483,7 @@ def _check_checkpoint(key: str, init: str) -> dict | None:
 
     path = Path(init)
     if not path.exists() and is_remote(init):
-        return  # hf-hub:, a URL or an official name: fetched (and checked) when training starts
+        return None  # hf-hub:, a URL or an official name: fetched (and checked) when training starts
     if not path.exists():
         raise ConfigError(f"{key}: checkpoint not found: {init} (nor hf-hub:ORG/NAME, a URL or an official name)")
     try:
