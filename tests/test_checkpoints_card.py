@@ -16,7 +16,7 @@ def test_card_describes_architecture_preprocessing_metrics_and_command(tmp_path)
     assert card.startswith("---\nlibrary_name: vitlab\n")
     assert f"- parameters: {sum(p.numel() for p in model.parameters()):,}" in card
     assert "- width: 32" in card and "- depth: 2" in card and "- patch_size: 8" in card
-    assert "x / 127.5 - 1" in card and "Resize to 32 x 32 px" in card
+    assert "x / 127.5 - 1" in card and "Resize to 32 x 32 px (bilinear)" in card
     assert "5 classes: a, b, c, d, e" in card
     assert "| best_accuracy | 91.25% |" in card and "| step | 300 |" in card
     assert "```bash\nvitlab train configs/x.toml\n```" in card
@@ -25,11 +25,13 @@ def test_card_describes_architecture_preprocessing_metrics_and_command(tmp_path)
 
 def test_card_says_what_is_unknown(tmp_path):
     model = create_model("ViT-Ti/16", **tiny(patch_size=8, num_classes=0))
-    model.preprocessing = {"normalisation": "mean_std", "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}
+    model.preprocessing = {"normalisation": "mean_std", "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2],
+                           "resize_crop": True, "crop_fraction": 0.875, "interpolation": "bicubic"}
     save_pretrained(model, tmp_path / "m")
     card = (tmp_path / "m" / "README.md").read_text()
     assert "None recorded with these weights" in card and "Not recorded" in card
     assert "a feature extractor" in card and "minus mean [0.5, 0.4, 0.3]" in card
+    assert "Centre crop of 0.875 of the image, resized to 32 x 32 px (bicubic)" in card
 
 
 def test_card_records_the_vitlab_command_that_wrote_it(tmp_path, monkeypatch):

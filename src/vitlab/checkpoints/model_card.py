@@ -66,21 +66,23 @@ def model_card(cfg, num_parameters: int, *, label_names=None, preprocessing=None
 
 
 def describe_preprocessing(pre: dict | None, cfg) -> str:
-    size = getattr(cfg, "image_size", None)
-    where = f"Resize to {size} x {size} px" if isinstance(size, int) else (
-        f"Resize to {size[0]} x {size[1]} px" if size else "Resize to the model's resolution")
-    if not pre:
-        return f"{where}; pixels mapped to [-1, 1] (x / 127.5 - 1), the paper's preprocessing."
-    norm = pre.get("normalisation")
-    if norm == "mean_std":
-        how = f"pixels in [0, 1], minus mean {pre.get('mean')}, divided by std {pre.get('std')}"
-    elif norm == "minus_one_one":
-        how = "pixels mapped to [-1, 1] (x / 127.5 - 1), the paper's preprocessing"
+    """The preprocessing record (vitlab.data.preprocessing) in words; the paper's when there is none."""
+    pre = pre or {}
+    size = pre.get("image_size") or getattr(cfg, "image_size", None)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    interpolation = pre.get("interpolation", "bilinear")
+    if pre.get("resize_crop"):
+        geometry = (f"centre crop of {pre.get('crop_fraction', 0.875):g} of the image, resized to {h} x {w} px "
+                    f"({interpolation})")
     else:
-        how = f"normalisation {norm!r}"
-    other = {k: v for k, v in pre.items() if k not in ("normalisation", "mean", "std")}
-    extra = "".join(f"; {k}: {json.dumps(v)}" for k, v in other.items())
-    return f"{where}; {how}{extra}. (Recorded in config.json under `preprocessing`.)"
+        geometry = f"resize to {h} x {w} px ({interpolation})"
+    if pre.get("normalisation") == "mean_std":
+        how = f"pixels in [0, 1], minus mean {list(pre.get('mean'))}, divided by std {list(pre.get('std'))}"
+    else:
+        how = "pixels mapped to [-1, 1] (x / 127.5 - 1), the paper's preprocessing"
+    channels = pre.get("channels", getattr(cfg, "in_chans", 3))
+    return (f"{geometry[0].upper() + geometry[1:]}; {how}; {channels} channel{'s' if channels != 1 else ''}. "
+            "(The record is in config.json under `preprocessing`; vitlab's commands apply it.)")
 
 
 def describe_labels(label_names, num_classes) -> str:

@@ -152,8 +152,8 @@ def is_timm_folder(path: Path) -> bool:
 
 
 def load_timm_folder(folder: Path, image_size_hint=None, **overrides) -> nn.Module:
-    """A timm Hub folder: the weights as a timm state dict, with what config.json adds (heads, resolution,
-    normalisation, label names)."""
+    """A timm Hub folder: the weights as a timm state dict, with what config.json adds (heads, resolution, label
+    names; the preprocessing record comes from its pretrained_cfg, vitlab.data.preprocessing)."""
     meta = read_json(folder / "config.json")
     pretrained_cfg = meta.get("pretrained_cfg") or {}
     model_args = meta.get("model_args") or {}
@@ -167,9 +167,6 @@ def load_timm_folder(folder: Path, image_size_hint=None, **overrides) -> nn.Modu
         h, w = pretrained_cfg["input_size"][1:]
         image_size_hint = h if h == w else (h, w)
     model = load_timm(folder / "model.safetensors", image_size_hint=image_size_hint, **overrides)
-    if "mean" in pretrained_cfg and "std" in pretrained_cfg:
-        model.preprocessing = {"normalisation": "mean_std", "mean": list(pretrained_cfg["mean"]),
-                               "std": list(pretrained_cfg["std"])}
     labels = meta.get("label_names")
     model.label_names = list(labels) if labels and len(labels) == model.config.num_classes else None
     return model
