@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import vitlab  # noqa: E402
 from vitlab.models.fast import fast_inference  # noqa: E402
 from vitlab.serving.onnx import export_onnx, load_session  # noqa: E402
-from vitlab.throughput import interleave, median  # noqa: E402
+from vitlab.bench import interleave, median  # noqa: E402
 
 
 def onnx_runner(session):

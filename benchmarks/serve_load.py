@@ -5,7 +5,9 @@
 For each --max-batch value (default: 32, then 1 = no batching) it starts `vitlab serve` on 127.0.0.1 at a free
 port, sends a few warm-up requests, reads the server's RSS, then has --clients threads (each with its own
 keep-alive connection) POST distinct Fashion-MNIST test images as raw PNG bytes until --requests answers
-have come back or --max-seconds have passed, reads the RSS again and stops the server. Nothing but 127.0.0.1
+have come back or --max-seconds have passed, and reads the RSS again; --rounds repeats that load against the
+same server (latency and images/s are the first round's; errors count every round) to show whether the
+memory settles or keeps growing. Then it stops the server. Nothing but 127.0.0.1
 is contacted. The client runs on the same machine and takes CPU from the server: images/s is a floor.
 """
 
@@ -117,6 +119,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--max-seconds", type=float, default=300, help="stop each run after this long")
     parser.add_argument("--max-batch", type=int, nargs="+", default=[32, 1])
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="load rounds against the same server; RSS after each shows whether memory grows")
     parser.add_argument("--window-ms", type=float, default=5.0)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
@@ -131,21 +135,25 @@ def main() -> int:
             load(port, images, 64, 8, 60)  # warm-up: first-call allocations and oneDNN kernel selection
             before, counted = rss_mib(pid), batching_stats(port)
             result = load(port, images, args.requests, args.clients, args.max_seconds)
-            after, stats = rss_mib(pid), batching_stats(port)
+            after, stats = [rss_mib(pid)], batching_stats(port)
+            for _ in range(args.rounds - 1):  # the same load again: its RSS should stay where the first left it
+                again = load(port, images, args.requests, args.clients, args.max_seconds)
+                result["errors"] += again["errors"]
+                after.append(rss_mib(pid))
         batches, batched = stats["batches"] - counted["batches"], stats["images"] - counted["images"]
         row = {"max_batch": max_batch, "window_ms": args.window_ms, "clients": args.clients, **result,
-               "rss_before_mib": round(before, 1), "rss_after_mib": round(after, 1),
+               "rss_before_mib": round(before, 1), "rss_after_mib": [round(a, 1) for a in after],
                "mean_batch": round(batched / max(batches, 1), 2), "largest_batch": stats["largest_batch"],
                "load_average": os.getloadavg()}
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
-    print("\n| max batch | answered | errors | p50 ms | p99 ms | images/s | mean batch | RSS before -> after MiB |")
+    print("\n| max batch | answered | errors | p50 ms | p99 ms | images/s | mean batch | RSS MiB: before -> after each round |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['max_batch']} | {r['answered']} | {r['errors']} | {r['p50_ms']} | {r['p99_ms']} | "
-              f"{r['images_per_s']} | {r['mean_batch']} | {r['rss_before_mib']} -> {r['rss_after_mib']} |")
+              f"{r['images_per_s']} | {r['mean_batch']} | {r['rss_before_mib']} -> {' -> '.join(map(str, r['rss_after_mib']))} |")
     return 0 if all(r["errors"] == 0 for r in rows) else 1
 
 
