@@ -27,7 +27,7 @@ def main() -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out", default="docs/figures/serve_page.png")
     parser.add_argument("--indices", type=int, nargs="+", default=[0, 1], help="Fashion-MNIST test images")
-    parser.add_argument("--size", type=int, nargs=2, default=[1280, 1000], help="window width and height")
+    parser.add_argument("--size", type=int, nargs=2, default=[1280, 1400], help="window width and height")
     args = parser.parse_args()
     from vitlab.data import build_dataset
 

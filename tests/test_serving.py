@@ -234,6 +234,17 @@ def test_batcher_drops_abandoned_requests_and_survives_a_failing_batch():
 
     stats = asyncio.run(scenario())
     assert [0, 1, 2] in calls and all(100 not in c for c in calls)
+
+    async def shutdown_with_work_queued():
+        batcher = Batcher(run_batch, max_batch=4, window_ms=10_000)  # a window that never closes in time
+        await batcher.start()
+        waiting = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.01)
+        await batcher.stop()
+        with pytest.raises(RequestError, match="shutting down"):
+            await waiting
+
+    asyncio.run(shutdown_with_work_queued())
     assert stats.dropped == 1 and stats.largest == 3
 
 

@@ -62,6 +62,8 @@ class Batcher:
         if self._collector is not None:
             self._collector.cancel()
             await asyncio.gather(self._collector, return_exceptions=True)
+        while self._queue is not None and not self._queue.empty():  # nobody will run these any more
+            fail([self._queue.get_nowait()], RequestError(503, "the server is shutting down"))
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         self._collector = self._executor = None
@@ -80,30 +82,36 @@ class Batcher:
             raise RequestError(503, f"no result within {self.timeout_s:g} s; the server is overloaded") from None
 
     async def _collect_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
-            live = [p for p in batch if not p.future.done()]
-            self.stats.dropped += len(batch) - len(live)
-            if not live:
-                continue
+            batch: list[_Pending] = []
             try:
-                results = await loop.run_in_executor(self._executor, self.run_batch, [p.item for p in live])
-            except Exception as e:  # noqa: BLE001 - the batch's requests get the error; serving goes on
-                for p in live:
-                    if not p.future.done():
-                        p.future.set_exception(e)
-                continue
-            self.stats.batches += 1
-            self.stats.images += len(live)
-            self.stats.largest = max(self.stats.largest, len(live))
-            for p, result in zip(live, results):
-                if not p.future.done():
-                    p.future.set_result(result)
+                await self._next_batch(batch)
+                await self._run(batch)
+            except asyncio.CancelledError:  # stop(): whatever was taken from the queue is answered
+                fail(batch, RequestError(503, "the server is shutting down"))
+                raise
 
-    async def _next_batch(self) -> list[_Pending]:
-        """The first waiting item, then whatever else arrives within the window, up to max_batch."""
-        batch = [await self._queue.get()]
+    async def _run(self, batch: list[_Pending]) -> None:
+        live = [p for p in batch if not p.future.done()]
+        self.stats.dropped += len(batch) - len(live)
+        if not live:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._executor, self.run_batch, [p.item for p in live])
+        except Exception as e:  # noqa: BLE001 - the batch's requests get the error; serving goes on
+            fail(live, e)
+            return
+        self.stats.batches += 1
+        self.stats.images += len(live)
+        self.stats.largest = max(self.stats.largest, len(live))
+        for p, result in zip(live, results):
+            if not p.future.done():
+                p.future.set_result(result)
+
+    async def _next_batch(self, batch: list[_Pending]) -> None:
+        """Into `batch`: the first waiting item, then whatever else arrives within the window, up to max_batch."""
+        batch.append(await self._queue.get())
         deadline = time.monotonic() + self.window
         while self.max_batch > 1 and self._queue.qsize() < self.max_batch - 1:
             remaining = deadline - time.monotonic()
@@ -112,4 +120,9 @@ class Batcher:
             await asyncio.sleep(min(remaining, 0.001))
         while len(batch) < self.max_batch and not self._queue.empty():
             batch.append(self._queue.get_nowait())
-        return batch
+
+
+def fail(batch: list[_Pending], error: Exception) -> None:
+    for p in batch:
+        if not p.future.done():
+            p.future.set_exception(error)
