@@ -32,6 +32,7 @@ COMMANDS = {
     "download": ("download", "fetch pre-trained checkpoints (hf-hub:, URLs, official names) into the cache"),
     "bench": ("bench", "measure vitlab's training and inference throughput"),
     "serve": ("serve", "a web page and a JSON API in front of a checkpoint (pip install 'vitlab[serve]')"),
+    "study": ("study", "run one of the paper's experiments: its grid of runs, results, figure and report"),
 }
 
 

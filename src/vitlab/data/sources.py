@@ -1,11 +1,12 @@
 """Source specs ("fashion_mnist", "cifar10", "cifar100", "folder:/dir", "shards:/dir/x-{000..009}.tar")
 and `build_dataset`, which turns a spec + split spec into a data set."""
-from . import cifar, fashion_mnist, folder, shards
+from . import cifar, fashion_mnist, folder, quadrants, shards
 from .errors import DataError
 from .splits import parse_split, select
 
 ALIASES = {"fashion_mnist": "fashion_mnist", "fashion-mnist": "fashion_mnist", "fmnist": "fashion_mnist",
-           "cifar10": "cifar10", "cifar-10": "cifar10", "cifar100": "cifar100", "cifar-100": "cifar100"}
+           "cifar10": "cifar10", "cifar-10": "cifar10", "cifar100": "cifar100", "cifar-100": "cifar100",
+           "quadrants": "quadrants"}
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -39,6 +40,8 @@ def build_dataset(spec: str, split: str, *, root=None, in_chans: int = 3, split_
                                    max_member_bytes=max_member_bytes)
     if kind == "fashion_mnist":
         base = fashion_mnist.load(s.name, root, in_chans=in_chans, allow_download=download)
+    elif kind == "quadrants":
+        base = quadrants.load(s.name, root, in_chans=in_chans, allow_download=download)
     elif kind in ("cifar10", "cifar100"):
         base = cifar.load(kind, s.name, root, in_chans=in_chans, allow_download=download)
     else:

@@ -11,13 +11,13 @@ from typing import Sequence
 from .registry import BiTConfig, ViTConfig
 
 
-def _resnet_macs(layers: Sequence[int], width_factor: int, in_chans: int, hw: tuple[int, int]) -> tuple[int, tuple[int, int], int]:
+def _resnet_macs(layers: Sequence[int], width_factor: float, in_chans: int, hw: tuple[int, int]) -> tuple[int, tuple[int, int], int]:
     """Multiply-adds of a BiT-style ResNet (root + bottleneck stages) with SAME padding.
 
     Returns (macs, output spatial size, output channels).
     """
     h, w = (math.ceil(s / 2) for s in hw)  # 7x7 stride-2 root conv
-    width = 64 * width_factor
+    width = int(64 * width_factor)
     macs = h * w * 49 * in_chans * width
     h, w = math.ceil(h / 2), math.ceil(w / 2)  # max-pool
     cin = width

@@ -38,14 +38,17 @@ BIT_VARIANTS = (("R50", 1), ("R50", 3), ("R101", 1), ("R101", 3), ("R152", 2), (
 @dataclass
 class BiTConfig:
     layers: tuple[int, ...] = (3, 4, 6, 3)
-    width_factor: int = 1
+    width_factor: float = 1  # 64 x width_factor channels at the root; fractions make small CNNs for small data
     in_chans: int = 3
     num_classes: int = 1000
     image_size: int = 224
 
     def validate(self) -> "BiTConfig":
-        if self.in_chans < 1 or self.num_classes < 0 or self.width_factor < 1:
+        if self.in_chans < 1 or self.num_classes < 0 or not self.width_factor > 0:
             raise ValueError(f"invalid BiT configuration: {self}")
+        if int(64 * self.width_factor) % 32:  # every GroupNorm has 32 groups
+            raise ValueError(f"BiT width_factor {self.width_factor} gives {int(64 * self.width_factor)} root "
+                             "channels; it must be a multiple of 32 (GroupNorm's 32 groups)")
         return self
 
     def to_dict(self) -> dict:
