@@ -14,8 +14,8 @@ from .plots import figure, lines_by, save
 from .report import group_mean, markdown_table, pct
 
 SUBSETS = {"quick": [300, 1000], "default": [1000, 3000, 10000, 30000, 60000]}
-# Images shown per run: 40 epochs of the subset, at most 60,000 (one epoch of the whole set).
-EPOCHS, MAX_IMAGES = 40, 60_000
+# Images shown per run: 30 epochs of the subset, at most 30,000 (half an epoch of the whole set).
+EPOCHS, MAX_IMAGES = 30, 30_000
 QUICK_STEPS = 15
 
 

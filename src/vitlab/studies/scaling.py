@@ -12,7 +12,7 @@ from .families import PAPER, SCALED, TINY
 from .plots import compute_scatter, figure, save
 from .report import markdown_table, pareto_front, pct
 
-IMAGES = {"quick": 64 * 15, "default": 60_000}
+IMAGES = {"quick": 64 * 15, "default": 30_000}
 
 
 def grid(size: str) -> list[Run]:
@@ -63,7 +63,7 @@ STUDY = Study(
     question="Which family gives the most accuracy per unit of training compute?",
     grid=grid, draw=draw, summarise=summarise,
     budget={"quick": "15 steps of 64, two tiny sizes per family.",
-            "default": f"every run sees {IMAGES['default']:,} images (one epoch) at batch 128, AdamW lr 1e-3 cosine, "
+            "default": f"every run sees {IMAGES['default']:,} images (half an epoch) at batch 128, AdamW lr 1e-3 cosine, "
                        "bf16; three sizes per family; compute = forward FLOPs x 3 x images seen.",
             "paper": "7 epochs of JFT-300M at batch 4096 for every model of Figure 5."},
     paper_numbers="""
