@@ -40,6 +40,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (the median is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--repeats", type=int, default=None, help="steps per round (default: 1 CPU, 10 GPU)")
+    parser.add_argument("--image-sizes", type=int, nargs="+", metavar="PX",
+                        help="sweep input sizes (the paper's Figure 12): inference images/s at each size")
+    parser.add_argument("--max-batch", action="store_true",
+                        help="with --image-sizes: also the largest batch whose weights and activations fit --memory-cap")
+    parser.add_argument("--memory-cap", type=float, default=16.0, metavar="GIB",
+                        help="memory for --max-batch, in GiB (default 16: one TPUv3 core, as in the paper)")
     common.add_output_args(parser, out=None, json_help="print the results as JSON")
 
 
@@ -53,6 +59,8 @@ def build(args):
 
 
 def run(args) -> int:
+    if args.image_sizes:
+        return sweep_image_sizes(args)
     device = common.resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     if args.threads:
@@ -104,3 +112,32 @@ def format_report(report: dict) -> str:
         lines.append(f"{task:<10} {r['images_per_second']:>10.1f} {r['ms_per_step']:>9.1f} "
                      f"{r['model_flops_per_second'] / 1e9:>9.1f} {100 * r['utilisation']:>7.0f}% {mem:>10}")
     return "\n".join(lines)
+
+
+def sweep_image_sizes(args) -> int:
+    """Figure 12 for one model: images/s (and the largest batch under a memory cap) at each input size."""
+    from ..errors import UsageError
+    from ..studies.throughput import measure
+
+    if args.checkpoint:
+        raise UsageError("--image-sizes sweeps a registered architecture: give --model, not --checkpoint")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = common.resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    if precision not in ("fp32", "bf16"):
+        raise UsageError(f"--image-sizes measures fp32 or bf16, not {precision}")
+    rows = [measure(model=args.model, image_size=size, batch=args.batch_size, memory_cap_gb=args.memory_cap,
+                    precision=precision, device=str(device), max_batch=args.max_batch) for size in args.image_sizes]
+    if args.json:
+        print(json.dumps({"model": args.model, "results": rows}, indent=2))
+        return 0
+    print(f"{args.model}: inference, batch {args.batch_size}, {precision}, {torch.get_num_threads()} threads, "
+          f"on {device}" + (f"; largest batch within {args.memory_cap:g} GiB" if args.max_batch else ""))
+    print(f"{'px':>5} {'GFLOPs/img':>11} {'images/s':>10}" + (f" {'MiB/img':>9} {'max batch':>10}" if args.max_batch else ""))
+    for r in rows:
+        line = f"{r['image_size']:>5} {r['gflops_per_image']:>11.2f} {r['images_per_s']:>10.1f}"
+        if args.max_batch:
+            line += f" {r['mb_per_image']:>9.2f} {r['max_batch']:>10,}"
+        print(line)
+    return 0

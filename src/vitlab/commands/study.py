@@ -11,11 +11,15 @@ Running the same command again keeps the finished runs and resumes an interrupte
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
 import sys
 from pathlib import Path
+
+from ..errors import UsageError
+from . import common
 
 
 def add_arguments(parser) -> None:
@@ -25,19 +29,13 @@ def add_arguments(parser) -> None:
                         help="quick: minutes, for tests; default: at most ~30 minutes on 2 CPU cores; paper: the "
                              "paper's own grid (needs its data and accelerators)")
     parser.add_argument("--quick", dest="size", action="store_const", const="quick", help="same as --size quick")
-    parser.add_argument("--out", default=None, help="output directory (default: runs/study-NAME[-SIZE])")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (threads, or GPUs, split between them)")
     parser.add_argument("--data", default=None, help="with --size paper: your copy of the upstream data set")
     parser.add_argument("--dry-run", action="store_true", help="print the grid of runs and exit")
-    parser.add_argument("--json", action="store_true", help="print the results (or the grid) as JSON")
-    parser.add_argument("--only", default=None, help=argparse_suppress())
-    parser.add_argument("--no-report", action="store_true", help=argparse_suppress())
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
+    common.add_output_args(parser, out_help="output directory (default: runs/study-NAME[-SIZE])",
+                           json_help="print the results (or, with --dry-run, the grid) as JSON")
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # the runner's child processes
+    parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
 
 
 def run(args) -> int:
@@ -45,18 +43,15 @@ def run(args) -> int:
     from ..studies.report import write_report
     from ..studies.runner import run_study
 
-    if args.list or not args.name:
+    if args.list:
         for study in STUDIES.values():
             print(f"{study.name:<16} {study.title} [{study.paper}]")
-        return 0 if args.list else 2
-    try:
-        study = get_study(args.name)
-    except KeyError as e:
-        print(f"vitlab study: {e.args[0]}", file=sys.stderr)
-        return 2
+        return 0
+    if not args.name:
+        raise UsageError(f"name a study ({', '.join(STUDIES)}), or --list")
+    study = get_study(args.name)
     if args.jobs < 1:
-        print(f"vitlab study: --jobs must be >= 1, not {args.jobs}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--jobs must be >= 1, not {args.jobs}")
     runs = study.runs(args.size)
     if args.data:
         for r in runs:

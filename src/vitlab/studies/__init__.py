@@ -14,9 +14,11 @@ def get_study(name: str) -> Study:
     if name not in STUDIES:
         import difflib
 
+        from ..errors import UsageError
+
         close = difflib.get_close_matches(name, list(STUDIES), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown study {name!r}{hint} (`vitlab study --list` shows them: {', '.join(STUDIES)})")
+        raise UsageError(f"unknown study {name!r}{hint} (`vitlab study --list` shows them: {', '.join(STUDIES)})")
     return STUDIES[name]
 
 

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..models import count_flops
 
@@ -52,7 +51,7 @@ def fewshot_accuracy(model, dataset: str, train_split: str, test_split: str, *, 
     from ..data import build_dataset
     from ..evaluation import EvalBatches, extract_features, fewshot_results
     from ..evaluation.fewshot import shots_needed
-    from ..evaluation.runtime import model_preprocessing
+    from ..evaluation.batches import model_preprocessing
 
     in_chans = model.config.in_chans
     train = build_dataset(dataset, train_split, in_chans=in_chans)
@@ -63,11 +62,10 @@ def fewshot_accuracy(model, dataset: str, train_split: str, test_split: str, *, 
     def features(ds, indices):
         batches = EvalBatches(ds, image_size=image_size, batch_size=256, preprocessing=model_preprocessing(model),
                               indices=indices)
-        return extract_features(model, batches, progress=False)
+        return extract_features(model, batches, precision="bf16", progress=False)
 
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        train_x, _, train_idx = features(train, picked)
-        test_x, test_y, _ = features(test, None)
+    train_x, _, train_idx = features(train, picked)
+    test_x, test_y, _ = features(test, None)
     result = fewshot_results(labels, train_x, test_x, test_y, train.num_classes, train_indices=train_idx.numpy(),
                              shots=(shots,), seeds=list(seeds))
     return result["shots"][str(shots)]["mean"]

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import VitlabError
 from ..fileio import atomic_write_text
 from .core import Run, Study
 
@@ -26,7 +27,7 @@ DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MAST
                    "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
 
 
-class StudyError(RuntimeError):
+class StudyError(VitlabError):
     """A run of the study failed; the message names it and where its log is."""
 
 

@@ -1,9 +1,9 @@
 """Inference throughput and the largest batch that fits a memory cap, against input size (Figure 12).
 
 Images/s: the median of timed batches after warm-up, in inference mode. Memory: the peak that one forward pass
-adds at batch 4 and at batch 32 (on a GPU torch's allocator statistics; on the CPU the peak resident memory of a
-fresh process); it grows linearly in the batch, so the largest batch whose weights + activations fit
-`memory_cap_gb` follows from the two points.
+adds at two batch sizes (on a GPU torch's allocator statistics; on the CPU the peak resident memory of a fresh
+process); it grows linearly in the batch, so the largest batch whose weights + activations fit `memory_cap_gb`
+follows from the two points.
 """
 
 from __future__ import annotations
@@ -18,34 +18,42 @@ def device_of(name: str | None = None) -> torch.device:
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def peak_forward_bytes(model, batches: tuple[int, ...], image_size: int, in_chans: int, device: torch.device,
-                       dtype: torch.dtype, build: dict) -> list[int]:
-    """Peak bytes a forward pass of each batch size adds to the memory in use (weights excluded).
+PROBE_BATCHES = (4, 32, 256, 2048)
+MIN_GROWTH = 32 * 2**20  # the CPU's page-level peak needs a large difference to be read reliably
 
-    On a GPU: the allocator's peak statistics. On the CPU: the process's peak resident memory in a fresh child
-    process (spawned: a forked child of a process that has run OpenMP work can hang), batches in increasing
-    order so each one's high-water mark is its own.
+
+def activation_memory(model, image_size: int, in_chans: int, device: torch.device, dtype: torch.dtype,
+                      build: dict) -> tuple[float, float]:
+    """(bytes per image, fixed bytes) that one forward pass adds to the memory in use, weights excluded.
+
+    On a GPU: the allocator's peak statistics at batch 4 and 32. On the CPU: the peak resident memory of a
+    fresh child process (spawned: a forked child of a process that has run OpenMP work can hang) at batch 4 and
+    then larger batches until the peak has grown by MIN_GROWTH, so that allocator slack does not hide it.
     """
     if device.type == "cuda":
-        peaks = []
-        for batch in batches:
-            x = torch.randn(batch, in_chans, image_size, image_size, device=device)
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-                model(x)
-            torch.cuda.synchronize(device)
-            peaks.append(torch.cuda.max_memory_allocated(device) - base)
-        return peaks
-    import multiprocessing
+        peaks = [(b, _cuda_peak(model, b, image_size, in_chans, device, dtype)) for b in PROBE_BATCHES[:2]]
+    else:
+        import multiprocessing
 
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(_cpu_peaks, (build, sorted(batches), image_size, in_chans, dtype))
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            peaks = pool.apply(_cpu_peaks, (build, image_size, in_chans, dtype))
+    (b0, p0), (b1, p1) = peaks[0], peaks[-1]
+    per_image = max((p1 - p0) / (b1 - b0), 1.0)
+    return per_image, max(p0 - b0 * per_image, 0.0)
 
 
-def _cpu_peaks(build: dict, batches: list[int], image_size: int, in_chans: int, dtype: torch.dtype) -> list[int]:
+def _cuda_peak(model, batch: int, image_size: int, in_chans: int, device: torch.device, dtype: torch.dtype) -> int:
+    x = torch.randn(batch, in_chans, image_size, image_size, device=device)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        model(x)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def _cpu_peaks(build: dict, image_size: int, in_chans: int, dtype: torch.dtype) -> list[tuple[int, int]]:
     import os
     import resource
 
@@ -57,12 +65,14 @@ def _cpu_peaks(build: dict, batches: list[int], image_size: int, in_chans: int, 
 
     model = create_model(**build).eval()
     base, peaks = resident(), []
-    for batch in batches:
+    for batch in PROBE_BATCHES:  # increasing, so each high-water mark is this batch's own
         x = torch.randn(batch, in_chans, image_size, image_size)
         with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             model(x)
         del x
-        peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+        peaks.append((batch, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base))
+        if len(peaks) > 1 and peaks[-1][1] - peaks[0][1] >= MIN_GROWTH:
+            break
     return peaks
 
 
@@ -85,7 +95,8 @@ def images_per_second(model, batch: int, image_size: int, in_chans: int, device:
 
 
 def measure(*, model: str, overrides: dict | None = None, image_size: int, in_chans: int = 3, batch: int = 8,
-            memory_cap_gb: float = 4.0, precision: str = "bf16", seconds: float = 2.0, device: str | None = None) -> dict:
+            memory_cap_gb: float = 4.0, precision: str = "bf16", seconds: float = 2.0, device: str | None = None,
+            max_batch: bool = True) -> dict:
     """One point of Figure 12: images/s at `batch`, and the largest batch under `memory_cap_gb`."""
     from ..models import count_flops, create_model
 
@@ -94,13 +105,13 @@ def measure(*, model: str, overrides: dict | None = None, image_size: int, in_ch
     build = dict(name=model, image_size=image_size, in_chans=in_chans, **(overrides or {}))
     net = create_model(**build).eval().to(dev)
     weights = sum(p.numel() * p.element_size() for p in net.parameters())
-    small, large = 4, 32
-    at_small, at_large = peak_forward_bytes(net, (small, large), image_size, in_chans, dev, dtype, build)
-    per_image = max((at_large - at_small) / (large - small), 1.0)
-    fixed = max(at_small - small * per_image, 0.0)  # what a forward pass needs whatever the batch
-    max_batch = max(0, int((memory_cap_gb * 2**30 - weights - fixed) // per_image))
-    return {"image_size": image_size, "batch": batch,
-            "images_per_s": images_per_second(net, batch, image_size, in_chans, dev, dtype, seconds=seconds),
-            "mb_per_image": per_image / 2**20, "fixed_mb": fixed / 2**20, "weights_mb": weights / 2**20,
-            "max_batch": max_batch, "memory_cap_gb": memory_cap_gb, "precision": precision, "device": dev.type,
-            "threads": torch.get_num_threads(), "gflops_per_image": count_flops(net.config, image_size) / 1e9}
+    row = {"image_size": image_size, "batch": batch,
+           "images_per_s": images_per_second(net, batch, image_size, in_chans, dev, dtype, seconds=seconds),
+           "weights_mb": weights / 2**20, "precision": precision, "device": dev.type,
+           "threads": torch.get_num_threads(), "gflops_per_image": count_flops(net.config, image_size) / 1e9}
+    if not max_batch:
+        return row
+    per_image, fixed = activation_memory(net, image_size, in_chans, dev, dtype, build)
+    largest = max(0, int((memory_cap_gb * 2**30 - weights - fixed) // per_image))
+    return {**row, "mb_per_image": per_image / 2**20, "fixed_mb": fixed / 2**20, "max_batch": largest,
+            "memory_cap_gb": memory_cap_gb}
