@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from reference_vit import forward as reference
 from reference_vit import random_official_params
@@ -150,3 +150,14 @@ def test_npz_export_refuses_what_the_official_layout_cannot_hold(tmp_path, setti
     model = create_model("ViT-Ti/16", **tiny(patch_size=8, **settings))
     with pytest.raises(CheckpointError, match="cannot export to npz"):
         export_checkpoint(model, tmp_path / "m.npz", "npz")
+
+
+def test_timm_map_over_prefix_tokens_is_refused(tmp_path):
+    from vitlab.checkpoints import CheckpointError
+
+    path, *_ = timm_fixture("siglip_map")
+    tensors = load_file(str(path))
+    tensors["cls_token"] = torch.zeros(1, 1, 32, dtype=tensors["pos_embed"].dtype)
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    with pytest.raises(CheckpointError, match="attention pool over cls_token"):
+        load_pretrained(tmp_path / "m.safetensors", num_heads=2)

@@ -85,6 +85,10 @@ def infer_config(t: dict[str, torch.Tensor], path: Path, num_heads: int | None, 
                representation_size=t["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in t else None,
                num_classes=t["head.weight"].shape[0] if "head.weight" in t else 0)
     cfg.update(family_settings(t))
+    prefix_tokens = [k for k in ("cls_token", "dist_token", "reg_token") if k in t]
+    if "attn_pool.latent" in t and prefix_tokens:
+        raise CheckpointError(f"{path}: timm's attention pool over {', '.join(prefix_tokens)} as well as the patches "
+                              "is not supported (vitlab's MAP head pools the patch tokens, as big_vision's does)")
     stem = BACKBONE
     if any(k.startswith(stem) for k in t):
         if stem + "stem.conv.weight" not in t:
