@@ -55,6 +55,9 @@ def test_classification_checkpoints_have_no_objective_files(tmp_path):
     ({"objective": {"name": "mpp", "mpp": {"target": "colour"}}}, "objective.mpp.target"),
     ({"objective": {"name": "mpp"}, "model": {"overrides": {"patch_dropout": 0.5}}}, "patch_dropout"),
     ({"objective": {"name": "mpp", "mpp": {"target": "downsized", "downsized_size": 3}}}, "does not divide"),
+    ({"objective": {"name": "mae"}, "model": {"overrides": {"posemb": "relative"}}}, "posemb = 'relative'"),
+    ({"objective": {"name": "mae", "mae": {"mask_rate": 1.0}}}, "objective.mae.mask_rate"),
+    ({"objective": {"name": "mae", "mae": {"decoder_width": 30, "decoder_heads": 4}}}, "not divisible"),
 ])
 def test_bad_objective_settings_are_refused_before_work(tmp_path, sets, message):
     with pytest.raises(ConfigError, match=message):

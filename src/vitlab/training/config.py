@@ -373,12 +373,12 @@ def _check_model(cfg: TrainConfig) -> None:
 
 
 def _check_objective(cfg: TrainConfig) -> None:
-    patch = None  # the pixels one token sees, when the architecture is known before loading model.init
+    known = None  # the model's config, when it is known before any model is built (not from model.init)
     if cfg.model.init is None:
         from ..models.registry import canonical_name, model_config
 
-        patch = getattr(model_config(canonical_name(cfg.model.name), **architecture(cfg)), "stride", None)  # BiT: none
-    problems = check_objective(cfg.objective, cfg.model.overrides, patch)
+        known = model_config(canonical_name(cfg.model.name), **architecture(cfg))
+    problems = check_objective(cfg.objective, cfg.model.overrides, known)
     if problems:
         raise ConfigError(problems[0])
 

@@ -86,10 +86,11 @@ def check_distill(cfg: DistillConfig, objective: str) -> list[str]:
     return problems
 
 
-def check(cfg: ObjectiveConfig, model_overrides: dict, patch: int | None = None) -> list[str]:
-    """Problems with the objective's settings, each naming its key (empty when it can run); `patch` is the
-    number of pixels on a side of the region one token sees, when known."""
+def check(cfg: ObjectiveConfig, model_overrides: dict, architecture=None) -> list[str]:
+    """Problems with the objective's settings, each naming its key (empty when it can run); `architecture`
+    is the model's config when it is known before the model is built."""
     problems = []
+    patch = getattr(architecture, "stride", None)  # the pixels one token sees (a BiT ResNet has no tokens)
     if cfg.name not in NAMES:
         return [f"objective.name = {cfg.name!r} is not one of {', '.join(NAMES)}"]
     if cfg.name != "classification" and model_overrides.get("patch_dropout", 0.0):
@@ -109,6 +110,11 @@ def check(cfg: ObjectiveConfig, model_overrides: dict, patch: int | None = None)
         problems.append(f"objective.mpp.downsized_size must be >= 1, not {m.downsized_size}")
     elif cfg.name == "mpp" and m.target == "downsized" and patch is not None and patch % m.downsized_size:
         problems.append(f"objective.mpp.downsized_size {m.downsized_size} does not divide the patch size {patch}")
+    whole_grid = [f"{key} = {value!r}" for key, value in (("posemb", "relative"), ("attention", "axial"))
+                  if getattr(architecture, key, None) == value]
+    if cfg.name == "mae" and whole_grid:
+        problems.append(f"objective.name = 'mae' runs the encoder on a subset of the patches, which a model with "
+                        f"{whole_grid[0]} cannot (it needs every patch of the grid)")
     a = cfg.mae
     if not 0.0 < a.mask_rate < 1.0:
         problems.append(f"objective.mae.mask_rate must be in (0, 1), not {a.mask_rate}")
