@@ -46,9 +46,10 @@ from ..errors import VitlabError
 from ..fileio import atomic_write, atomic_write_text, fsync_dir
 from ..runtime import Dist, barrier
 from .objectives import join_state_dicts, split_state_dict
+from .objectives.base import RECORD_FILE as OBJECTIVE_RECORD
+from .objectives.base import WEIGHTS_FILE as OBJECTIVE_FILE
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
-OBJECTIVE_FILE, OBJECTIVE_RECORD = "objective.safetensors", "objective.json"
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 MANIFEST = "manifest.json"
 REPLACED = ".replaced"  # a complete checkpoint moved aside while a new copy of the same step takes its name

@@ -12,9 +12,11 @@ checkpoint keeps beside the encoder (objective.safetensors) so that model.safete
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
-from .base import Objective, TrainingModule, join_state_dicts, loss_and_logs, split_state_dict
+from .base import (RECORD_FILE, WEIGHTS_FILE, Objective, TrainingModule, join_state_dicts, loss_and_logs,
+                   split_state_dict)
 from .settings import NAMES, SELF_SUPERVISED, ObjectiveConfig
 
 
@@ -46,18 +48,21 @@ def build_objective(cfg: ObjectiveConfig, *, model_config=None, preprocessing: d
 def load_objective(checkpoint: str | Path, model) -> Objective | None:
     """The self-supervised objective saved in a checkpoint directory beside `model` (its encoder), or None
     when it has none. For inspection: `objective.illustrate(model, images)`."""
-    from ..checkpointing import load_objective_weights, read_objective_record
+    from safetensors.torch import load_file
 
-    record = read_objective_record(checkpoint)
-    if record is None or record.get("name") not in SELF_SUPERVISED:
+    record_file, weights_file = Path(checkpoint) / RECORD_FILE, Path(checkpoint) / WEIGHTS_FILE
+    if not record_file.is_file() or not weights_file.is_file():
         return None
-    name = record["name"]
+    record = json.loads(record_file.read_text())
+    name = record.get("name")
+    if name not in SELF_SUPERVISED:
+        return None
     cfg = ObjectiveConfig(name=name)
     settings_class = type(getattr(cfg, name))
     known = {f.name for f in dataclasses.fields(settings_class)}
     setattr(cfg, name, settings_class(**{k: v for k, v in record.get("settings", {}).items() if k in known}))
     objective = build_objective(cfg, model_config=model.config, preprocessing=getattr(model, "preprocessing", None))
-    objective.load_state_dict(load_objective_weights(checkpoint))
+    objective.load_state_dict(load_file(str(weights_file)))
     return objective.to(next(model.parameters()).device)
 
 

@@ -17,6 +17,8 @@ from torch import nn
 from ...runtime import all_reduce_floats, autocast
 
 ENCODER, OBJECTIVE = "model.", "objective."
+# beside a checkpoint's model.safetensors: the objective's name and settings, and its own weights
+RECORD_FILE, WEIGHTS_FILE = "objective.json", "objective.safetensors"
 
 
 class Objective(nn.Module):
