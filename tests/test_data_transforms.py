@@ -10,8 +10,8 @@ from vitlab.data import augment
 from vitlab.training.losses import classification_loss
 from vitlab.data.randaugment import OPS, RandAugment
 from vitlab.data.splits import parse_split, select
-from vitlab.data.transforms import (CropResize, centre_box, crop_flip_batch, normalize, resize_batch,
-                                    sample_crop_boxes)
+from vitlab.data.preprocessing import Preprocessing
+from vitlab.data.transforms import CropResize, centre_box, crop_flip_batch, sample_crop_boxes
 from vitlab.data import DataError
 
 
@@ -106,7 +106,8 @@ def test_jpeg_draft_decodes_at_reduced_scale(tmp_path):
 def test_resize_crop_eval_keeps_centre(tmp_path):
     assert centre_box(300, 400, 0.5) == (75, 125, 150, 150)
     x = torch.arange(16.0).view(1, 1, 4, 4)
-    assert torch.equal(resize_batch(x, 2, resize_crop=True, crop_fraction=0.5), x[..., 1:3, 1:3])
+    record = Preprocessing(image_size=2, resize_crop=True, crop_fraction=0.5, channels=1)
+    assert torch.equal(record.geometry(x), x[..., 1:3, 1:3])
 
 
 def test_crop_flip_batch_geometry():
@@ -126,8 +127,9 @@ def test_crop_flip_batch_geometry():
 
 def test_normalize_ranges():
     x = torch.tensor([0, 127.5, 255]).view(1, 3, 1, 1)
-    assert torch.allclose(normalize(x).flatten(), torch.tensor([-1.0, 0.0, 1.0]))
-    y = normalize(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8), "mean_std", (0.5, 0.5, 0.5), (0.25, 0.5, 1))
+    assert torch.allclose(Preprocessing().normalise(x).flatten(), torch.tensor([-1.0, 0.0, 1.0]))
+    mean_std = Preprocessing(normalisation="mean_std", mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1))
+    y = mean_std.normalise(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8))
     assert torch.allclose(y.flatten(), torch.tensor([2.0, 1.0, 0.5]))
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .errors import BadImage, DataError
 from .images import convert, to_tensor
+from .transforms import centre_box
 
 NORMALISATIONS = ("minus_one_one", "mean_std")
 INTERPOLATIONS = ("bilinear", "bicubic")
@@ -93,10 +94,8 @@ class Preprocessing:
         crop when resize_crop, then an antialiased resize."""
         x = images.float()
         if self.resize_crop:
-            height, width = x.shape[-2:]
-            side = max(1, int(round(min(height, width) * self.crop_fraction)))
-            top, left = (height - side) // 2, (width - side) // 2
-            x = x[..., top:top + side, left:left + side]
+            top, left, h, w = centre_box(x.shape[-2], x.shape[-1], self.crop_fraction)
+            x = x[..., top:top + h, left:left + w]
         if tuple(x.shape[-2:]) == self.image_size:
             return x
         batch = x if x.ndim == 4 else x[None]

@@ -1,12 +1,12 @@
-"""The paper's geometry: inception crop + flip for training, resize (or resize + centre crop) for eval.
+"""The paper's training geometry: inception crop + flip (evaluation: `preprocessing.py`, the record's transform).
 
 Two implementations of the same maths:
 - `CropResize`, per image in loader workers: choose the crop box on the undecoded image, let
   libjpeg decode only the rows above the box's bottom and at reduced scale when the box allows,
   crop, then resize the uint8 crop with torch's antialiased bilinear filter (faster than
-  Pillow's; same filter).
-- `crop_flip_batch` / `resize_batch`, for data sets already in memory: batched matmuls /
-  one interpolate call over the whole batch on the training device.
+  Pillow's; same filter). With train=False it resizes (or centre-crops) for callers that want
+  a uint8 image; the loader evaluates with the preprocessing record instead.
+- `crop_flip_batch`, for data sets already in memory: batched matmuls on the training device.
 """
 import math
 import numpy as np
@@ -131,23 +131,3 @@ def crop_flip_batch(x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, s
     cols = resample_weights(boxes[:, 1], boxes[:, 3], x.shape[-1], size)  # B x size x W
     cols = torch.where(flips.to(x.device).view(-1, 1, 1), cols.flip(1), cols)
     return rows.unsqueeze(1) @ x @ cols.transpose(1, 2).unsqueeze(1)
-
-
-def resize_batch(x: torch.Tensor, size: int, resize_crop=False, crop_fraction=0.875) -> torch.Tensor:
-    """Eval geometry for a float batch: resize, or centre-crop `crop_fraction` then resize."""
-    if resize_crop:
-        top, left, h, w = centre_box(x.shape[-2], x.shape[-1], crop_fraction)
-        x = x[..., top : top + h, left : left + w]
-    if x.shape[-2:] == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-
-
-def normalize(x: torch.Tensor, kind: str = "minus_one_one", mean=(0.5,), std=(0.5,)) -> torch.Tensor:
-    """uint8 or float pixels in [0, 255] to the model's input range (float32)."""
-    x = x.float()
-    if kind == "minus_one_one":
-        return x / 127.5 - 1.0
-    m = torch.tensor(mean, device=x.device).view(-1, 1, 1) * 255
-    s = torch.tensor(std, device=x.device).view(-1, 1, 1) * 255
-    return (x - m) / s
