@@ -123,3 +123,12 @@ def test_data_sets_use_the_same_downloader(server, tmp_path):
     assert path.read_bytes() == DATA
     with pytest.raises(DataError, match="HTTP 404"):
         data_download(server.url("/nope"), tmp_path / "n.bin")
+
+
+def test_concurrent_downloads_of_one_file_fetch_it_once(server, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:
+        paths = list(pool.map(lambda _: fetch(server, tmp_path), range(3)))
+    assert all(p.read_bytes() == DATA for p in paths)
+    assert len(server.requests("/w.bin")) == 1 and not (tmp_path / "w.bin.part").exists()

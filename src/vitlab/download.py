@@ -12,6 +12,7 @@ under the final name is always whole. Checkpoints and data sets (vitlab.data) sh
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.client
 import os
@@ -20,6 +21,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
@@ -78,24 +80,39 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, md5: str 
         raise DownloadError(f"{url}: not in the cache ({dest}) and offline mode is on (VITLAB_OFFLINE / "
                             "HF_HUB_OFFLINE); fetch it once online with `vitlab download`, or unset the variable")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    for attempt in range(retries + 1):
-        try:
-            total = fetch_into(url, part, timeout, progress)
-            break
-        except urllib.error.HTTPError as e:
-            if e.code not in RETRY_STATUS or attempt == retries:
-                tries = f" (after {attempt + 1} tries)" if attempt else ""
-                raise DownloadError(f"{url}: HTTP {e.code} {e.reason}{tries}") from None
-        except TRANSIENT as e:
-            if attempt == retries:
-                kept = part.stat().st_size if part.exists() else 0
-                raise DownloadError(f"{url}: {describe(e)} (after {attempt + 1} tries; the {kept} bytes received "
-                                    f"are kept in {part} and the next try resumes from there)") from None
-        time.sleep(backoff * 2**attempt)
-    check(url, part, expected_size=size if size is not None else total, sha256=sha256, md5=md5)
-    os.replace(part, dest)
-    return dest
+    with exclusive(dest.parent):  # one process fetches; the others then find the file cached
+        if dest.is_file():
+            return dest
+        part = dest.with_name(dest.name + ".part")
+        for attempt in range(retries + 1):
+            try:
+                total = fetch_into(url, part, timeout, progress)
+                break
+            except urllib.error.HTTPError as e:
+                if e.code not in RETRY_STATUS or attempt == retries:
+                    tries = f" (after {attempt + 1} tries)" if attempt else ""
+                    raise DownloadError(f"{url}: HTTP {e.code} {e.reason}{tries}") from None
+            except TRANSIENT as e:
+                if attempt == retries:
+                    kept = part.stat().st_size if part.exists() else 0
+                    raise DownloadError(f"{url}: {describe(e)} (after {attempt + 1} tries; the {kept} bytes received "
+                                        f"are kept in {part} and the next try resumes from there)") from None
+            time.sleep(backoff * 2**attempt)
+        check(url, part, expected_size=size if size is not None else total, sha256=sha256, md5=md5)
+        os.replace(part, dest)
+        return dest
+
+
+@contextmanager
+def exclusive(folder: Path):
+    """An advisory lock (flock) on the destination's folder while a file is fetched, so two processes never
+    write one `.part` (it leaves no lock file behind)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def describe(e: BaseException) -> str:
