@@ -95,6 +95,9 @@ def test_renormalize_maps_one_records_pixels_to_anothers():
     got = renormalize(pixels * 2 - 1, minus_one_one, mean_std)
     assert torch.allclose(got, (pixels - mean) / std, atol=1e-5)
     assert renormalize(pixels, None, mean_std) is pixels  # unknown: unchanged
+    grey = {"normalisation": "mean_std", "mean": [0.25, 0.25, 0.25], "std": [0.5, 0.5, 0.5]}
+    assert torch.allclose(renormalize(pixels[:, :1] * 2 - 1, minus_one_one, grey), (pixels[:, :1] - 0.25) / 0.5,
+                          atol=1e-5)
 
 
 # ---- through the Trainer ----------------------------------------------------------------------------------------

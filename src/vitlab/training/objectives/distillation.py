@@ -179,9 +179,15 @@ def pixel_transform(record: dict | None, channels: int) -> tuple[torch.Tensor, t
     if not record:
         return None
     if record.get("normalisation") == "mean_std":
-        mean, std = (torch.tensor(record[k], dtype=torch.float32).expand(channels) for k in ("mean", "std"))
+        mean, std = (per_channel(record[k], channels) for k in ("mean", "std"))
         return 1.0 / std, -mean / std
     return torch.full((channels,), 2.0), torch.full((channels,), -1.0)  # minus_one_one
+
+
+def per_channel(values, channels: int) -> torch.Tensor:
+    """A record's mean or std for `channels` channels (records of grey models may list three equal values)."""
+    values = torch.tensor(values, dtype=torch.float32).flatten()
+    return values[:channels] if values.numel() >= channels else values[:1].expand(channels)
 
 
 def renormalize(images: torch.Tensor, source: dict | None, target: dict | None) -> torch.Tensor:
