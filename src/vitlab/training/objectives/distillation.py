@@ -212,9 +212,8 @@ def load_teacher(path: str | Path, *, num_classes: int, in_chans: int, device: t
     from ...checkpoints.mapping import CheckpointError
     from ..config import ConfigError
 
-    path = Path(path)
     try:
-        model = load_pretrained(path)
+        model = load_pretrained(path)  # as given: a name or URL would not survive Path()
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise ConfigError(f"distill.teacher: {e}") from None
     teacher_classes, teacher_chans = int(model.config.num_classes), int(model.config.in_chans)
@@ -224,7 +223,8 @@ def load_teacher(path: str | Path, *, num_classes: int, in_chans: int, device: t
         raise ConfigError(f"distill.teacher {path}: reads {teacher_chans}-channel images, but data.in_chans is "
                           f"{in_chans}")
     teacher = Teacher(model, student_preprocessing=student_preprocessing, precision=precision).to(device)
-    teacher.source = (path.is_dir() and latest_run_checkpoint(path)) or path
+    local = Path(path)
+    teacher.source = (local.is_dir() and latest_run_checkpoint(local)) or path
     return teacher
 
 
