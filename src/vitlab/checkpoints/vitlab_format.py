@@ -13,7 +13,7 @@ from ..fileio import atomic_write, atomic_write_text
 from ..data.preprocessing import of_model
 from ..models import BiTConfig, ViTConfig
 from ..models.registry import build_model
-from .files import read_safetensors
+from .files import read_json, read_safetensors
 from .mapping import CheckpointError, check_contents
 from .model_card import current_command, model_card
 
@@ -66,12 +66,7 @@ def is_vitlab_checkpoint(path: str | Path) -> bool:
 
 def read_config(directory: str | Path) -> dict:
     path = Path(directory) / CONFIG_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot read a vitlab config: {e}") from e
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: holds a JSON {type(meta).__name__}, not the object of a vitlab config")
+    meta = read_json(path)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a vitlab checkpoint (format is {meta.get('format')!r})")
     return meta

@@ -5,7 +5,7 @@ The paper: Axial-ViT-B/16 and B/32 do better than ViT-B at the same patch size, 
 
 from __future__ import annotations
 
-from .core import MAIN_VIT, TINY_VIT, Run, Study, fashion_mnist_run, paper_run, steps_for
+from .core import MAIN_VIT, TINY_VIT, Run, Study, fashion_mnist_run, paper_run, steps_for, scale_of
 from .plots import figure, lines_by, save
 from .report import markdown_table, pct
 
@@ -24,10 +24,10 @@ def grid(size: str) -> list[Run]:
                                    overrides={"attention": attention})
             else:
                 base = TINY_VIT if size == "quick" else BASE
-                batch = 64 if size == "quick" else 128
+                batch, eval_split = scale_of(size)
                 config = fashion_mnist_run(overrides={**base, "attention": attention}, image_size=image_size,
                                            steps=steps_for(IMAGES[size], batch), batch_size=batch,
-                                           eval_split="test[:500]" if size == "quick" else "test")
+                                           eval_split=eval_split)
             runs.append(Run(f"{arch.lower()}-{image_size}px", config, {"family": arch, "image_size": image_size}))
     return runs
 

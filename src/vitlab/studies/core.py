@@ -82,6 +82,11 @@ def fashion_mnist_run(*, model: str = "ViT-Ti/16", overrides: dict | None = None
     return config
 
 
+def scale_of(size: str) -> tuple[int, str]:
+    """(batch size, evaluation split) of a study run at the quick or default size."""
+    return (64, "test[:500]") if size == "quick" else (128, "test")
+
+
 def with_changes(config: dict, **sections) -> dict:
     """A copy of `config` with some keys of some tables replaced: with_changes(c, optim={"lr": 3e-4})."""
     out = copy.deepcopy(config)

@@ -8,7 +8,7 @@ Fashion-MNIST's training set and measured on the whole test set, fine-tuned (tra
 
 from __future__ import annotations
 
-from .core import Run, Study, fashion_mnist_run, paper_run, steps_for
+from .core import Run, Study, fashion_mnist_run, paper_run, steps_for, scale_of
 from .families import COMPARABLE, PAPER, TINY
 from .plots import figure, lines_by, save
 from .report import group_mean, markdown_table, pct
@@ -29,11 +29,11 @@ def grid(size: str) -> list[Run]:
     runs = []
     for family, (name, overrides) in families.items():
         for n in SUBSETS[size]:
-            batch = 64 if size == "quick" else 128
+            batch, eval_split = scale_of(size)
             steps = QUICK_STEPS if size == "quick" else steps_for(min(EPOCHS * n, MAX_IMAGES), batch)
             config = fashion_mnist_run(model=name, overrides=overrides, steps=steps, batch_size=batch,
                                        train_split=f"train[:{n}]",
-                                       eval_split="test[:500]" if size == "quick" else "test")
+                                       eval_split=eval_split)
             runs.append(Run(f"{family.lower()}-{n}", config, {"family": family, "subset": n}))
     return runs
 

@@ -6,7 +6,7 @@ against compute.
 
 from __future__ import annotations
 
-from .core import MAIN_VIT, TINY_VIT, Run, Study, fashion_mnist_run, paper_run, steps_for
+from .core import MAIN_VIT, TINY_VIT, Run, Study, fashion_mnist_run, paper_run, steps_for, scale_of
 from .plots import figure, save
 from .report import markdown_table, pct
 
@@ -26,9 +26,8 @@ def grid(size: str) -> list[Run]:
                     {"dimension": dim, "value": value}) for dim, values in PAPER_SCALES.items() for value in values]
     base = TINY_VIT if size == "quick" else BASE
     scales = QUICK_SCALES if size == "quick" else SCALES
-    batch = 64 if size == "quick" else 128
+    batch, eval_split = scale_of(size)
     steps = steps_for(IMAGES[size], batch)
-    eval_split = "test[:500]" if size == "quick" else "test"
     runs = [Run("base", fashion_mnist_run(overrides=base, steps=steps, batch_size=batch, eval_split=eval_split),
                 {"dimension": "base", "value": 0})]
     for dim, values in scales.items():

@@ -7,7 +7,7 @@ and the loss curves of each optimiser's best rate.
 
 from __future__ import annotations
 
-from .core import MAIN_VIT, TINY_VIT, Run, Study, fashion_mnist_run, paper_run, steps_for
+from .core import MAIN_VIT, TINY_VIT, Run, Study, fashion_mnist_run, paper_run, steps_for, scale_of
 from .measure import loss_curve
 from .plots import figure, save
 from .report import markdown_table, pct
@@ -25,7 +25,7 @@ IMAGES = {"quick": 64 * 15, "default": 20_000}
 
 def grid(size: str) -> list[Run]:
     base = TINY_VIT if size == "quick" else BASE
-    batch = 64 if size == "quick" else 128
+    batch, eval_split = scale_of(size)
     runs = []
     for label, (name, extra, lrs) in OPTIMIZERS.items():
         for lr in (lrs[1:2] if size == "quick" else lrs):
@@ -33,7 +33,7 @@ def grid(size: str) -> list[Run]:
                 config = paper_run("ViT-B/16", steps=7 * 300_000_000 // 4096, lr=lr)
             else:
                 config = fashion_mnist_run(overrides=base, lr=lr, batch_size=batch, steps=steps_for(IMAGES[size], batch),
-                                           eval_split="test[:500]" if size == "quick" else "test")
+                                           eval_split=eval_split)
             config["optim"] = {"name": name, "lr": lr, "weight_decay": 0.0, **extra}
             runs.append(Run(f"{label}-lr{lr:g}", config, {"optimizer": label, "lr": lr}, fewshot=False))
     return runs

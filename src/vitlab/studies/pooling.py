@@ -6,7 +6,7 @@ The paper: both work about equally well, but need different learning rates (toke
 
 from __future__ import annotations
 
-from .core import MAIN_VIT, TINY_VIT, Run, Study, fashion_mnist_run, paper_run, steps_for
+from .core import MAIN_VIT, TINY_VIT, Run, Study, fashion_mnist_run, paper_run, steps_for, scale_of
 from .plots import figure, lines_by, save
 from .report import group_mean, markdown_table, pct
 
@@ -22,13 +22,13 @@ def grid(size: str) -> list[Run]:
                                                           overrides={"classifier": pool}),
                     {"pooling": pool, "lr": lr}) for pool in POOLING for lr in LRS["paper"]]
     base = TINY_VIT if size == "quick" else BASE
-    batch = 64 if size == "quick" else 128
+    batch, eval_split = scale_of(size)
     runs = []
     for pool in POOLING:
         for lr in LRS[size]:
             config = fashion_mnist_run(overrides={**base, "classifier": pool}, lr=lr, batch_size=batch,
                                        steps=steps_for(IMAGES[size], batch),
-                                       eval_split="test[:500]" if size == "quick" else "test")
+                                       eval_split=eval_split)
             runs.append(Run(f"{pool}-lr{lr:g}", config, {"pooling": pool, "lr": lr}))
     return runs
 

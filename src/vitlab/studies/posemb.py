@@ -7,8 +7,7 @@ synthetic `quadrants` task, where only position decides the label, so "none" mus
 
 from __future__ import annotations
 
-from .core import MAIN_VIT, TINY_VIT, Run, Study, fashion_mnist_run, paper_run, steps_for
-from .plots import figure, save
+from .core import MAIN_VIT, TINY_VIT, Run, Study, fashion_mnist_run, paper_run, steps_for, scale_of
 from .report import group_mean, markdown_table, pct
 
 VARIANTS = ["none", "learned_1d", "learned_2d", "relative", "sincos_2d"]
@@ -23,8 +22,7 @@ def grid(size: str) -> list[Run]:
         return [Run(f"vit-b16-{v}", paper_run("ViT-B/16", steps=7 * 300_000_000 // 4096, overrides={"posemb": v}),
                     {"task": "jft", "posemb": v, "seed": 0}) for v in VARIANTS]
     base = TINY_VIT if size == "quick" else BASE
-    batch = 64 if size == "quick" else 128
-    eval_split = "test[:500]" if size == "quick" else "test"
+    batch, eval_split = scale_of(size)
     runs = []
     for seed in SEEDS[size]:
         for variant in VARIANTS:

@@ -7,7 +7,7 @@ saw (studies.measure): forward FLOPs x 3 x images.
 
 from __future__ import annotations
 
-from .core import MAIN_VIT, TINY_VIT, Run, Study, fashion_mnist_run, paper_run, steps_for
+from .core import Run, Study, fashion_mnist_run, paper_run, scale_of, steps_for
 from .families import PAPER, SCALED, TINY
 from .plots import compute_scatter, figure, save
 from .report import markdown_table, pareto_front, pct
@@ -26,9 +26,9 @@ def grid(size: str) -> list[Run]:
             tiny_name, tiny = TINY[family]
             variants = [(tiny_name, tiny), (tiny_name, _wider(family, tiny))]
         for i, (name, overrides) in enumerate(variants):
-            batch = 64 if size == "quick" else 128
+            batch, eval_split = scale_of(size)
             config = fashion_mnist_run(model=name, overrides=overrides, steps=steps_for(IMAGES[size], batch),
-                                       batch_size=batch, eval_split="test[:500]" if size == "quick" else "test")
+                                       batch_size=batch, eval_split=eval_split)
             runs.append(Run(f"{family.lower()}-{i}", config, {"family": family, "size": i}))
     return runs
 
