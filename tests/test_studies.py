@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
+from pathlib import Path
 
 import pytest
 
@@ -101,6 +103,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     run = study.runs("quick")[0]
     from vitlab.training import train
 
+    study_runner.claim_run_dir(tmp_path, run, log=lambda m: None)  # as the runner starts a run
     cfg = validate(from_dict({**run.config, "run_dir": str(tmp_path / "runs" / run.name)}))
     cfg.train.steps = 1  # as if stopped after its first step
     train(cfg)
@@ -131,3 +134,213 @@ def test_bench_sweeps_image_sizes_with_the_largest_batch(capsys):
     # 65 tokens against 5: the activations of a 128 px image need several times the memory of a 32 px one
     assert 0 < small["mb_per_image"] < large["mb_per_image"], rows
     assert 0 < large["max_batch"] < small["max_batch"], rows
+
+
+# ---- the runner keeps results honest ------------------------------------------------------------------------
+def tiny_study_with(steps: int, name: str = "tiny") -> Study:
+    def grid(size):
+        return [Run("run-0", fashion_mnist_run(overrides=TINY_VIT, steps=steps, batch_size=32,
+                                               train_split="train[:64]", eval_split="test[:64]"),
+                    {"index": 0}, fewshot=False)]
+
+    return Study(name, name, "-", "-", grid, lambda rows, path: None, lambda rows: "", "")
+
+
+def test_a_changed_grid_trains_again_and_keeps_the_old_run_aside(tmp_path):
+    out = tmp_path / "study"
+    first = study_runner.run_study(tiny_study_with(2), "quick", out, log=lambda m: None)
+    assert first[0]["steps"] == 2
+    messages = []
+    second = study_runner.run_study(tiny_study_with(3), "quick", out, log=messages.append)
+    assert second[0]["steps"] == 3 and second[0]["config_hash"] != first[0]["config_hash"]
+    assert any("configuration changed" in m for m in messages)
+    assert len(list((out / "runs" / ".replaced").iterdir())) == 1  # the 2-step run is kept, not resumed
+
+
+def test_an_unfinished_run_of_another_configuration_is_not_resumed(tmp_path):
+    out = tmp_path / "study"
+    study = tiny_study_with(4)
+    run = study.runs("quick")[0]
+    from vitlab.training import train
+
+    other = tiny_study_with(2).runs("quick")[0]
+    study_runner.claim_run_dir(out, other, log=lambda m: None)  # started with 2 steps, stopped before its result
+    train(validate(from_dict({**other.config, "run_dir": str(out / "runs" / "run-0")})))
+    rows = study_runner.run_study(study, "quick", out, log=lambda m: None)
+    summary = json.loads((out / "runs" / "run-0" / "summary.json").read_text())
+    assert rows[0]["steps"] == 4 and summary["resumed_from"] is None
+    assert run.name == "run-0"
+
+
+def test_the_hash_ignores_bookkeeping_and_new_defaults_but_not_what_is_learned():
+    run = tiny_study_with(2).runs("quick")[0]
+    same = Run(run.name, json.loads(json.dumps(run.config)), {"other": "tags"}, fewshot=False)
+    same.config["train"]["log_every"] = 7  # how often it logs is not what it learns
+    same.config["optim"]["decay_all"] = False  # a setting written out at its default
+    assert study_runner.config_hash(same) == study_runner.config_hash(run)
+    changed = Run(run.name, json.loads(json.dumps(run.config)), run.tags, fewshot=False)
+    changed.config["optim"]["lr"] = 3e-3
+    assert study_runner.config_hash(changed) != study_runner.config_hash(run)
+    assert study_runner.config_hash(Run(run.name, run.config, run.tags, fewshot=True)) != study_runner.config_hash(run)
+
+
+def test_a_configuration_another_study_trained_is_reused_from_the_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    study_runner.run_study(tiny_study_with(2, "one"), "quick", tmp_path / "one", cache=cache, log=lambda m: None)
+    trained = []
+    real = study_runner.train_and_measure
+    monkeypatch.setattr(study_runner, "train_and_measure", lambda run, d: trained.append(run.name) or real(run, d))
+    messages = []
+    rows = study_runner.run_study(tiny_study_with(2, "two"), "quick", tmp_path / "two", cache=cache,
+                                  log=messages.append)
+    assert trained == [] and any("reused" in m for m in messages)
+    assert (tmp_path / "two" / rows[0]["run_dir"]).resolve() == (tmp_path / "one" / "runs" / "run-0").resolve()
+    study_runner.run_study(tiny_study_with(3, "two"), "quick", tmp_path / "two", cache=cache, log=lambda m: None)
+    assert trained == ["run-0"]  # another configuration: nothing to reuse
+
+
+def test_wall_time_sums_over_the_sessions_of_a_resumed_run(tmp_path):
+    study = tiny_study_with(3)
+    run = study.runs("quick")[0]
+    from vitlab.training import train
+
+    study_runner.claim_run_dir(tmp_path, run, log=lambda m: None)
+    cfg = validate(from_dict({**run.config, "run_dir": str(tmp_path / "runs" / run.name)}))
+    cfg.train.steps = 3
+    cfg.train.max_minutes = 1e-9  # stopped by its budget after one step: a first session
+    first = train(cfg)
+    rows = study_runner.run_study(study, "quick", tmp_path, log=lambda m: None)
+    summary = json.loads((tmp_path / "runs" / run.name / "summary.json").read_text())
+    assert first.steps < 3 and summary["resumed_from"] == first.steps
+    assert summary["train_time_s"] > summary["wall_time_s"]
+    assert rows[0]["study_wall_s"] >= summary["train_time_s"]
+
+
+def test_sweeps_are_extended_past_an_edge_until_the_best_rate_is_inside():
+    from vitlab.studies.core import rates_beyond_edges
+
+    rows = [{"arm": "a", "lr": lr, "val_top1": acc} for lr, acc in ((1e-3, 0.5), (3e-3, 0.6), (1e-2, 0.7))]
+    rows += [{"arm": "b", "lr": lr, "val_top1": acc} for lr, acc in ((1e-3, 0.7), (3e-3, 0.6), (1e-2, 0.5))]
+    rows += [{"arm": "c", "lr": lr, "val_top1": acc} for lr, acc in ((1e-3, 0.5), (3e-3, 0.7), (1e-2, 0.6))]
+    assert rates_beyond_edges(rows, "arm") == {"a": 0.033, "b": 0.00033}
+
+
+def test_the_runner_runs_the_extensions_a_study_asks_for(tmp_path):
+    def run_at(lr):
+        return Run(f"lr{lr:g}", fashion_mnist_run(overrides=TINY_VIT, steps=1, batch_size=32, lr=lr,
+                                                 train_split="train[:32]", eval_split="test[:32]"),
+                   {"arm": "a", "lr": lr}, fewshot=False)
+
+    def extend(size, rows):  # pretend the highest rate always wins: extended MAX_EXTENSIONS times, no more
+        from vitlab.studies.core import rates_beyond_edges
+
+        return [run_at(lr) for lr in rates_beyond_edges([dict(r, val_top1=r["lr"]) for r in rows], "arm").values()]
+
+    study = Study("sweep", "sweep", "-", "-", lambda size: [run_at(1e-4), run_at(3e-4)], lambda rows, path: None,
+                  lambda rows: "", "", extend=extend)
+    rows = study_runner.run_study(study, "quick", tmp_path, log=lambda m: None)
+    assert len(rows) == 2 + study_runner.MAX_EXTENSIONS
+    assert max(r["lr"] for r in rows) > 3e-4 * 2 ** study_runner.MAX_EXTENSIONS
+
+
+def test_verdicts_call_a_difference_inside_the_seed_range_a_tie():
+    from vitlab.studies.report import Spread, seed_noise, verdict_better, verdict_tie
+
+    a, b = Spread(0.80, 0.79, 0.81, 2), Spread(0.795, 0.79, 0.80, 2)
+    c = Spread(0.70, 0.69, 0.71, 2)
+    noise = seed_noise([a, b, c])
+    assert noise == pytest.approx(0.02)
+    assert verdict_better(a, b, noise) == "tie within noise"
+    assert verdict_better(a, c, noise) == "reproduced" and verdict_better(c, a, noise) == "not reproduced"
+    assert verdict_tie(a, b, noise).startswith("reproduced") and verdict_tie(a, c, noise) == "not reproduced"
+    assert verdict_better(a, Spread(0.7, 0.7, 0.7, 1), seed_noise([Spread(0.7, 0.7, 0.7, 1)])).startswith("no seed")
+
+
+# ---- the command: --estimate, --report, --jobs --------------------------------------------------------------
+def test_estimate_prints_a_time_per_run_and_in_all(tmp_path, capsys):
+    assert main(["study", "pooling", "--quick", "--estimate", "--out", str(tmp_path / "p")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    runs = get_study("pooling").runs("quick")
+    for run in runs:
+        line = next(line for line in out if line.startswith(run.name))
+        assert float(line.split()[-1]) > 0  # minutes
+    assert any(line.startswith("in all:") and f"for {len(runs)} runs" in line for line in out)
+    assert not (tmp_path / "p").exists()  # nothing trained, nothing written
+
+
+def test_report_on_a_half_finished_study(tmp_path, capsys):
+    out = tmp_path / "pooling"
+    first = get_study("pooling").runs("quick")[0]
+    assert main(["study", "pooling", "--quick", "--out", str(out), "--only", first.name]) == 0
+    assert main(["study", "pooling", "--quick", "--out", str(out), "--report"]) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["run"] for r in rows] == [first.name]
+    report = (out / "REPORT.md").read_text()
+    runs = len(get_study("pooling").runs("quick"))
+    assert f"1 of {runs} runs finished so far" in report and (out / "pooling.png").is_file()
+
+
+def test_report_with_nothing_finished_is_one_line(tmp_path, capsys):
+    assert main(["study", "pooling", "--quick", "--out", str(tmp_path / "none"), "--report"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no run" in err[0]
+
+
+def test_jobs_split_the_cpus_of_the_affinity_and_warn_when_oversubscribed(monkeypatch):
+    monkeypatch.setattr(study_runner, "usable_cpus", lambda: 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert study_runner.threads_per_job(1) == 2 and study_runner.threads_per_job(2) == 1
+    with pytest.warns(UserWarning, match="more than the 2 CPUs"):
+        assert study_runner.threads_per_job(3) == 1
+
+
+def test_a_gpu_is_never_handed_to_two_runs_at_once():
+    slots = study_runner.GpuSlots(2)
+    a, b = slots.take(), slots.take()
+    assert {a, b} == {0, 1} and slots.take() is None
+    slots.give_back(a)
+    assert slots.take() == a and slots.take() is None
+
+
+def test_runs_start_longest_first():
+    runs = get_study("dimensions").runs("default")
+    order = sorted(runs, key=study_runner.run_cost, reverse=True)
+    assert order[0].name in ("patch_size-2", "depth-8", "width-128") and order[-1].name == "patch_size-7"
+
+
+def test_sigterm_to_the_study_stops_its_child_runs(tmp_path):
+    """`--jobs 2`: the parent passes SIGTERM on; no child is left training (and holding its run's lock)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "pooling"
+    env = {**os.environ, "PYTHONPATH": str(Path(study_runner.__file__).parents[2])}
+    parent = subprocess.Popen([sys.executable, "-m", "vitlab", "study", "pooling", "--quick", "--jobs", "2", "--out",
+                               str(out), "--no-cache"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(children_of(out)) < 2 and time.monotonic() < deadline and parent.poll() is None:
+        time.sleep(0.2)
+    assert len(children_of(out)) == 2, "the study did not start two child runs"
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=120) != 0
+    deadline = time.monotonic() + 30
+    while children_of(out) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert children_of(out) == []
+
+
+def children_of(out) -> list[int]:
+    """Pids of `vitlab study ... --only RUN` processes writing into `out`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--only" in cmdline and str(out).encode() in cmdline:
+            pids.append(int(entry.name))
+    return pids

@@ -2,11 +2,14 @@
 
     vitlab study --list
     vitlab study posemb --quick                  # a couple of minutes on 2 CPU cores
-    vitlab study data-efficiency                 # the default size: at most ~30 minutes on 2 CPU cores
+    vitlab study data-efficiency --estimate      # how long each run will take on this machine
+    vitlab study data-efficiency                 # the default size: at most ~75 minutes on an idle 2-core CPU
+    vitlab study data-efficiency --report        # results.csv, figure and REPORT.md of the runs finished so far
     vitlab study scaling --size paper --dry-run  # the paper's grid, printed
     vitlab study pooling --jobs 2                # two runs at once, the CPU threads split between them
 
-Running the same command again keeps the finished runs and resumes an interrupted one.
+Running the same command again keeps the finished runs and resumes an interrupted one; a run whose
+configuration changed since it was trained is trained again.
 """
 
 from __future__ import annotations
@@ -26,12 +29,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("name", nargs="?", help="the study (see --list)")
     parser.add_argument("--list", action="store_true", help="list the studies and exit")
     parser.add_argument("--size", choices=["quick", "default", "paper"], default="default",
-                        help="quick: minutes, for tests; default: at most ~30 minutes on 2 CPU cores; paper: the "
-                             "paper's own grid (needs its data and accelerators)")
+                        help="quick: minutes, for tests; default: at most ~75 minutes on an idle 2-core CPU; paper: "
+                             "the paper's own grid (needs its data and accelerators)")
     parser.add_argument("--quick", dest="size", action="store_const", const="quick", help="same as --size quick")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (threads, or GPUs, split between them)")
     parser.add_argument("--data", default=None, help="with --size paper: your copy of the upstream data set")
     parser.add_argument("--dry-run", action="store_true", help="print the grid of runs and exit")
+    parser.add_argument("--estimate", action="store_true",
+                        help="time a short probe of each architecture and print the expected time per run and in all")
+    parser.add_argument("--report", action="store_true",
+                        help="write results.csv, the figure and REPORT.md from the runs finished so far; train nothing")
+    parser.add_argument("--cache", default=None,
+                        help="results shared between studies, by configuration (default: study-cache beside --out)")
+    parser.add_argument("--no-cache", action="store_true", help="neither reuse nor record shared results")
     common.add_output_args(parser, out_help="output directory (default: runs/study-NAME[-SIZE])",
                            json_help="print the results (or, with --dry-run, the grid) as JSON")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # the runner's child processes
@@ -40,8 +50,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..studies import STUDIES, get_study
-    from ..studies.report import write_report
-    from ..studies.runner import run_study
+    from ..studies.runner import default_cache, planned_runs, run_study
 
     if args.list:
         for study in STUDIES.values():
@@ -52,34 +61,70 @@ def run(args) -> int:
     study = get_study(args.name)
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, not {args.jobs}")
-    runs = study.runs(args.size)
-    if args.data:
-        for r in runs:
-            if r.kind == "train":
-                r.config["data"]["dataset"] = args.data
+    suffix = "" if args.size == "default" else f"-{args.size}"
+    out = Path(args.out or f"runs/study-{study.name}{suffix}")
     if args.dry_run:
-        print_grid(study, args.size, runs, as_json=args.json)
+        print_grid(study, args.size, planned_runs(study, args.size, out, args.data), as_json=args.json)
         return 0
     threads = os.environ.get("VITLAB_STUDY_THREADS")
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
-    suffix = "" if args.size == "default" else f"-{args.size}"
-    out = Path(args.out or f"runs/study-{study.name}{suffix}")
+    if args.estimate:
+        return print_estimate(study, args, out)
+    if args.report:
+        return report(study, args, out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = run_study(study, args.size, out, jobs=args.jobs, only=args.only, data=args.data,
+    cache = None if args.no_cache else Path(args.cache) if args.cache else default_cache(out)
+    rows = run_study(study, args.size, out, jobs=args.jobs, only=args.only, data=args.data, cache=cache,
                      log=lambda m: print(m, file=sys.stderr))
     if args.only or args.no_report or os.environ.get("RANK", "0") != "0":
         return 0
-    command = "vitlab study " + " ".join(shlex.quote(a) for a in [study.name] + (
+    write(study, args, out, rows, planned=len(rows))
+    return 0
+
+
+def command_of(study, args) -> str:
+    return "vitlab study " + " ".join(shlex.quote(a) for a in [study.name] + (
         [] if args.size == "default" else ["--size", args.size]) + (["--jobs", str(args.jobs)] if args.jobs > 1 else []))
-    report = write_report(study, args.size, rows, out, command=command)
+
+
+def write(study, args, out: Path, rows: list[dict], *, planned: int) -> None:
+    from ..studies.report import write_report
+
+    report_path = write_report(study, args.size, rows, out, command=command_of(study, args), planned=planned)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         print(study.summarise(rows))
-        print(f"\nwrote {out / 'results.csv'}, {out / (study.name + '.png')} and {report}")
+        print(f"\nwrote {out / 'results.csv'}, {out / (study.name + '.png')} and {report_path}")
+
+
+def report(study, args, out: Path) -> int:
+    from ..studies.runner import finished_rows
+
+    rows, planned = finished_rows(study, args.size, out, args.data)
+    if not rows:
+        raise UsageError(f"no run of study {study.name} ({args.size}) has finished in {out} yet")
+    write(study, args, out, rows, planned=planned)
+    return 0
+
+
+def print_estimate(study, args, out: Path) -> int:
+    import torch
+
+    from ..studies.estimate import estimate_runs, format_estimates
+    from ..studies.runner import planned_runs, read_result, threads_per_job
+
+    torch.set_num_threads(threads_per_job(args.jobs))
+    runs = planned_runs(study, args.size, out, args.data)
+    estimates = estimate_runs(runs, progress=lambda m: print(m, file=sys.stderr))
+    done = {r.name for r in runs if read_result(out, r) is not None}
+    if args.json:
+        print(json.dumps([vars(e) | {"finished": e.run in done} for e in estimates], indent=2))
+    else:
+        print(format_estimates(estimates, done=done, threads=torch.get_num_threads(), jobs=args.jobs))
     return 0
 
 

@@ -8,15 +8,15 @@ Fashion-MNIST's training set and measured on the whole test set, fine-tuned (tra
 
 from __future__ import annotations
 
-from .core import Run, Study, fashion_mnist_run, paper_run, steps_for, scale_of
+from .core import (TRAIN_IMAGES, Finding, Run, Study, fashion_mnist_run, paper_run, scale_of, steps_for)
 from .families import COMPARABLE, PAPER, TINY
 from .plots import figure, lines_by, save
-from .report import group_mean, markdown_table, pct
+from .report import group_mean, markdown_table, pct, seed_noise, spread_of, verdict_better
 
-SUBSETS = {"quick": [300, 1000], "default": [1000, 3000, 10000, 30000, 60000]}
-# Images shown per run: 30 epochs of the subset, at most 30,000 (half an epoch of the whole set).
-EPOCHS, MAX_IMAGES = 30, 30_000
-QUICK_STEPS = 15
+# Training images -> epochs: the small subsets are trained to convergence, the larger ones for fewer passes.
+EPOCHS = {1_000: 50, 3_000: 25, 10_000: 10, TRAIN_IMAGES: 4}
+SEEDS = {1_000: [0, 1], 3_000: [0, 1], 10_000: [0, 1], TRAIN_IMAGES: [0]}
+QUICK_SUBSETS, QUICK_STEPS = [300, 1000], 15
 
 
 def grid(size: str) -> list[Run]:
@@ -25,16 +25,19 @@ def grid(size: str) -> list[Run]:
                     paper_run(name, steps=7 * n * 1_000_000 // 4096, train_split=f"train[:{n * 1_000_000}]"),
                     {"family": family, "model": name, "subset": n * 1_000_000})
                 for family, names in PAPER.items() for name in names[:4] for n in (9, 30, 90, 300)]
+    scale = scale_of(size)
     families = TINY if size == "quick" else COMPARABLE
+    subsets = {n: [0] for n in QUICK_SUBSETS} if size == "quick" else SEEDS
     runs = []
     for family, (name, overrides) in families.items():
-        for n in SUBSETS[size]:
-            batch, eval_split = scale_of(size)
-            steps = QUICK_STEPS if size == "quick" else steps_for(min(EPOCHS * n, MAX_IMAGES), batch)
-            config = fashion_mnist_run(model=name, overrides=overrides, steps=steps, batch_size=batch,
-                                       train_split=f"train[:{n}]",
-                                       eval_split=eval_split)
-            runs.append(Run(f"{family.lower()}-{n}", config, {"family": family, "subset": n}))
+        for n, seeds in subsets.items():
+            steps = QUICK_STEPS if size == "quick" else steps_for(EPOCHS[n] * n, scale.batch_size)
+            for seed in seeds:
+                # nested subsets: train[:n] takes the first n of one fixed permutation of the training images
+                config = fashion_mnist_run(model=name, overrides=overrides, steps=steps, scale=scale, seed=seed,
+                                           train_split=f"train[:{n}]")
+                runs.append(Run(f"{family.lower()}-{n}-s{seed}", config, {"family": family, "subset": n, "seed": seed},
+                                test_split=scale.test_split))
     return runs
 
 
@@ -53,11 +56,32 @@ def summarise(rows: list[dict]) -> str:
     top1 = group_mean(rows, ("family", "subset"), "test_top1")
     shot5 = group_mean(rows, ("family", "subset"), "fewshot5")
     params = {r["family"]: r["params"] for r in rows}
-    header = ["training images"] + [f"{f} top-1 / 5-shot" for f in families]
-    lines = [[f"{n:,}"] + [f"{pct(top1.get((f, n), (None,))[0])} / {pct(shot5.get((f, n), (None,))[0])}"
-                           for f in families] for n in subsets]
+    header = ["training images", "epochs"] + [f"{f} top-1 / 5-shot" for f in families]
+    lines = [[f"{n:,}", EPOCHS.get(n, "-")] + [f"{pct(top1.get((f, n), (None,))[0])} / "
+                                               f"{pct(shot5.get((f, n), (None,))[0])}" for f in families]
+             for n in subsets]
     sizes = ", ".join(f"{f} {params[f]:,}" for f in families)
-    return markdown_table(header, lines) + f"\n\nParameters: {sizes}. Accuracies in %."
+    return markdown_table(header, lines) + f"\n\nParameters: {sizes}. Test accuracies in %, means over seeds."
+
+
+def findings(rows: list[dict]) -> list[Finding]:
+    subsets = sorted({r["subset"] for r in rows})
+    if len(subsets) < 2 or not {"ViT", "BiT"} <= {r["family"] for r in rows}:
+        return []
+    small, large = subsets[0], subsets[-1]
+    stats = {(f, n): spread_of(rows, "test_top1", family=f, subset=n) for f in ("ViT", "BiT") for n in (small, large)}
+    noise = seed_noise(list(stats.values()))
+    gap = {n: stats[("BiT", n)].mean - stats[("ViT", n)].mean for n in (small, large)}
+    narrows = gap[large] < gap[small] - noise
+    return [
+        Finding(f"The ResNet (BiT) beats the ViT on little data ({small:,} images)",
+                f"BiT {stats[('BiT', small)].text()}, ViT {stats[('ViT', small)].text()}",
+                verdict_better(stats[("BiT", small)], stats[("ViT", small)], noise)),
+        Finding(f"The gap narrows as data grows ({small:,} -> {large:,} images)",
+                f"BiT - ViT: {100 * gap[small]:+.2f} -> {100 * gap[large]:+.2f} points",
+                "reproduced" if narrows else "tie within noise" if abs(gap[large] - gap[small]) <= noise
+                else "not reproduced"),
+    ]
 
 
 STUDY = Study(
@@ -65,10 +89,11 @@ STUDY = Study(
     title="Data efficiency: ViT against ResNets as the training set grows",
     paper="Figures 3 and 4 (Section 4.2)",
     question="Does the ResNet's inductive bias win on small data and the ViT catch up as data grows?",
-    grid=grid, draw=draw, summarise=summarise,
+    grid=grid, draw=draw, summarise=summarise, findings=findings,
     budget={"quick": f"{QUICK_STEPS} steps of 64 per run, tiny models (a test of the machinery, not a result).",
-            "default": f"each run sees min({EPOCHS} epochs of its subset, {MAX_IMAGES:,} images) at batch 128, "
-                       "AdamW lr 1e-3 cosine, bf16, no augmentation.",
+            "default": "subsets of 1,000 / 3,000 / 10,000 / 54,000 training images trained for "
+                       + " / ".join(str(e) for e in EPOCHS.values()) + " epochs at batch 128, AdamW lr 1e-3 "
+                       "cosine, fp32, no augmentation; two seeds on the three small subsets.",
             "paper": "about 7 epochs of each JFT subset at batch 4096 (Adam, the paper's upstream recipe)."},
     paper_numbers="""
 Figure 3 (pre-training on ImageNet-1k, ImageNet-21k or JFT-300M, then ImageNet fine-tuning): trained on

@@ -6,14 +6,15 @@ against compute.
 
 from __future__ import annotations
 
-from .core import MAIN_VIT, TINY_VIT, Run, Study, fashion_mnist_run, paper_run, steps_for, scale_of
+from .core import (SMALL_VIT, TINY_VIT, Finding, Run, Study, epochs_to_steps, fashion_mnist_run, paper_run,
+                   scale_of)
 from .plots import figure, save
-from .report import markdown_table, pct
+from .report import markdown_table, pct, seed_noise, spread_of, verdict_better
 
-BASE = dict(MAIN_VIT, width=64, depth=4, mlp_dim=256, num_heads=2)
+BASE = SMALL_VIT
 SCALES = {"depth": [2, 8], "width": [32, 128], "mlp_dim": [128, 1024], "patch_size": [7, 2]}
 QUICK_SCALES = {"depth": [1], "width": [16], "mlp_dim": [32], "patch_size": [4]}
-IMAGES = {"quick": 64 * 15, "default": 30_000}
+EPOCHS, QUICK_STEPS, BASE_SEEDS = 2, 15, (0, 1)
 PAPER_SCALES = {"depth": [6, 12, 24, 32, 64], "width": [384, 768, 1024], "mlp_dim": [1536, 3072, 4096],
                 "patch_size": [8, 16, 32]}
 
@@ -23,19 +24,21 @@ def grid(size: str) -> list[Run]:
         base = dict(patch_size=16, width=768, depth=12, mlp_dim=3072, num_heads=12)
         return [Run(f"{dim}-{value}", paper_run("ViT-B/16", steps=7 * 300_000_000 // 4096,
                                                 overrides={**base, dim: value, **_heads(dim, value)}),
-                    {"dimension": dim, "value": value}) for dim, values in PAPER_SCALES.items() for value in values]
+                    {"dimension": dim, "value": value, "seed": 0})
+                for dim, values in PAPER_SCALES.items() for value in values]
     base = TINY_VIT if size == "quick" else BASE
     scales = QUICK_SCALES if size == "quick" else SCALES
-    batch, eval_split = scale_of(size)
-    steps = steps_for(IMAGES[size], batch)
-    runs = [Run("base", fashion_mnist_run(overrides=base, steps=steps, batch_size=batch, eval_split=eval_split),
-                {"dimension": "base", "value": 0})]
-    for dim, values in scales.items():
-        for value in values:
-            overrides = {**base, dim: value, **_heads(dim, value)}
-            runs.append(Run(f"{dim}-{value}", fashion_mnist_run(overrides=overrides, steps=steps, batch_size=batch,
-                                                                eval_split=eval_split),
-                            {"dimension": dim, "value": value}))
+    scale = scale_of(size)
+    steps = QUICK_STEPS if size == "quick" else epochs_to_steps(EPOCHS, scale.batch_size)
+
+    def run(name, overrides, tags, seed=0):
+        return Run(name, fashion_mnist_run(overrides=overrides, steps=steps, scale=scale, seed=seed),
+                   {**tags, "seed": seed}, test_split=scale.test_split)
+
+    seeds = BASE_SEEDS[:1] if size == "quick" else BASE_SEEDS
+    runs = [run(f"base-s{seed}", base, {"dimension": "base", "value": 0}, seed) for seed in seeds]
+    runs += [run(f"{dim}-{value}", {**base, dim: value, **_heads(dim, value)}, {"dimension": dim, "value": value})
+             for dim, values in scales.items() for value in values]
     return runs
 
 
@@ -48,14 +51,17 @@ def _heads(dim: str, value: int) -> dict:
 
 def draw(rows: list[dict], path) -> None:
     fig, (left, right) = figure(2)
-    base = next((r for r in rows if r["dimension"] == "base"), None)
+    base_row = next((r for r in rows if r["dimension"] == "base"), None)
     for ax, metric, label in ((left, "test_top1", "test top-1 (%)"), (right, "fewshot5", "5-shot linear (%)")):
+        base_mean = spread_of(rows, metric, dimension="base")
         for dim in dict.fromkeys(r["dimension"] for r in rows if r["dimension"] != "base"):
-            pts = sorted([r for r in rows if r["dimension"] == dim] + ([base] if base else []),
-                         key=lambda r: r["train_pflops"])
-            ax.plot([r["train_pflops"] for r in pts], [100 * r[metric] for r in pts], marker="o", label=dim)
-        if base:
-            ax.scatter([base["train_pflops"]], [100 * base[metric]], color="k", zorder=5, label="base")
+            pts = sorted([(r["train_pflops"], 100 * r[metric]) for r in rows if r["dimension"] == dim]
+                         + ([(base_row["train_pflops"], 100 * base_mean.mean)] if base_row else []))
+            ax.plot(*zip(*pts), marker="o", label=dim)
+        if base_row:
+            ax.errorbar([base_row["train_pflops"]], [100 * base_mean.mean], yerr=[[100 * (base_mean.mean - base_mean.low)],
+                        [100 * (base_mean.high - base_mean.mean)]], fmt="o", color="k", capsize=3, zorder=5,
+                        label=f"base (n={base_mean.n}, seed range)")
         ax.set(xscale="log", xlabel="training compute (PFLOPs)", ylabel=label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -63,11 +69,42 @@ def draw(rows: list[dict], path) -> None:
 
 
 def summarise(rows: list[dict]) -> str:
-    lines = [[r["dimension"], r["value"] or "-", f"{r['params']:,}", f"{r['train_pflops']:.3f}", pct(r["test_top1"]),
-              pct(r.get("fewshot5"))] for r in rows]
-    base = ", ".join(f"{k} {v}" for k, v in BASE.items())
-    return markdown_table(["dimension", "value", "params", "training PFLOPs", "top-1 %", "5-shot %"], lines) + \
-        f"\n\nBase model (default size): {base}; each row changes one setting of it."
+    base = spread_of(rows, "test_top1", dimension="base")
+    lines = []
+    for r in rows:
+        if r["dimension"] == "base":
+            if r["seed"] == 0:
+                lines.append(["base", "-", f"{r['params']:,}", f"{r['train_pflops']:.3f}", base.text(),
+                              pct(r.get("fewshot5"))])
+            continue
+        lines.append([r["dimension"], r["value"], f"{r['params']:,}", f"{r['train_pflops']:.3f}",
+                      pct(r["test_top1"]), pct(r.get("fewshot5"))])
+    text = ", ".join(f"{k} {v}" for k, v in BASE.items())
+    return markdown_table(["dimension", "value", "params", "training PFLOPs", "test top-1 %", "5-shot % (seed 0)"],
+                          lines) + f"\n\nBase model (default size): {text}; each row changes one setting of it."
+
+
+def findings(rows: list[dict]) -> list[Finding]:
+    base = spread_of(rows, "test_top1", dimension="base")
+    noise = seed_noise([base])
+    scaled = {(r["dimension"], r["value"]): spread_of(rows, "test_top1", dimension=r["dimension"], value=r["value"])
+              for r in rows if r["dimension"] != "base"}
+    if base is None or not scaled:
+        return []
+    gain = {dim: max(s.mean for (d, _), s in scaled.items() if d == dim) - base.mean
+            for dim in {d for d, _ in scaled}}
+    out = []
+    if {"depth", "width"} <= set(gain):
+        deeper, wider = scaled.get(("depth", max(SCALES["depth"]))), scaled.get(("width", max(SCALES["width"])))
+        out.append(Finding("Scaling depth helps more than scaling width",
+                           f"gain over the base: depth {100 * gain['depth']:+.2f}, width {100 * gain['width']:+.2f} "
+                           f"points (base {base.text()})", verdict_better(deeper, wider, noise)))
+    small_patch = scaled.get(("patch_size", min(SCALES["patch_size"])))
+    if small_patch is not None:
+        out.append(Finding("Smaller patches (longer sequences) help", f"patch {min(SCALES['patch_size'])}: "
+                           f"{small_patch.text()}, base (patch {BASE['patch_size']}) {base.text()}",
+                           verdict_better(small_patch, base, noise)))
+    return out
 
 
 STUDY = Study(
@@ -75,9 +112,10 @@ STUDY = Study(
     title="Scaling the dimensions of a ViT one at a time",
     paper="Figure 8 (Appendix D.2)",
     question="Which dimension (depth, width, MLP width, patch size) buys the most accuracy per unit of compute?",
-    grid=grid, draw=draw, summarise=summarise,
-    budget={"quick": "15 steps of 64 per run, a tiny base.",
-            "default": f"every run sees {IMAGES['default']:,} images at batch 128, AdamW lr 1e-3 cosine, bf16.",
+    grid=grid, draw=draw, summarise=summarise, findings=findings,
+    budget={"quick": f"{QUICK_STEPS} steps of 64 per run, a tiny base.",
+            "default": f"every run {EPOCHS} epochs of 54,000 images at batch 128, AdamW lr 1e-3 cosine, fp32; two "
+                       "seeds of the base give the seed range.",
             "paper": "ViT-B/16 base scaled per Appendix D.2, 7 epochs of JFT-300M each."},
     paper_numbers="""
 Figure 8 (5-shot ImageNet against pre-training compute, JFT-300M; base ViT-B/16-like): scaling the depth gives

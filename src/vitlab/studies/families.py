@@ -1,45 +1,44 @@
 """The model families the data and compute studies compare, at the sizes that fit 28 x 28 grey images.
 
-Each entry is (registry name, overrides). "ViT" is the main job's pure ViT; "BiT" a BiT ResNet v2 (the
-paper's CNN baseline) narrowed to match it in parameters; "Hybrid" a one-stage ResNet stem (stride 4) feeding
-1 x 1 patches of its feature map to the same transformer, so all three see 7 x 7 = 49 positions.
+Each entry is (registry name, overrides). "ViT" is the studies' small pure ViT; "BiT" a BiT ResNet v2 (the
+paper's CNN baseline) narrowed to a comparable number of parameters; "Hybrid" a one-stage ResNet stem (stride
+4) feeding 1 x 1 patches of its feature map to a transformer of the ViT's width, so all three see 7 x 7 = 49
+positions.
 """
 
 from __future__ import annotations
 
-from .core import MAIN_VIT, TINY_VIT
+from .core import SMALL_VIT, TINY_VIT
 
-_VIT_BODY = {k: v for k, v in MAIN_VIT.items() if k != "patch_size"}
+_BODY = {k: v for k, v in SMALL_VIT.items() if k != "patch_size"}
 
-# Comparable size, about 1.2M parameters each (`python -m vitlab models` does not list these; the study's
-# results.csv states each one's parameter count).
-COMPARABLE = {
-    "ViT": ("ViT-Ti/16", dict(MAIN_VIT)),
-    "BiT": ("BiT-R50x1", dict(layers=[2, 2, 2], width_factor=0.5)),
-    "Hybrid": ("R50+ViT-B/16", dict(_VIT_BODY, patch_size=1, resnet_layers=[1], depth=5)),
-}
+
+def hybrid(**transformer) -> tuple[str, dict]:
+    return "R50+ViT-B/16", dict(_BODY, patch_size=1, resnet_layers=[1], **transformer)
+
+
+def bit(layers: list[int]) -> tuple[str, dict]:
+    return "BiT-R50x1", dict(layers=layers, width_factor=0.5)
+
+
+# Comparable size, 0.15-0.25M parameters each (results.csv states each one's count).
+COMPARABLE = {"ViT": ("ViT-Ti/16", dict(SMALL_VIT)), "BiT": bit([2, 2]), "Hybrid": hybrid(depth=3)}
 
 TINY = {
     "ViT": ("ViT-Ti/16", dict(TINY_VIT)),
-    "BiT": ("BiT-R50x1", dict(layers=[1, 1], width_factor=0.5)),
+    "BiT": bit([1, 1]),
     "Hybrid": ("R50+ViT-B/16", dict({k: v for k, v in TINY_VIT.items() if k != "patch_size"}, patch_size=1,
                                     resnet_layers=[1])),
 }
 
-# Three sizes per family for the compute study, small to large (roughly 0.3M, 1M and 2.5M parameters).
+# Three sizes per family for the compute study, small to large (about 0.2M, 0.7M and 1.2M parameters).
 SCALED = {
-    "ViT": [("ViT-Ti/16", dict(MAIN_VIT, width=64, depth=4, mlp_dim=256, num_heads=2)),
-            ("ViT-Ti/16", dict(MAIN_VIT, width=96, depth=6, mlp_dim=384, num_heads=3)),
-            ("ViT-Ti/16", dict(MAIN_VIT, width=160, depth=8, mlp_dim=640, num_heads=4))],
-    "BiT": [("BiT-R50x1", dict(layers=[1, 1, 1], width_factor=0.5)),
-            ("BiT-R50x1", dict(layers=[2, 2, 2], width_factor=0.5)),
-            ("BiT-R50x1", dict(layers=[2, 2, 2, 1], width_factor=0.5))],
-    "Hybrid": [("R50+ViT-B/16", dict(_VIT_BODY, patch_size=1, resnet_layers=[1], width=64, depth=4, mlp_dim=256,
-                                     num_heads=2)),
-               ("R50+ViT-B/16", dict(_VIT_BODY, patch_size=1, resnet_layers=[1], width=96, depth=6, mlp_dim=384,
-                                     num_heads=3)),
-               ("R50+ViT-B/16", dict(_VIT_BODY, patch_size=1, resnet_layers=[1], width=160, depth=8, mlp_dim=640,
-                                     num_heads=4))],
+    "ViT": [("ViT-Ti/16", dict(SMALL_VIT)),
+            ("ViT-Ti/16", dict(SMALL_VIT, width=96, depth=6, mlp_dim=384, num_heads=3)),
+            ("ViT-Ti/16", dict(SMALL_VIT, width=128, depth=6, mlp_dim=512, num_heads=4))],
+    "BiT": [bit([2, 2]), bit([1, 1, 1]), bit([2, 2, 2])],
+    "Hybrid": [hybrid(depth=3), hybrid(width=96, depth=6, mlp_dim=384, num_heads=3),
+               hybrid(width=128, depth=6, mlp_dim=512, num_heads=4)],
 }
 
 # The paper's Figure 3/4/5 models (upstream pre-training at 224 px).

@@ -14,35 +14,52 @@ import numpy as np
 
 from ..models import count_flops
 
-FEWSHOT_SHOTS = (5,)
 FEWSHOT_SEEDS = (0, 1, 2)
 
 
-def run_metrics(run_dir: Path, config: dict, *, fewshot: bool = True, fewshot_test_split: str | None = None) -> dict:
-    """The numbers a study keeps of the finished training run in `run_dir`."""
+def run_metrics(run_dir: Path, config: dict, *, fewshot: bool = True, test_split: str | None = None) -> dict:
+    """The numbers a study keeps of the finished training run in `run_dir`.
+
+    `val_top1` is what the trainer measured on its evaluation split at the end (the held-out split at the
+    default size); `test_top1` is measured here on `test_split` (None: the same as val_top1).
+    """
     from ..checkpoints import load_pretrained
 
     summary = json.loads((run_dir / "summary.json").read_text())
     model = load_pretrained(run_dir)
     steps = int(summary["steps"])
-    batch = int(config["data"]["batch_size"])
-    flops = count_flops(model.config, config["data"]["image_size"])
+    data = config["data"]
+    batch = int(data["batch_size"])
+    flops = count_flops(model.config, data["image_size"])
+    test = test_split or data["eval_split"]
     row = {
-        "test_top1": summary.get("last_accuracy"),
+        "val_top1": summary.get("last_accuracy"),
+        "test_top1": summary.get("last_accuracy") if test_split is None else
+        test_accuracy(model, data["dataset"], test_split, image_size=data["image_size"]),
         "params": sum(p.numel() for p in model.parameters()),
         "gflops_per_image": flops / 1e9,
         "steps": steps,
         "images_seen": steps * batch,
         "train_pflops": 3 * flops * steps * batch / 1e15,
-        "train_time_s": summary.get("wall_time_s"),
+        "train_time_s": summary.get("train_time_s", summary.get("wall_time_s")),  # all sessions of the run
         "images_per_s": summary.get("images_per_s"),
         "stopped_by_budget": bool(summary.get("out_of_time")),
     }
-    if fewshot:
-        data = config["data"]
-        row["fewshot5"] = fewshot_accuracy(model, data["dataset"], "train",
-                                           fewshot_test_split or data["eval_split"], image_size=data["image_size"])
+    if fewshot:  # 5 images per class from the split the model trained on, measured on the test split
+        row["fewshot5"] = fewshot_accuracy(model, data["dataset"], data["train_split"], test,
+                                           image_size=data["image_size"])
     return row
+
+
+def test_accuracy(model, dataset: str, split: str, *, image_size: int) -> float:
+    """Top-1 of `model` on a split, evaluated as `vitlab eval` does (bf16, the checkpoint's preprocessing)."""
+    from ..data import build_dataset
+    from ..evaluation import EvalBatches, evaluate
+    from ..evaluation.batches import model_preprocessing
+
+    data = build_dataset(dataset, split, in_chans=model.config.in_chans)
+    batches = EvalBatches(data, image_size=image_size, batch_size=256, preprocessing=model_preprocessing(model))
+    return evaluate(model, batches, precision="bf16", ks=(1,), progress=False)["top1"]
 
 
 def fewshot_accuracy(model, dataset: str, train_split: str, test_split: str, *, image_size: int,

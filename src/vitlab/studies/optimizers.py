@@ -1,91 +1,140 @@
-"""The optimisers the seed notes compare (SGD, momentum, Adagrad, Adam), each at its best learning rate.
+"""The optimisers the seed notes compare (SGD, momentum, Adagrad, Adam), each at its best learning rate, and
+the paper's own comparison (Appendix D.1: Adam against SGD with momentum for ResNets).
 
-The paper (Appendix D.1) found Adam slightly better than SGD with momentum for pre-training ResNets on JFT,
-and used Adam for every pre-training. Here a small learning-rate sweep per optimiser, accuracy at equal steps,
-and the loss curves of each optimiser's best rate.
+Each optimiser gets a learning-rate sweep (one seed) that is extended until its best rate on the held-out
+split is inside the sweep; then a second seed at that rate gives the spread. A ViT for the seed notes' four
+optimisers, a BiT ResNet for the paper's two.
 """
 
 from __future__ import annotations
 
-from .core import MAIN_VIT, TINY_VIT, Run, Study, fashion_mnist_run, paper_run, steps_for, scale_of
+from .core import (SMALL_VIT, TINY_VIT, Finding, Run, Study, best_rates, epochs_to_steps, fashion_mnist_run,
+                   paper_run, rates_beyond_edges, scale_of)
+from .families import COMPARABLE, TINY
 from .measure import loss_curve
 from .plots import figure, save
-from .report import markdown_table, pct
+from .report import markdown_table, pct, seed_noise, spread_of, verdict_better
 
-BASE = dict(MAIN_VIT, width=64, depth=4, mlp_dim=256, num_heads=2)
-# (vitlab optimizer, extra optim settings, learning rates to try)
-OPTIMIZERS = {
-    "sgd": ("sgd", {"momentum": 0.0}, [0.03, 0.1, 0.3]),
-    "momentum": ("sgd", {"momentum": 0.9}, [0.003, 0.01, 0.03]),
-    "adagrad": ("adagrad", {}, [0.003, 0.01, 0.03]),
-    "adam": ("adam", {}, [3e-4, 1e-3, 3e-3]),
+# arm -> (model family, vitlab optimizer, extra optim settings, learning rates to start from)
+ARMS = {
+    "ViT sgd": ("ViT", "sgd", {"momentum": 0.0}, [0.1, 0.3, 1.0]),
+    "ViT momentum": ("ViT", "sgd", {"momentum": 0.9}, [0.01, 0.03, 0.1]),
+    "ViT adagrad": ("ViT", "adagrad", {}, [0.001, 0.003, 0.01]),
+    "ViT adam": ("ViT", "adam", {}, [3e-4, 1e-3, 3e-3]),
+    "BiT momentum": ("BiT", "sgd", {"momentum": 0.9}, [0.03, 0.1, 0.3]),
+    "BiT adam": ("BiT", "adam", {}, [1e-3, 3e-3, 1e-2]),
 }
-IMAGES = {"quick": 64 * 15, "default": 20_000}
+EPOCHS, QUICK_STEPS, SEEDS = 1.5, 15, (0, 1)
 
 
 def grid(size: str) -> list[Run]:
-    base = TINY_VIT if size == "quick" else BASE
-    batch, eval_split = scale_of(size)
-    runs = []
-    for label, (name, extra, lrs) in OPTIMIZERS.items():
-        for lr in (lrs[1:2] if size == "quick" else lrs):
-            if size == "paper":
-                config = paper_run("ViT-B/16", steps=7 * 300_000_000 // 4096, lr=lr)
-            else:
-                config = fashion_mnist_run(overrides=base, lr=lr, batch_size=batch, steps=steps_for(IMAGES[size], batch),
-                                           eval_split=eval_split)
-            config["optim"] = {"name": name, "lr": lr, "weight_decay": 0.0, **extra}
-            runs.append(Run(f"{label}-lr{lr:g}", config, {"optimizer": label, "lr": lr}, fewshot=False))
+    if size == "paper":
+        return [run_at(size, arm, lr) for arm, (family, *_, lrs) in ARMS.items() if family == "ViT" for lr in lrs]
+    if size == "quick":
+        return [run_at(size, arm, lrs[1]) for arm, (*_, lrs) in ARMS.items()]
+    return [run_at(size, arm, lr) for arm, (*_, lrs) in ARMS.items() for lr in lrs]
+
+
+def run_at(size: str, arm: str, lr: float, seed: int = 0) -> Run:
+    family, name, extra, _ = ARMS[arm]
+    if size == "paper":
+        config = paper_run("ViT-B/16", steps=7 * 300_000_000 // 4096, lr=lr)
+        test_split = None
+    else:
+        scale = scale_of(size)
+        model, overrides = (TINY if size == "quick" else COMPARABLE)[family] if family == "BiT" else (
+            "ViT-Ti/16", TINY_VIT if size == "quick" else SMALL_VIT)
+        steps = QUICK_STEPS if size == "quick" else epochs_to_steps(EPOCHS, scale.batch_size)
+        config = fashion_mnist_run(model=model, overrides=overrides, lr=lr, steps=steps, scale=scale, seed=seed)
+        test_split = scale.test_split
+    config["optim"] = {"name": name, "lr": lr, "weight_decay": 0.0, **extra}
+    label = arm.lower().replace(" ", "-")
+    return Run(f"{label}-lr{lr:g}" + (f"-s{seed}" if seed else ""), config,
+               {"family": family, "optimizer": arm, "lr": lr, "seed": seed}, fewshot=False, test_split=test_split)
+
+
+def extend(size: str, rows: list[dict]) -> list[Run]:
+    """Past an edge of a sweep first; once an arm's best rate is inside its sweep, the other seeds there."""
+    if size != "default":
+        return []
+    first = [r for r in rows if r["seed"] == 0]
+    beyond = rates_beyond_edges(first, "optimizer")
+    runs = [run_at(size, arm, lr) for arm, lr in beyond.items()]
+    for arm, (lr, _) in best_rates(first, "optimizer").items():
+        if arm not in beyond:
+            runs += [run_at(size, arm, lr, seed) for seed in SEEDS[1:]]
     return runs
 
 
-def best_per_optimizer(rows: list[dict]) -> dict[str, dict]:
-    best = {}
-    for r in rows:
-        if r.get("test_top1") is not None and (r["optimizer"] not in best
-                                                or r["test_top1"] > best[r["optimizer"]]["test_top1"]):
-            best[r["optimizer"]] = r
-    return best
+def best_per_optimizer(rows: list[dict]) -> dict[str, tuple[float, dict]]:
+    """{arm: (best rate on the held-out split, the seed-0 row at that rate)}."""
+    first = [r for r in rows if r["seed"] == 0]
+    out = {}
+    for arm, (lr, _) in best_rates(first, "optimizer").items():
+        out[arm] = (lr, next(r for r in first if r["optimizer"] == arm and r["lr"] == lr))
+    return out
 
 
 def draw(rows: list[dict], path) -> None:
     fig, (left, right) = figure(2)
-    for label, row in best_per_optimizer(rows).items():
+    for arm, (lr, row) in best_per_optimizer(rows).items():
         curve = loss_curve(path.parent / row["run_dir"])
         if curve:
-            left.plot(*zip(*curve), label=f"{label} (lr {row['lr']:g})")
+            left.plot(*zip(*curve), label=f"{arm} (lr {lr:g})", ls="-" if arm.startswith("ViT") else "--")
     left.set(xlabel="step", ylabel="training loss", yscale="log")
     left.grid(alpha=0.3)
-    left.legend(fontsize=8)
-    for label in OPTIMIZERS:
-        pts = sorted((r["lr"], 100 * r["test_top1"]) for r in rows if r["optimizer"] == label)
+    left.legend(fontsize=7)
+    for arm in ARMS:
+        pts = sorted((r["lr"], 100 * r["test_top1"]) for r in rows if r["optimizer"] == arm and r["seed"] == 0)
         if pts:
-            right.plot(*zip(*pts), marker="o", label=label)
-    right.set(xscale="log", xlabel="learning rate", ylabel="test top-1 (%)")
+            right.plot(*zip(*pts), marker="o" if arm.startswith("ViT") else "s",
+                       ls="-" if arm.startswith("ViT") else "--", label=arm)
+    right.set(xscale="log", xlabel="learning rate", ylabel="test top-1 (%), seed 0")
     right.grid(alpha=0.3)
-    right.legend(fontsize=8)
+    right.legend(fontsize=7)
     save(fig, path, "Optimisers at equal steps, each at its best learning rate")
 
 
 def summarise(rows: list[dict]) -> str:
     best = best_per_optimizer(rows)
-    lines = [[label] + [("**" if best.get(label) is r else "") + pct(r["test_top1"]) + ("**" if best.get(label) is r else "")
-                        + f" (lr {r['lr']:g})" for r in rows if r["optimizer"] == label]
-             for label in OPTIMIZERS if label in best]
-    width = max(len(line) for line in lines) - 1
-    return markdown_table(["optimiser"] + [f"run {i + 1}: top-1 %" for i in range(width)], lines) + \
-        "\n\nBold: the optimiser's best learning rate (its loss curve is drawn)."
+    lines = []
+    for arm in ARMS:
+        if arm not in best:
+            continue
+        lr = best[arm][0]
+        sweep = ", ".join(f"{r['lr']:g}: {pct(r['val_top1'])}" for r in sorted(
+            (r for r in rows if r["optimizer"] == arm and r["seed"] == 0), key=lambda r: r["lr"]))
+        lines.append([arm, sweep, f"{lr:g}", spread_of(rows, "test_top1", optimizer=arm, lr=lr).text()])
+    return markdown_table(["arm", "held-out top-1 % by learning rate (seed 0)", "best rate",
+                           "test top-1 % at the best rate"], lines)
+
+
+def findings(rows: list[dict]) -> list[Finding]:
+    best = {arm: lr for arm, (lr, _) in best_per_optimizer(rows).items()}
+    stat = {arm: spread_of(rows, "test_top1", optimizer=arm, lr=lr) for arm, lr in best.items()}
+    noise = seed_noise(list(stat.values()))
+    out = []
+    for winner, loser, claim in (
+            ("BiT adam", "BiT momentum", "Adam pre-trains ResNets slightly better than SGD with momentum (D.1)"),
+            ("ViT adam", "ViT momentum", "Adam trains the ViT better than SGD with momentum (the paper's choice)"),
+            ("ViT adam", "ViT sgd", "Adam trains the ViT better than plain SGD (seed notes)")):
+        if winner in stat and loser in stat:
+            out.append(Finding(claim, f"{winner} {stat[winner].text()}, {loser} {stat[loser].text()}",
+                               verdict_better(stat[winner], stat[loser], noise)))
+    return out
 
 
 STUDY = Study(
     name="optimizers",
     title="SGD, momentum, Adagrad and Adam at equal steps",
     paper="Appendix D.1 (SGD against Adam) and the seed notes' comparison",
-    question="How much does the optimiser matter for training a ViT from scratch, each at its best learning rate?",
-    grid=grid, draw=draw, summarise=summarise,
-    budget={"quick": "15 steps of 64, one learning rate per optimiser.",
-            "default": f"{IMAGES['default']:,} images per run at batch 128, three learning rates per optimiser, "
-                       "no weight decay, cosine, bf16.",
+    question="How much does the optimiser matter for training a ViT (and a ResNet) from scratch, each at its best "
+             "learning rate?",
+    grid=grid, draw=draw, summarise=summarise, findings=findings, extend=extend,
+    budget={"quick": f"{QUICK_STEPS} steps of 64, one learning rate per optimiser.",
+            "default": f"{EPOCHS} epochs of 54,000 images per run at batch 128, no weight decay, cosine, fp32; "
+                       "each sweep extended until its best rate (held-out split) is inside it, then a second seed "
+                       "there.",
             "paper": "ViT-B/16 on JFT-300M per optimiser and learning rate."},
     paper_numbers="""
 Appendix D.1 (ResNets pre-trained on JFT-300M, then transferred): Adam pre-training is slightly better than SGD

@@ -7,14 +7,18 @@ synthetic `quadrants` task, where only position decides the label, so "none" mus
 
 from __future__ import annotations
 
-from .core import MAIN_VIT, TINY_VIT, Run, Study, fashion_mnist_run, paper_run, steps_for, scale_of
-from .report import group_mean, markdown_table, pct
+from .core import (SMALL_VIT, TINY_VIT, Finding, Run, Study, epochs_to_steps, fashion_mnist_run, paper_run,
+                   scale_of)
+from .report import group_mean, markdown_table, pct, seed_noise, spread_of, verdict_better, verdict_tie
 
 VARIANTS = ["none", "learned_1d", "learned_2d", "relative", "sincos_2d"]
-BASE = dict(MAIN_VIT, width=64, depth=4, mlp_dim=256, num_heads=2)
-SEEDS = {"quick": [0], "default": [0, 1]}
-IMAGES = {"quick": 64 * 15, "default": 30_000}
-QUADRANT_IMAGES = {"quick": 64 * 25, "default": 20_000}
+BASE = SMALL_VIT
+SEEDS = {"quick": [0], "default": [0, 1, 2]}
+QUADRANT_SEEDS = {"quick": [0], "default": [0, 1]}
+EPOCHS = {"fashion_mnist": 2, "quadrants": 1}
+QUICK_STEPS = {"fashion_mnist": 15, "quadrants": 25}
+# quadrants: 56 x 56 canvases cut into 4 x 4 patches of 14 px, so each quadrant is 2 x 2 whole patches
+QUADRANT_PATCH = 14
 
 
 def grid(size: str) -> list[Run]:
@@ -22,20 +26,26 @@ def grid(size: str) -> list[Run]:
         return [Run(f"vit-b16-{v}", paper_run("ViT-B/16", steps=7 * 300_000_000 // 4096, overrides={"posemb": v}),
                     {"task": "jft", "posemb": v, "seed": 0}) for v in VARIANTS]
     base = TINY_VIT if size == "quick" else BASE
-    batch, eval_split = scale_of(size)
+    scale = scale_of(size)
+
+    def steps(task):
+        return QUICK_STEPS[task] if size == "quick" else epochs_to_steps(EPOCHS[task], scale.batch_size)
+
     runs = []
     for seed in SEEDS[size]:
         for variant in VARIANTS:
-            config = fashion_mnist_run(overrides={**base, "posemb": variant}, steps=steps_for(IMAGES[size], batch),
-                                       batch_size=batch, eval_split=eval_split, seed=seed)
+            config = fashion_mnist_run(overrides={**base, "posemb": variant}, steps=steps("fashion_mnist"),
+                                       scale=scale, seed=seed)
             runs.append(Run(f"fmnist-{variant}-s{seed}", config, {"task": "fashion_mnist", "posemb": variant,
-                                                                   "seed": seed}))
-    for variant in VARIANTS:  # 56 x 56 canvases: 14 x 14 patches of 4 px (quick: 8 x 8 of 7 px)
-        config = fashion_mnist_run(overrides={**base, "posemb": variant}, dataset="quadrants", image_size=56,
-                                   steps=steps_for(QUADRANT_IMAGES[size], batch), batch_size=batch,
-                                   eval_split=eval_split)
-        runs.append(Run(f"quadrants-{variant}", config, {"task": "quadrants", "posemb": variant, "seed": 0},
-                        fewshot=False))
+                                                                   "seed": seed}, test_split=scale.test_split))
+    for seed in QUADRANT_SEEDS[size]:
+        for variant in VARIANTS:
+            overrides = {**base, "posemb": variant, "patch_size": QUADRANT_PATCH}
+            config = fashion_mnist_run(overrides=overrides, dataset="quadrants", image_size=56, seed=seed,
+                                       steps=steps("quadrants"), scale=scale)
+            runs.append(Run(f"quadrants-{variant}-s{seed}", config, {"task": "quadrants", "posemb": variant,
+                                                                      "seed": seed},
+                            fewshot=False, test_split=scale.test_split))
     return runs
 
 
@@ -46,40 +56,59 @@ def draw(rows: list[dict], path) -> None:
     from .posemb_figure import similarity_panels
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    fig = plt.figure(figsize=(5.2 * (len(tasks) + 1), 7.5))
+    fig = plt.figure(figsize=(12, 7.5))
+    top = fig.add_gridspec(2, 1, height_ratios=[1.3, 1])[0].subgridspec(1, max(1, len(tasks)))
     for i, task in enumerate(tasks):
-        ax = fig.add_subplot(2, len(tasks) + 1, i + 1)
-        stats = group_mean([r for r in rows if r["task"] == task], ("posemb",), "test_top1")
-        names = [v for v in VARIANTS if (v,) in stats]
-        ax.bar(names, [100 * stats[(v,)][0] for v in names], yerr=[100 * stats[(v,)][1] for v in names], capsize=3,
-               color=["tab:gray" if v == "none" else "tab:blue" for v in names])
+        ax = fig.add_subplot(top[0, i])
+        stats = {v: spread_of(rows, "test_top1", task=task, posemb=v) for v in VARIANTS}
+        names = [v for v in VARIANTS if stats[v] is not None]
+        means = [100 * stats[v].mean for v in names]
+        errors = [[100 * (stats[v].mean - stats[v].low) for v in names], [100 * (stats[v].high - stats[v].mean)
+                                                                          for v in names]]
+        ax.bar(names, means, yerr=errors, capsize=3, color=["tab:gray" if v == "none" else "tab:blue" for v in names])
         if task == "quadrants":
             ax.axhline(25, color="k", ls="--", lw=1, label="chance")
             ax.legend(fontsize=8)
-        low = min(100 * stats[(v,)][0] for v in names)
-        ax.set(title=task, ylabel="test top-1 (%)", ylim=(max(0, low - 10), 100))
-        ax.tick_params(axis="x", rotation=30)
-    similarity_panels(fig, rows, VARIANTS, out_dir=path.parent, ncols=len(tasks) + 1)
+        ax.set(title=f"{task} (error bars: seed range)", ylabel="test top-1 (%)", ylim=(max(0, min(means) - 10), 100))
+        ax.tick_params(axis="x", rotation=20)
+    similarity_panels(fig, rows, VARIANTS, out_dir=path.parent)
     fig.suptitle("Position embeddings (cf. the paper's Table 8 and Figure 7)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
 def summarise(rows: list[dict]) -> str:
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    top1 = group_mean(rows, ("task", "posemb"), "test_top1")
     shot5 = group_mean(rows, ("task", "posemb"), "fewshot5")
-    header = ["posemb"] + [f"{t} top-1 %" for t in tasks] + [f"{t} 5-shot %" for t in tasks if t != "quadrants"]
+    header = ["posemb"] + [f"{t} test top-1 %" for t in tasks] + [f"{t} 5-shot %" for t in tasks if t != "quadrants"]
     lines = []
     for v in VARIANTS:
-        line = [v]
-        for t in tasks:
-            m, s, n = top1.get((t, v), (None, 0.0, 0))
-            line.append("-" if m is None else f"{100 * m:.2f}" + (f" +- {100 * s:.2f} (n={n})" if n > 1 else ""))
-        line += [pct(shot5.get((t, v), (None,))[0]) for t in tasks if t != "quadrants"]
-        lines.append(line)
-    return markdown_table(header, lines)
+        stats = [spread_of(rows, "test_top1", task=t, posemb=v) for t in tasks]
+        lines.append([v] + ["-" if s is None else s.text() for s in stats]
+                     + [pct(shot5.get((t, v), (None,))[0]) for t in tasks if t != "quadrants"])
+    return markdown_table(header, lines) + "\n\nMean ±half the range over seeds (n seeds)."
+
+
+def findings(rows: list[dict]) -> list[Finding]:
+    fm = {v: spread_of(rows, "test_top1", task="fashion_mnist", posemb=v) for v in VARIANTS}
+    if any(s is None for s in fm.values()):
+        return []
+    noise = seed_noise(list(fm.values()))
+    learned = [v for v in ("learned_1d", "learned_2d", "relative")]
+    worst_learned = min(learned, key=lambda v: fm[v].mean)
+    best_learned = max(learned, key=lambda v: fm[v].mean)
+    out = [Finding("Any position embedding is better than none (Fashion-MNIST)",
+                   f"none {fm['none'].text()}; weakest other, {worst_learned}, {fm[worst_learned].text()}",
+                   verdict_better(fm[worst_learned], fm["none"], noise)),
+           Finding("1-D, 2-D and relative embeddings perform about the same",
+                   ", ".join(f"{v} {fm[v].text()}" for v in learned),
+                   verdict_tie(fm[best_learned], fm[worst_learned], noise))]
+    quad = {v: spread_of(rows, "test_top1", task="quadrants", posemb=v) for v in VARIANTS}
+    if quad["none"] is not None and quad["learned_1d"] is not None:
+        out.append(Finding("Without position embedding, a task that depends on position is at chance (quadrants)",
+                           f"none {quad['none'].text()}, learned 1-D {quad['learned_1d'].text()}; chance 25.00",
+                           verdict_better(quad["learned_1d"], quad["none"], seed_noise(list(quad.values())))))
+    return out
 
 
 STUDY = Study(
@@ -87,10 +116,11 @@ STUDY = Study(
     title="Position embeddings: none, 1-D, 2-D, relative, sin-cos",
     paper="Table 8 (Appendix D.4)",
     question="How much does the kind of position embedding matter, and does having none matter?",
-    grid=grid, draw=draw, summarise=summarise,
+    grid=grid, draw=draw, summarise=summarise, findings=findings,
     budget={"quick": "15 steps of 64 (25 on quadrants), a tiny model, one seed.",
-            "default": f"Fashion-MNIST: {IMAGES['default']:,} images per run at batch 128, two seeds; quadrants: "
-                       f"{QUADRANT_IMAGES['default']:,} images, one seed; AdamW lr 1e-3 cosine, bf16.",
+            "default": f"Fashion-MNIST: {EPOCHS['fashion_mnist']} epochs of 54,000 images per run at batch 128, three "
+                       f"seeds; quadrants (patch 14 on 56 px): {EPOCHS['quadrants']} epoch, two seeds; AdamW lr 1e-3 "
+                       "cosine, fp32.",
             "paper": "ViT-B/16, 7 epochs of JFT-300M per variant, 5-shot linear ImageNet."},
     paper_numbers="""
 Table 8 (ViT-B/16, 5-shot linear ImageNet, embeddings added at the input): no position embedding 0.6138;

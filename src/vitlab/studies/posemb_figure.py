@@ -5,29 +5,33 @@ from __future__ import annotations
 import torch
 
 
-def similarity_panels(fig, rows: list[dict], variants: list[str], *, out_dir, ncols: int) -> None:
-    """One small panel per variant: cosine similarity of the centre patch's embedding with every patch's."""
+def similarity_panels(fig, rows: list[dict], variants: list[str], *, out_dir) -> None:
+    """The lower half of `fig`: one panel per variant with a table of position embeddings (cosine similarity of
+    the centre patch's embedding with every patch's, seed 0 on Fashion-MNIST), and a shared colour bar."""
     from ..checkpoints import load_pretrained
     from ..inspection.posemb import posemb_similarity
 
-    by_variant = {}
+    maps = {}
     for r in rows:
-        if r["task"] == "fashion_mnist" and r.get("run_dir") and r["posemb"] not in by_variant:
-            by_variant[r["posemb"]] = out_dir / r["run_dir"]
-    shown = [v for v in variants if v in by_variant]
+        if r["task"] == "fashion_mnist" and r.get("seed", 0) == 0 and r["posemb"] not in maps:
+            try:
+                sim = torch.as_tensor(posemb_similarity(load_pretrained(out_dir / r["run_dir"])))
+            except (ValueError, NotImplementedError):  # "none" and "relative" have no table of embeddings
+                continue
+            gh, gw = sim.shape[:2]
+            maps[r["posemb"]] = sim[gh // 2, gw // 2].numpy()
+    shown = [v for v in variants if v in maps]
     if not shown:
         return
-    grid = fig.add_gridspec(2, ncols)[1, :].subgridspec(1, len(shown))
+    grid = fig.add_gridspec(2, 1, height_ratios=[1.3, 1])[1].subgridspec(1, len(shown) + 1,
+                                                                         width_ratios=[1] * len(shown) + [0.08])
     for i, variant in enumerate(shown):
         ax = fig.add_subplot(grid[0, i])
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(variant, fontsize=9)
-        try:
-            sim = posemb_similarity(load_pretrained(by_variant[variant]))
-        except (ValueError, NotImplementedError) as e:  # "none" has no table to compare
-            ax.text(0.5, 0.5, str(e).split(":")[0][:40], ha="center", va="center", fontsize=7, wrap=True)
-            continue
-        sim = torch.as_tensor(sim)
-        gh, gw = sim.shape[:2]
-        ax.imshow(sim[gh // 2, gw // 2].numpy(), cmap="viridis", vmin=-1, vmax=1)
+        ax.set_title(f"{variant}: similarity to the centre patch", fontsize=8)
+        image = ax.imshow(maps[variant], cmap="viridis", vmin=-1, vmax=1)
+    fig.colorbar(image, cax=fig.add_subplot(grid[0, -1]), label="cosine similarity")
+    missing = [v for v in variants if v not in maps]
+    if missing:
+        fig.text(0.5, 0.01, "no table of embeddings to compare: " + ", ".join(missing), ha="center", fontsize=8)

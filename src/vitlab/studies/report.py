@@ -7,6 +7,7 @@ import io
 import os
 import platform
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -51,6 +52,59 @@ def group_mean(rows: list[dict], keys: tuple[str, ...], value: str) -> dict[tupl
     return {k: (mean(v), stdev(v) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()}
 
 
+@dataclass(frozen=True)
+class Spread:
+    """A value over seeds: the mean, and the range (largest minus smallest) that the seeds span."""
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def range(self) -> float:
+        return self.high - self.low
+
+    def text(self, scale: float = 100.0) -> str:
+        if self.n < 2:
+            return f"{scale * self.mean:.2f} (n=1)"
+        return f"{scale * self.mean:.2f} ±{scale * self.range / 2:.2f} (n={self.n})"
+
+
+def spread_of(rows: list[dict], value: str, **where) -> Spread | None:
+    """The spread of `value` over the rows whose tags equal `where` (seeds pooled); None if there are none."""
+    values = [float(r[value]) for r in rows
+              if r.get(value) is not None and all(r.get(k) == v for k, v in where.items())]
+    if not values:
+        return None
+    return Spread(mean(values), min(values), max(values), len(values))
+
+
+def seed_noise(spreads: list[Spread | None]) -> float:
+    """The largest seed range among the groups that have two or more seeds (0 if none has)."""
+    return max((s.range for s in spreads if s is not None and s.n >= 2), default=0.0)
+
+
+def verdict_better(winner: Spread | None, loser: Spread | None, noise: float) -> str:
+    """Verdict on "`winner` beats `loser`": a difference inside the seed noise is a tie, never a finding."""
+    if winner is None or loser is None:
+        return "not run"
+    if noise <= 0:
+        return "no seed spread to judge by"
+    difference = winner.mean - loser.mean
+    if abs(difference) <= noise:
+        return "tie within noise"
+    return "reproduced" if difference > 0 else "not reproduced"
+
+
+def verdict_tie(a: Spread | None, b: Spread | None, noise: float) -> str:
+    """Verdict on "`a` and `b` perform the same"."""
+    if a is None or b is None:
+        return "not run"
+    if noise <= 0:
+        return "no seed spread to judge by"
+    return "reproduced (tie within noise)" if abs(a.mean - b.mean) <= noise else "not reproduced"
+
+
 def pct(x) -> str:
     return "-" if x is None else f"{100 * float(x):.2f}"
 
@@ -61,8 +115,14 @@ def markdown_table(header: list[str], lines: list[list]) -> str:
     return "\n".join(out)
 
 
-def write_report(study: Study, size: str, rows: list[dict], out: Path, *, command: str) -> Path:
-    """results.csv, the figure and REPORT.md in `out`; returns the report's path."""
+def findings_table(findings) -> str:
+    return markdown_table(["the paper's finding", "ours (mean ±half the seed range, %)", "verdict"],
+                          [[f.claim, f.ours, f.verdict] for f in findings])
+
+
+def write_report(study: Study, size: str, rows: list[dict], out: Path, *, command: str,
+                 planned: int | None = None) -> Path:
+    """results.csv, the figure and REPORT.md in `out` (from the runs finished so far); returns the report's path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,19 +130,36 @@ def write_report(study: Study, size: str, rows: list[dict], out: Path, *, comman
     figure = out / f"{study.name}.png"
     study.draw(rows, figure)
     total_s = sum(float(r.get("study_wall_s") or 0.0) for r in rows)
+    planned = planned or len(rows)
+    progress = "" if planned == len(rows) else f" — {len(rows)} of {planned} runs finished so far"
     text = [
         f"# {study.title}",
         "",
         f"The paper: {study.paper}. {study.question}",
         "",
-        f"Made by `{command}` (size `{size}`, {len(rows)} runs, {total_s / 60:.1f} minutes of run time, on "
-        f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, torch threads per run as the "
-        "runner set them).",
+        f"Made by `{command}` (size `{size}`, {len(rows)} runs{progress}, {total_s / 60:.1f} minutes of run time, on "
+        f"{cpu_name()}, {os.cpu_count()} CPU cores).",
     ]
     if size in study.budget:
         text += ["", f"Budget: {study.budget[size]}"]
+    findings = study.findings(rows)
+    if findings:
+        text += ["", "## Verdict", "", findings_table(findings), "",
+                 "A difference no larger than the seed range (the largest spread over seeds among the arms "
+                 "compared) is a tie."]
     text += ["", "## Ours", "", study.summarise(rows), "", f"![{study.name}]({figure.name})", "",
              "## The paper", "", study.paper_numbers.strip(), "",
              "Every run is an ordinary run directory under `runs/`; `results.csv` holds every number above."]
     atomic_write_text(out / "REPORT.md", "\n".join(text) + "\n")
     return out / "REPORT.md"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what the platform module says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -96,8 +96,19 @@ def images_per_second(model, batch: int, image_size: int, in_chans: int, device:
 
 def measure(*, model: str, overrides: dict | None = None, image_size: int, in_chans: int = 3, batch: int = 8,
             memory_cap_gb: float = 4.0, precision: str = "bf16", seconds: float = 2.0, device: str | None = None,
-            max_batch: bool = True) -> dict:
-    """One point of Figure 12: images/s at `batch`, and the largest batch under `memory_cap_gb`."""
+            max_batch: bool = True, threads: int | None = None) -> dict:
+    """One point of Figure 12: images/s at `batch`, and the largest batch under `memory_cap_gb`.
+
+    `threads`: torch's CPU threads for this measurement (the paper reports speed per core: threads=1)."""
+    if threads is not None:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return measure(model=model, overrides=overrides, image_size=image_size, in_chans=in_chans, batch=batch,
+                           memory_cap_gb=memory_cap_gb, precision=precision, seconds=seconds, device=device,
+                           max_batch=max_batch)
+        finally:
+            torch.set_num_threads(previous)
     from ..models import count_flops, create_model
 
     dev = device_of(device)

@@ -7,7 +7,7 @@ batch under a memory cap, for both families.
 
 from __future__ import annotations
 
-from .core import Run, Study
+from .core import Finding, Run, Study
 from .plots import figure, lines_by, save
 from .report import markdown_table
 
@@ -20,38 +20,76 @@ MODELS = {
 }
 IMAGE_SIZES = {"quick": [32, 64], "default": [64, 128, 224], "paper": [64, 128, 224, 384, 512]}
 MEMORY_CAP_GB = {"quick": 1.0, "default": 4.0, "paper": 16.0}  # paper: a TPUv3 core's 16 GiB
+PRECISION = "fp32"  # the same arithmetic on every CPU (bf16 is fast only where the CPU has bf16 instructions)
 
 
 def grid(size: str) -> list[Run]:
-    return [Run(f"{name.replace('/', '').lower()}-{px}px",
-                dict(model=name, overrides=overrides, image_size=px, memory_cap_gb=MEMORY_CAP_GB[size],
-                     batch=4 if size == "quick" else 8, seconds=0.5 if size == "quick" else 3.0),
-                {"family": family, "model": name}, kind="throughput", fewshot=False)
+    """Every model at every size with all the threads (speed and the largest batch), then with one thread (speed
+    per core, as the paper reports it)."""
+    timing = dict(batch=4 if size == "quick" else 8, seconds=0.5 if size == "quick" else 3.0,
+                  precision=PRECISION)
+    runs = [Run(f"{name.replace('/', '').lower()}-{px}px",
+                dict(model=name, overrides=overrides, image_size=px, memory_cap_gb=MEMORY_CAP_GB[size], **timing),
+                {"family": family, "model": name, "threads": "all"}, kind="throughput", fewshot=False)
             for family, name, overrides in MODELS[size] for px in IMAGE_SIZES[size]]
+    if size != "paper":
+        runs += [Run(f"{name.replace('/', '').lower()}-{px}px-1thread",
+                     dict(model=name, overrides=overrides, image_size=px, max_batch=False, threads=1, **timing),
+                     {"family": family, "model": name, "threads": 1}, kind="throughput", fewshot=False)
+                 for family, name, overrides in MODELS[size] for px in IMAGE_SIZES[size]]
+    return runs
+
+
+def split_rows(rows: list[dict]) -> tuple[list[dict], dict]:
+    """(the rows timed with every thread, {(model, px): images/s with one thread})."""
+    per_core = {(r["model"], r["image_size"]): r["images_per_s"] for r in rows if r["run"].endswith("-1thread")}
+    return [r for r in rows if not r["run"].endswith("-1thread")], per_core
 
 
 def draw(rows: list[dict], path) -> None:
-    fig, (left, right) = figure(2)
+    fig, (left, middle, right) = figure(3, width=4.6)
+    full, _ = split_rows(rows)
+    single = [r for r in rows if r["run"].endswith("-1thread")]
     styles = {}
     for r in rows:
         styles.setdefault(r["model"], dict(marker="o" if r["family"] == "ViT" else "s",
                                            ls="-" if r["family"] == "ViT" else "--"))
-    lines_by(left, rows, group="model", x="image_size", y="images_per_s", percent=False, styles=styles)
-    left.set(xlabel="input size (px)", ylabel="images/s", yscale="log")
-    lines_by(right, rows, group="model", x="image_size", y="max_batch", percent=False, styles=styles)
-    cap = rows[0]["memory_cap_gb"] if rows else 0
+    for ax, subset, title in ((left, full, f"{full[0]['threads'] if full else '?'} threads"),
+                              (middle, single, "one thread (per core)")):
+        lines_by(ax, subset, group="model", x="image_size", y="images_per_s", percent=False, styles=styles)
+        ax.set(xlabel="input size (px)", ylabel="images/s", yscale="log", title=title)
+    lines_by(right, full, group="model", x="image_size", y="max_batch", percent=False, styles=styles)
+    cap = full[0]["memory_cap_gb"] if full else 0
     right.set(xlabel="input size (px)", ylabel=f"largest batch in {cap:g} GiB", yscale="log")
     save(fig, path, "Inference throughput and largest batch against input size (cf. the paper's Figure 12)")
 
 
 def summarise(rows: list[dict]) -> str:
+    full, per_core = split_rows(rows)
     lines = [[r["model"], r["image_size"], f"{r['gflops_per_image']:.2f}", f"{r['images_per_s']:.1f}",
-              f"{r['mb_per_image']:.2f}", f"{r['max_batch']:,}"] for r in rows]
-    device = rows[0]["device"] if rows else "?"
-    threads = rows[0]["threads"] if rows else "?"
-    return markdown_table(["model", "input px", "GFLOPs / image", "images/s", "MiB / image", "largest batch"],
-                          lines) + f"\n\nMeasured on {device} with {threads} torch threads, bf16 autocast, batch " \
-                                   f"{rows[0]['batch'] if rows else '?'} for images/s."
+              f"{per_core[(r['model'], r['image_size'])]:.1f}" if (r["model"], r["image_size"]) in per_core else "-",
+              f"{r['mb_per_image']:.2f}", f"{r['max_batch']:,}"] for r in full]
+    first = full[0] if full else {}
+    return markdown_table(["model", "input px", "GFLOPs / image", f"images/s ({first.get('threads', '?')} threads)",
+                           "images/s (1 thread)", "MiB / image", "largest batch"], lines) + \
+        f"\n\nMeasured on {first.get('device', '?')}, {first.get('precision', '?')}, batch {first.get('batch', '?')} " \
+        "for images/s (median of timed batches after warm-up), on an otherwise idle machine."
+
+
+def findings(rows: list[dict]) -> list[Finding]:
+    full, _ = split_rows(rows)
+    largest = max((r["image_size"] for r in full), default=None)
+    at = {r["model"]: r for r in full if r["image_size"] == largest}
+    if "ViT-B/16" not in at or "BiT-R50x1" not in at:
+        return []
+    vit, bit = at["ViT-B/16"], at["BiT-R50x1"]
+    ratio = vit["images_per_s"] / bit["images_per_s"]
+    return [Finding(f"ViTs fit larger batches than ResNets of similar speed at large inputs ({largest} px)",
+                    f"largest batch: ViT-B/16 {vit['max_batch']:,}, BiT-R50x1 {bit['max_batch']:,}",
+                    "reproduced" if vit["max_batch"] > bit["max_batch"] else "not reproduced"),
+            Finding(f"ViT is comparable in speed to similar ResNets ({largest} px)",
+                    f"ViT-B/16 {vit['images_per_s']:.1f} images/s, BiT-R50x1 {bit['images_per_s']:.1f} "
+                    f"({ratio:.2f}x); a timing, one measurement per point", "see the table: a ratio, not a verdict")]
 
 
 STUDY = Study(
@@ -59,9 +97,10 @@ STUDY = Study(
     title="Inference throughput and memory against input size",
     paper="Figure 12 (Appendix D.5)",
     question="How do speed and the largest batch that fits scale with the input size for ViTs and ResNets?",
-    grid=grid, draw=draw, summarise=summarise,
+    grid=grid, draw=draw, summarise=summarise, findings=findings,
     budget={"quick": "two tiny models at 32 and 64 px, 0.5 s of timing each.",
-            "default": "3 s of timing per point after warm-up; memory cap 4 GiB.",
+            "default": "3 s of timing per point after warm-up, fp32, with every thread and with one; memory cap "
+                       "4 GiB. Needs an idle machine.",
             "paper": "the paper's models at 64-512 px; memory cap 16 GiB (one TPUv3 core)."},
     paper_numbers="""
 Figure 12 (TPUv3, per core, input sizes up to 512 px): ViT models are comparable in speed to similar ResNets,

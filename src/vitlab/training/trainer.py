@@ -46,6 +46,7 @@ class TrainResult:
     best_accuracy: float | None = None
     last_accuracy_ema: float | None = None
     wall_time_s: float = 0.0  # this session
+    train_time_s: float = 0.0  # training over every session of the run (resumes included)
     out_of_time: bool = False  # stopped early by train.max_minutes
     images_per_s: float = 0.0  # this session
     skipped_images: int = 0  # bad images the loader skipped
@@ -331,6 +332,7 @@ class Trainer:
         wall = time.perf_counter() - start
         result.steps = self.step
         result.wall_time_s = wall
+        result.train_time_s = self.state["train_time_s"] + wall
         result.images_per_s = images_seen / max(wall, 1e-9)
         result.best_accuracy = self.state["best_accuracy"]
         result.last_accuracy = self.state["last_accuracy"]
