@@ -325,6 +325,11 @@ def test_sigterm_to_the_study_stops_its_child_runs(tmp_path):
     while len(children_of(out)) < 2 and time.monotonic() < deadline and parent.poll() is None:
         time.sleep(0.2)
     assert len(children_of(out)) == 2, "the study did not start two child runs"
+    logs = [out / "runs" / run.name / "study.log" for run in get_study("pooling").runs("quick")[:2]]
+    while not all(p.is_file() and p.stat().st_size for p in logs) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the children have started training and printing into their run directories
+    assert all(p.is_file() and p.stat().st_size for p in logs)
+    assert not (out / "runs" / ".replaced").exists()  # a child's own log is no reason to move its run aside
     parent.send_signal(signal.SIGTERM)
     assert parent.wait(timeout=120) != 0
     deadline = time.monotonic() + 30

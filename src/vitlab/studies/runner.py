@@ -36,6 +36,7 @@ from .core import Run, Study
 
 RESULT_FILE = "study_result.json"
 HASH_FILE = "study_run.json"
+CHILD_LOG = "study.log"  # what a child run printed (--jobs)
 # What a run measures after training; bump it when a measurement changes, so cached results are not reused.
 MEASUREMENT_VERSION = 2
 # Settings that change how a run is recorded or logged, not what it learns.
@@ -129,7 +130,7 @@ def claim_run_dir(out: Path, run: Run, log=print) -> Path:
     """The run's directory, ready to train `run`: one left by another configuration is moved aside, not resumed."""
     run_dir = run_dir_of(out, run)
     wanted = config_hash(run)
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and any(p.name != CHILD_LOG for p in run_dir.iterdir()):
         found = (_read_json(run_dir / HASH_FILE) or {}).get("config_hash")
         if found != wanted:
             aside = out / "runs" / ".replaced" / f"{run.name}-{found or 'unhashed'}-{time.strftime('%Y%m%d%H%M%S')}"
@@ -355,7 +356,7 @@ def run_children(runs: list[Run], study: Study, size: str, out: Path, *, jobs: i
     if stopping:
         raise KeyboardInterrupt("study stopped by a signal; run the same command again to resume it")
     if failed:
-        raise StudyError(f"runs failed: {', '.join(failed)} (their output is in {out / 'runs'}/NAME/study.log)")
+        raise StudyError(f"runs failed: {', '.join(failed)} (their output is in {out / 'runs'}/NAME/{CHILD_LOG})")
 
 
 def _start_child(run: Run, study: Study, size: str, out: Path, threads: int, gpu: int | None, data: str | None,
@@ -364,8 +365,7 @@ def _start_child(run: Run, study: Study, size: str, out: Path, threads: int, gpu
     env.update(OMP_NUM_THREADS=str(threads), VITLAB_STUDY_THREADS=str(threads))
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    run_dir_of(out, run).mkdir(parents=True, exist_ok=True)
-    log_file = open(run_dir_of(out, run) / "study.log", "a")
+    log_file = open(claim_run_dir(out, run) / CHILD_LOG, "a")
     cmd = [sys.executable, "-m", "vitlab", "study", study.name, "--size", size, "--out", str(out),
            "--only", run.name, "--no-report"] + (["--data", data] if data else []) + (
         ["--cache", str(cache)] if cache is not None else ["--no-cache"])
