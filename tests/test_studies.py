@@ -349,3 +349,21 @@ def children_of(out) -> list[int]:
         if b"--only" in cmdline and str(out).encode() in cmdline:
             pids.append(int(entry.name))
     return pids
+
+
+def test_the_index_gathers_every_studys_verdicts(tmp_path, capsys):
+    folder = tmp_path / "docs"
+    (folder / "pooling").mkdir(parents=True)
+    rows = [{"run": f"{p}-{lr}-{s}", "pooling": p, "lr": lr, "seed": s, "val_top1": acc, "test_top1": acc}
+            for p, lr, s, acc in (("token", 1e-3, 0, 0.80), ("token", 1e-3, 1, 0.81), ("token", 3e-3, 0, 0.70),
+                                  ("token", 3e-3, 1, 0.70), ("gap", 3e-4, 0, 0.805), ("gap", 3e-4, 1, 0.80),
+                                  ("gap", 1e-3, 0, 0.78), ("gap", 1e-3, 1, 0.78))]
+    (folder / "pooling" / "results.json").write_text(json.dumps(rows))
+    (folder / "README.md").write_text("# Studies\n\nintro\n")
+    assert main(["study", "--index", str(folder)]) == 0
+    text = (folder / "README.md").read_text()
+    assert text.startswith("# Studies\n\nintro\n")
+    assert "**reproduced (tie within noise)**" in text and "GAP needs a lower learning rate" in text
+    assert "| [scaling](scaling/REPORT.md) | Figure 5 (Section 4.4) | not run at the default size yet | - |" in text
+    assert main(["study", "--index", str(folder)]) == 0  # written again in place, not appended
+    assert (folder / "README.md").read_text() == text

@@ -42,6 +42,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cache", default=None,
                         help="results shared between studies, by configuration (default: study-cache beside --out)")
     parser.add_argument("--no-cache", action="store_true", help="neither reuse nor record shared results")
+    parser.add_argument("--index", metavar="DIR", default=None,
+                        help="write the table of every study's findings and verdicts into DIR/README.md, from the "
+                             "reports in DIR/NAME/ (as docs/studies/ keeps them), and exit")
     common.add_output_args(parser, out_help="output directory (default: runs/study-NAME[-SIZE])",
                            json_help="print the results (or, with --dry-run, the grid) as JSON")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # the runner's child processes
@@ -55,6 +58,13 @@ def run(args) -> int:
     if args.list:
         for study in STUDIES.values():
             print(f"{study.name:<16} {study.title} [{study.paper}]")
+        return 0
+    if args.index:
+        from ..studies.report import write_index
+
+        if not Path(args.index).is_dir():
+            raise UsageError(f"--index {args.index}: not a folder")
+        print(f"wrote {write_index(STUDIES, Path(args.index))}")
         return 0
     if not args.name:
         raise UsageError(f"name a study ({', '.join(STUDIES)}), or --list")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import platform
 from collections import defaultdict
@@ -13,6 +14,10 @@ from statistics import mean, stdev
 
 from ..fileio import atomic_write_text
 from .core import Study
+
+
+RESULTS_JSON = "results.json"
+INDEX_START, INDEX_END = "<!-- verdicts: written by `vitlab study --index` -->", "<!-- /verdicts -->"
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -127,6 +132,7 @@ def write_report(study: Study, size: str, rows: list[dict], out: Path, *, comman
 
     matplotlib.use("Agg")
     write_csv(rows, out / "results.csv")
+    atomic_write_text(out / RESULTS_JSON, json.dumps(rows, indent=1) + "\n")  # typed, for the verdict index
     figure = out / f"{study.name}.png"
     study.draw(rows, figure)
     total_s = sum(float(r.get("study_wall_s") or 0.0) for r in rows)
@@ -163,3 +169,34 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def verdict_index(studies: dict, folder: Path) -> str:
+    """One table of every study's findings with our numbers and verdicts, from FOLDER/NAME/results.json."""
+    lines = []
+    for name, study in studies.items():
+        path = folder / name / RESULTS_JSON
+        if not path.is_file():
+            lines.append([f"[{name}]({name}/REPORT.md)", study.paper, "not run at the default size yet", "-"])
+            continue
+        rows = json.loads(path.read_text())
+        for f in study.findings(rows) or [None]:
+            if f is None:
+                lines.append([f"[{name}]({name}/REPORT.md)", study.paper, "see the report", "-"])
+            else:
+                lines.append([f"[{name}]({name}/REPORT.md)", f.claim, f.ours, f"**{f.verdict}**"])
+    return markdown_table(["study", "the paper's finding", "ours (mean ±half the seed range, %)", "verdict"], lines)
+
+
+def write_index(studies: dict, folder: Path) -> Path:
+    """Replace the verdict table between the markers of FOLDER/README.md (appended if it has none)."""
+    readme = folder / "README.md"
+    text = readme.read_text() if readme.is_file() else "# Studies\n"
+    table = f"{INDEX_START}\n{verdict_index(studies, folder)}\n{INDEX_END}"
+    if INDEX_START in text and INDEX_END in text:
+        before, rest = text.split(INDEX_START, 1)
+        text = before + table + rest.split(INDEX_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + table + "\n"
+    atomic_write_text(readme, text)
+    return readme
