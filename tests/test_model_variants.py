@@ -255,7 +255,7 @@ def test_without_position_embeddings_the_encoder_is_permutation_equivariant():
 
 def test_learned_2d_rows_share_the_y_half_and_columns_the_x_half():
     model = randomise(build(posemb="learned_2d", image_size=(16, 24)))
-    assert model.pos_embed is None
+    assert "pos_embed" not in model.state_dict()
     assert model.pos_embed_x.shape == (1, 6, 8) and model.pos_embed_y.shape == (1, 4, 8)
     assert model.pos_embed_prefix.shape == (1, 1, 16)
     grid = model.patch_position_embeddings().detach().view(4, 6, 16)
@@ -269,7 +269,7 @@ def test_learned_2d_rows_share_the_y_half_and_columns_the_x_half():
 
 def test_sincos_values_match_the_formula_and_are_not_parameters():
     model = build(posemb="sincos_2d")
-    table = model.position_embedding((4, 4))
+    table = model.posemb.table(model, (4, 4))
     torch.testing.assert_close(table[0, 1:].double(), sincos_reference(4, 4, 16), rtol=1e-6, atol=1e-6)
     assert torch.equal(table[0, 0], torch.zeros(16))  # the [class] token gets none
     assert not any("pos" in name for name, _ in model.named_parameters())
@@ -281,7 +281,7 @@ def test_relative_bias_is_the_query_dotted_with_the_offset_embedding():
     model = randomise(build(posemb="relative").double())
     attn = model.blocks[0].attn
     q = torch.randn(2, 2, 1 + 16, 8, dtype=torch.float64)  # (B, heads, T, d)
-    bias = attn.relative(q, (4, 4), 1)
+    bias = attn.relative(q, (4, 4))
     expected = reference_relative_bias(q.transpose(1, 2), attn.relative, (4, 4), 1)
     torch.testing.assert_close(bias, expected)
     index = relative_index((4, 4), 1)
@@ -289,7 +289,7 @@ def test_relative_bias_is_the_query_dotted_with_the_offset_embedding():
     assert index[1 + 0, 1 + 5] != index[1 + 5, 1 + 0]
     assert (index[0] == index[0, 0]).all() and (index[:, 0] == index[0, 0]).all()  # one embedding for [class]
     assert attn.relative.offsets.shape == (7, 7, 16)
-    assert model.pos_embed is None
+    assert "pos_embed" not in model.state_dict()
     assert build(posemb="relative", classifier="gap").blocks[0].attn.relative.prefix is None  # no prefix tokens
 
 
@@ -377,9 +377,8 @@ def test_distillation_token_heads_in_training_and_evaluation():
         torch.testing.assert_close(model.forward_head(tokens, pre_logits=True), tokens[:, :2].mean(1))
     model.train()
     assert isinstance(model(x), torch.Tensor)  # plain fine-tuning trains the averaged heads, as timm's
-    model.set_distilled_training(True)
-    both = model(x)
-    assert isinstance(both, tuple) and both[0].shape == both[1].shape == (2, 3)
+    both = model.forward_heads(x)  # the one way to both heads, in training mode too
+    assert both[0].shape == both[1].shape == (2, 3) and not hasattr(model, "set_distilled_training")
     model.reset_classifier(7)
     assert model.head_dist.out_features == 7 and torch.count_nonzero(model.head_dist.weight) == 0
 

@@ -196,7 +196,7 @@ def test_dynamic_image_size_resamples_position_embeddings():
     model = vitlab.create_model("ViT-Ti/16", **tiny(patch_size=8, dynamic_image_size=True)).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 3, 48, 64)).shape == (2, 5)
-        assert (6, 8) in model._posemb_cache
+        assert (6, 8) in model.posemb.cache
 
 
 def test_grad_checkpointing_gives_the_same_gradients():

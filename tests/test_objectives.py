@@ -55,7 +55,7 @@ def test_classification_checkpoints_have_no_objective_files(tmp_path):
     ({"objective": {"name": "mpp", "mpp": {"target": "colour"}}}, "objective.mpp.target"),
     ({"objective": {"name": "mpp"}, "model": {"overrides": {"patch_dropout": 0.5}}}, "patch_dropout"),
     ({"objective": {"name": "mpp", "mpp": {"target": "downsized", "downsized_size": 3}}}, "does not divide"),
-    ({"objective": {"name": "mae"}, "model": {"overrides": {"posemb": "relative"}}}, "posemb = 'relative'"),
+    ({"objective": {"name": "mae"}, "model": {"overrides": {"posemb": "relative"}}}, "posemb 'relative'"),
     ({"objective": {"name": "mae", "mae": {"mask_rate": 1.0}}}, "objective.mae.mask_rate"),
     ({"objective": {"name": "mae", "mae": {"decoder_width": 30, "decoder_heads": 4}}}, "not divisible"),
 ])

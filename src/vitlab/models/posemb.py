@@ -9,6 +9,12 @@
                   (RelativePositionBias below)
     "none"        no position information at all: the encoder is equivariant to permuting the patches
 
+Each variant is a `PositionEmbedding` kind (KINDS below) that the ViT holds and calls. A kind creates its
+learned tables, initialises them, gives the rows added to the tokens for a patch grid, resamples the tables
+to another grid, and names them for the no-weight-decay set. The tables are parameters of the ViT itself (of
+its attention layers for "relative") under the names checkpoints have always used, so state dicts,
+optimiser states and EMA files keep their keys.
+
 Resampling to another patch grid (fine-tuning at a new resolution) is defined for every variant but "none":
 learned tables are interpolated on their grid, each axis table of "learned_2d" along its axis, sin-cos is
 recomputed, and the relative-offset table is interpolated on the grid of offsets.
@@ -21,7 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 
 METHODS = ("official", "bilinear", "bicubic")
-VARIANTS = ("learned_1d", "learned_2d", "sincos_2d", "relative", "none")
 
 
 def resample_grid(grid: torch.Tensor, new_hw: tuple[int, int], method: str = "official") -> torch.Tensor:
@@ -114,28 +119,39 @@ class RelativePositionBias(nn.Module):
     that involve a prefix token ([class], distillation, registers) share one dedicated learned embedding.
     """
 
-    def __init__(self, width: int, num_heads: int, grid_hw: tuple[int, int], num_prefix_tokens: int):
+    def __init__(self, cfg):  # a ViTConfig
         super().__init__()
-        gh, gw = grid_hw
-        self.num_heads = num_heads
-        self.offsets = nn.Parameter(torch.zeros(2 * gh - 1, 2 * gw - 1, width))
-        self.prefix = nn.Parameter(torch.zeros(1, width)) if num_prefix_tokens else None
+        gh, gw = self.grid_hw = cfg.grid_size
+        self.num_heads, self.num_prefix_tokens, self.method = cfg.num_heads, cfg.num_prefix_tokens, cfg.posemb_resample
+        self.offsets = nn.Parameter(torch.zeros(2 * gh - 1, 2 * gw - 1, cfg.width))
+        self.prefix = nn.Parameter(torch.zeros(1, cfg.width)) if cfg.num_prefix_tokens else None
 
-    def keys(self, grid_hw: tuple[int, int], method: str = "official") -> torch.Tensor:
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.offsets, std=0.02)
+        if self.prefix is not None:
+            nn.init.normal_(self.prefix, std=0.02)
+
+    def resample_(self, grid_hw: tuple[int, int], method: str) -> None:
+        """Rebuild the offset table for another patch grid (interpolated on the grid of offsets)."""
+        with torch.no_grad():
+            table = resample_grid(self.offsets.data, (2 * grid_hw[0] - 1, 2 * grid_hw[1] - 1), method)
+        self.offsets, self.grid_hw = nn.Parameter(table), grid_hw
+
+    def keys(self, grid_hw: tuple[int, int]) -> torch.Tensor:
         """(num_heads, K, d_head): every offset's embedding (row-major over the offset grid), then the prefix one."""
         gh, gw = grid_hw
-        table = resample_grid(self.offsets, (2 * gh - 1, 2 * gw - 1), method)
+        table = resample_grid(self.offsets, (2 * gh - 1, 2 * gw - 1), self.method)
         keys = table.reshape(-1, table.shape[-1])
         if self.prefix is not None:
             keys = torch.cat([keys, self.prefix])
         return keys.view(keys.shape[0], self.num_heads, -1).transpose(0, 1)
 
-    def forward(self, q: torch.Tensor, grid_hw: tuple[int, int], num_prefix_tokens: int,
-                method: str = "official") -> torch.Tensor:
+    def forward(self, q: torch.Tensor, grid_hw: tuple[int, int] | None = None) -> torch.Tensor:
         """The bias (B, heads, T, T) for queries q (B, heads, T, d_head) of prefix + gh*gw tokens."""
-        keys = self.keys(grid_hw, method).to(q.dtype)
+        grid_hw = grid_hw or self.grid_hw
+        keys = self.keys(grid_hw).to(q.dtype)
         logits = (q * q.shape[-1] ** -0.5) @ keys.transpose(-2, -1)  # (B, heads, T, K)
-        index = relative_index(grid_hw, num_prefix_tokens, q.device)
+        index = relative_index(grid_hw, self.num_prefix_tokens, q.device)
         return logits.gather(-1, index.expand(q.shape[0], q.shape[1], -1, -1))
 
 
@@ -150,3 +166,135 @@ def relative_index(grid_hw: tuple[int, int], num_prefix_tokens: int, device=None
     index = torch.full((T, T), prefix_slot, dtype=torch.long, device=device)
     index[num_prefix_tokens:, num_prefix_tokens:] = offsets
     return index
+
+
+# ---- the kinds the ViT holds ------------------------------------------------------------------------------
+class PositionEmbedding:
+    """"none": no position information. The base of every kind: no tables, nothing added to the tokens."""
+
+    names: tuple[str, ...] = ()  # the parameters this kind owns (position tables are not weight-decayed)
+
+    def __init__(self):
+        self.cache: dict[tuple, torch.Tensor] = {}  # fixed or resampled tables by grid (and device), for inference
+
+    def add_tables(self, model: nn.Module) -> None:
+        """Register the learned tables on the model (created zero; `init_tables` draws them)."""
+
+    def init_tables(self, model: nn.Module) -> None:
+        pass
+
+    def table(self, model: nn.Module, grid_hw: tuple[int, int]) -> torch.Tensor | None:
+        """(1, [class] + [distillation] + gh*gw, D), the rows added to the tokens; None when nothing is added."""
+        return None
+
+    def resample_tables(self, model: nn.Module, old_hw: tuple[int, int], new_hw: tuple[int, int],
+                        method: str) -> None:
+        """Resample the learned tables from the patch grid `old_hw` to `new_hw`."""
+        self.cache.clear()
+
+    def attention_bias(self, cfg) -> nn.Module | None:
+        """A module each attention layer of a ViT (of ViTConfig cfg) adds to its logits, or None."""
+        return None
+
+
+class Learned1D(PositionEmbedding):
+    """"learned_1d": one learned row per token, `pos_embed`; resampled on the patch grid for other sizes."""
+
+    names = ("pos_embed",)
+
+    def add_tables(self, model: nn.Module) -> None:
+        cfg = model.config
+        gh, gw = cfg.grid_size
+        model.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_embedded_prefix_tokens + gh * gw, cfg.width))
+
+    def init_tables(self, model: nn.Module) -> None:
+        nn.init.normal_(model.pos_embed, std=0.02)
+
+    def table(self, model: nn.Module, grid_hw: tuple[int, int]) -> torch.Tensor:
+        cfg, table = model.config, model.pos_embed
+        if grid_hw == cfg.grid_size:
+            return table
+        if model.training or torch.is_grad_enabled():  # keep the graph to the learned table
+            return resample_posemb(table, cfg.grid_size, grid_hw, cfg.num_embedded_prefix_tokens,
+                                   cfg.posemb_resample)
+        if grid_hw not in self.cache or self.cache[grid_hw].device != table.device:
+            self.cache[grid_hw] = resample_posemb(table.detach(), cfg.grid_size, grid_hw,
+                                                  cfg.num_embedded_prefix_tokens, cfg.posemb_resample)
+        return self.cache[grid_hw]
+
+    def resample_tables(self, model: nn.Module, old_hw: tuple[int, int], new_hw: tuple[int, int],
+                        method: str) -> None:
+        super().resample_tables(model, old_hw, new_hw, method)
+        prefix = model.config.num_embedded_prefix_tokens
+        with torch.no_grad():
+            table = resample_posemb(model.pos_embed.data, old_hw, new_hw, prefix, method)
+        model.pos_embed = nn.Parameter(table)
+
+
+class Learned2D(PositionEmbedding):
+    """"learned_2d": an X table `pos_embed_x` and a Y table `pos_embed_y` (D/2 wide each), and a learned row
+    `pos_embed_prefix` for the [class] and distillation tokens."""
+
+    names = ("pos_embed_prefix", "pos_embed_x", "pos_embed_y")
+
+    def add_tables(self, model: nn.Module) -> None:
+        cfg = model.config
+        (gh, gw), D, prefix = cfg.grid_size, cfg.width, cfg.num_embedded_prefix_tokens
+        model.pos_embed_prefix = nn.Parameter(torch.zeros(1, prefix, D)) if prefix else None
+        model.pos_embed_x = nn.Parameter(torch.zeros(1, gw, D // 2))
+        model.pos_embed_y = nn.Parameter(torch.zeros(1, gh, D // 2))
+
+    def init_tables(self, model: nn.Module) -> None:
+        for name in self.names:
+            if getattr(model, name) is not None:
+                nn.init.normal_(getattr(model, name), std=0.02)
+
+    def table(self, model: nn.Module, grid_hw: tuple[int, int]) -> torch.Tensor:
+        return learned_2d(model.pos_embed_prefix, model.pos_embed_x, model.pos_embed_y, grid_hw,
+                          model.config.posemb_resample)
+
+    def resample_tables(self, model: nn.Module, old_hw: tuple[int, int], new_hw: tuple[int, int],
+                        method: str) -> None:
+        super().resample_tables(model, old_hw, new_hw, method)
+        with torch.no_grad():
+            model.pos_embed_x = nn.Parameter(resample_axis(model.pos_embed_x.data, new_hw[1], method))
+            model.pos_embed_y = nn.Parameter(resample_axis(model.pos_embed_y.data, new_hw[0], method))
+
+
+class SinCos2D(PositionEmbedding):
+    """"sincos_2d": the fixed table `sincos_2d`, computed once per grid, device and dtype; nothing learned."""
+
+    def table(self, model: nn.Module, grid_hw: tuple[int, int]) -> torch.Tensor:
+        cfg, like = model.config, model.patch_embed.proj.weight
+        key = (grid_hw, like.device, like.dtype)
+        if key not in self.cache:
+            self.cache[key] = sincos_2d(grid_hw, cfg.width, cfg.num_embedded_prefix_tokens, like=like)
+        return self.cache[key]
+
+
+class Relative(PositionEmbedding):
+    """"relative": nothing at the input; a RelativePositionBias in every attention layer, which initialises
+    itself with its block (`offsets`, and `prefix` for pairs with a prefix token)."""
+
+    names = ("offsets", "prefix")
+
+    def attention_bias(self, cfg) -> nn.Module:
+        return RelativePositionBias(cfg)
+
+    def resample_tables(self, model: nn.Module, old_hw: tuple[int, int], new_hw: tuple[int, int],
+                        method: str) -> None:
+        super().resample_tables(model, old_hw, new_hw, method)
+        for module in model.modules():
+            if isinstance(module, RelativePositionBias):
+                module.resample_(new_hw, method)
+
+
+KINDS: dict[str, type[PositionEmbedding]] = {"learned_1d": Learned1D, "learned_2d": Learned2D,
+                                             "sincos_2d": SinCos2D, "relative": Relative,
+                                             "none": PositionEmbedding}
+VARIANTS = tuple(KINDS)
+
+
+def position_embedding(cfg) -> PositionEmbedding:
+    """The kind of position embedding that a ViTConfig's `posemb` names."""
+    return KINDS[cfg.posemb]()

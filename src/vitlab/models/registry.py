@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from .resnet import BiTResNet
-from .vit import ViTConfig, VisionTransformer
+from .vit import VisionTransformer
+from .vit_config import ViTConfig
 
 # Table 1 of the paper (Ti and S from DeiT).
 VIT_SIZES = {

@@ -7,14 +7,12 @@ Settings from the paper's ablations and its successors, each off by default: pos
 (Appendix D.4; models/posemb.py), axial attention (Appendix D.6; models/axial.py), global-average or
 attention-pool (MAP) heads with or without a [class] token, DeiT's distillation token, register tokens and
 LayerScale. The token sequence is [class] [distillation] [registers...] [patches, row-major].
+The architecture is a ViTConfig (models/vit_config.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,170 +20,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import axial
-from .posemb import METHODS as POSEMB_RESAMPLE_METHODS
-from .posemb import VARIANTS as POSEMB_VARIANTS
-from .posemb import RelativePositionBias, learned_2d, resample_axis, resample_grid, resample_posemb, sincos_2d
-from .resnet import HybridStem, resnet_stride
-
-CLASSIFIERS = ("token", "gap", "map")
-ATTENTIONS = ("full", "axial")
-INTEGER_FIELDS = ("patch_size", "width", "depth", "mlp_dim", "num_heads", "in_chans", "num_classes", "reg_tokens")
-
-
-@dataclass
-class ViTConfig:
-    """Every architectural choice of a ViT, as plain fields (what `config.json` stores)."""
-
-    patch_size: int = 16
-    width: int = 768
-    depth: int = 12
-    mlp_dim: int = 3072
-    num_heads: int = 12
-    image_size: int | tuple[int, int] = 224
-    in_chans: int = 3
-    num_classes: int = 1000
-    classifier: str = "token"  # "token": the [class] token; "gap": mean of the patch tokens; "map": attention pool
-    class_token: Optional[bool] = None  # a [class] token; None: only with classifier "token"
-    distill_token: bool = False  # DeiT's distillation token and its head `head_dist`
-    reg_tokens: int = 0  # register tokens (Darcet et al. 2023), after [class]; no position embedding
-    fc_norm: bool = False  # the final LayerNorm after pooling instead of on every token (timm's GAP models)
-    layer_scale: Optional[float] = None  # LayerScale (CaiT / DeiT III): per-channel scales on each residual branch
-    posemb: str = "learned_1d"  # position embeddings: see models.posemb.VARIANTS
-    attention: str = "full"  # "full" or "axial" (row then column self-attention; Appendix D.6)
-    representation_size: Optional[int] = None  # width of the pre-logits layer (Linear + tanh), or None
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    drop_path: float = 0.0
-    patch_dropout: float = 0.0  # training only: drop this fraction of patch tokens per image (PatchDropout)
-    gelu: str = "exact"  # "exact" (erf) or "tanh" (the approximation flax, and so the official code, uses)
-    layer_norm_eps: float = 1e-6
-    qkv_bias: bool = True
-    resnet_layers: Optional[tuple[int, ...]] = None  # hybrid: units per stage of the ResNet stem
-    resnet_width: int = 1  # hybrid: ResNet width factor
-    ws_eps: float = 1e-5  # hybrid: weight-standardisation epsilon (official 1e-5; timm's hybrids 1e-8)
-    gn_eps: float = 1e-6  # hybrid: GroupNorm epsilon (official 1e-6; timm's hybrids 1e-5)
-    ws_eps_in_sqrt: bool = False  # hybrid: standardise by sqrt(var + eps) (timm) rather than std + eps (official)
-    dynamic_image_size: bool = False  # accept other input sizes, resampling position embeddings on the fly
-    posemb_resample: str = "official"  # method for dynamic_image_size; see models.posemb
-
-    @property
-    def image_hw(self) -> tuple[int, int]:
-        s = self.image_size
-        return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
-
-    @property
-    def stride(self) -> int:
-        """Input pixels per token side: the patch size, times the ResNet's stride for a hybrid."""
-        if self.resnet_layers is None:
-            return self.patch_size
-        return self.patch_size * resnet_stride(self.resnet_layers)  # zero stages: the root block's 4
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        h, w = self.image_hw
-        return h // self.stride, w // self.stride
-
-    @property
-    def has_class_token(self) -> bool:
-        return self.classifier == "token" if self.class_token is None else bool(self.class_token)
-
-    @property
-    def num_embedded_prefix_tokens(self) -> int:
-        """Prefix tokens with a row of their own in the position-embedding table: [class] and distillation."""
-        return int(self.has_class_token) + int(self.distill_token)
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        """Tokens before the patches: [class], distillation, registers."""
-        return self.num_embedded_prefix_tokens + self.reg_tokens
-
-    def validate(self) -> "ViTConfig":
-        """Refuse an impossible architecture before any memory is allocated."""
-        problems = self._type_problems()
-        if not problems:
-            problems = self._architecture_problems()
-        if problems:
-            raise ValueError("invalid ViT configuration: " + "; ".join(problems))
-        return self
-
-    def _type_problems(self) -> list[str]:
-        problems = []
-        sizes = self.image_size if isinstance(self.image_size, (tuple, list)) else (self.image_size,)
-        fields = [(name, getattr(self, name)) for name in INTEGER_FIELDS] + [("image_size", s) for s in sizes]
-        if self.representation_size is not None:
-            fields.append(("representation_size", self.representation_size))
-        for name, value in fields:
-            if not isinstance(value, int) or isinstance(value, bool):
-                problems.append(f"{name} must be an integer, not {value!r}")
-        for name in ("distill_token", "fc_norm", "class_token"):
-            if not isinstance(getattr(self, name), bool) and not (name == "class_token" and self.class_token is None):
-                problems.append(f"{name} must be true or false, not {getattr(self, name)!r}")
-        if self.layer_scale is not None and (not isinstance(self.layer_scale, (int, float))
-                                             or isinstance(self.layer_scale, bool)):
-            problems.append(f"layer_scale must be a number (or None), not {self.layer_scale!r}")
-        choices = (("classifier", CLASSIFIERS), ("posemb", POSEMB_VARIANTS), ("attention", ATTENTIONS),
-                   ("gelu", ("exact", "tanh")), ("posemb_resample", POSEMB_RESAMPLE_METHODS))
-        for name, allowed in choices:
-            if getattr(self, name) not in allowed:
-                problems.append(f"{name} must be one of {', '.join(map(repr, allowed))}, not {getattr(self, name)!r}")
-        return problems
-
-    def _architecture_problems(self) -> list[str]:
-        problems = []
-        for name in ("patch_size", "width", "depth", "mlp_dim", "num_heads", "in_chans"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be a positive integer, not {getattr(self, name)!r}")
-        if self.num_heads >= 1 and self.width % self.num_heads:
-            problems.append(f"width {self.width} is not divisible by num_heads {self.num_heads}")
-        if self.num_classes < 0:
-            problems.append(f"num_classes must be >= 0, not {self.num_classes}")
-        if self.reg_tokens < 0:
-            problems.append(f"reg_tokens must be >= 0, not {self.reg_tokens}")
-        for name in ("dropout", "attention_dropout", "drop_path", "patch_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                problems.append(f"{name} must be in [0, 1), not {getattr(self, name)}")
-        if self.layer_scale is not None and not self.layer_scale > 0:
-            problems.append(f"layer_scale must be a positive number (or None), not {self.layer_scale!r}")
-        h, w = self.image_hw
-        if self.patch_size >= 1 and (h % self.stride or w % self.stride):
-            what = "patch size" if self.resnet_layers is None else "ResNet stride x patch size"
-            problems.append(f"image size {h}x{w} is not divisible by the {what} {self.stride}")
-        return problems + self._combination_problems()
-
-    def _combination_problems(self) -> list[str]:
-        problems = []
-        if self.classifier == "token" and not self.has_class_token:
-            problems.append("classifier 'token' needs class_token = true")
-        if self.distill_token and self.classifier != "token":
-            problems.append("distill_token needs classifier 'token' (DeiT reads the [class] and distillation tokens)")
-        if self.fc_norm and self.distill_token:
-            problems.append("fc_norm cannot be combined with distill_token")
-        if self.posemb == "learned_2d" and self.width % 2:
-            problems.append(f"posemb 'learned_2d' needs an even width (two halves), not {self.width}")
-        if self.posemb == "sincos_2d" and self.width % 4:
-            problems.append(f"posemb 'sincos_2d' needs a width divisible by 4, not {self.width}")
-        needs_grid = [what for what, on in (("posemb 'relative'", self.posemb == "relative"),
-                                             ("attention 'axial'", self.attention == "axial")) if on]
-        if needs_grid and self.patch_dropout > 0:
-            problems.append(f"patch_dropout cannot be combined with {needs_grid[0]} (it needs every patch of the grid)")
-        if len(needs_grid) == 2:
-            problems.append("posemb 'relative' cannot be combined with attention 'axial'")
-        return problems
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ViTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown ViT config keys: {sorted(unknown)}")
-        d = dict(d)
-        for key in ("image_size", "resnet_layers"):
-            if isinstance(d.get(key), list):
-                d[key] = tuple(d[key])
-        return cls(**d)
+from .posemb import position_embedding
+from .resnet import HybridStem
+from .vit_config import ViTConfig
 
 
 class PatchEmbedding(nn.Module):
@@ -214,10 +51,10 @@ class PatchEmbedding(nn.Module):
 class MultiHeadSelfAttention(nn.Module):
     """MSA with one fused qkv projection; fused SDPA kernels unless the weights are asked for.
 
-    With posemb "relative", a RelativePositionBias adds q . r(offset) to the logits before the softmax.
+    `relative`, the relative position embedding's bias (models/posemb.py), adds q . r(offset) to the logits.
     """
 
-    def __init__(self, cfg: ViTConfig):
+    def __init__(self, cfg: ViTConfig, relative: nn.Module | None = None):
         super().__init__()
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.width // cfg.num_heads
@@ -225,18 +62,12 @@ class MultiHeadSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.width, cfg.width)
         self.attention_dropout = cfg.attention_dropout
         self.proj_dropout = nn.Dropout(cfg.dropout)
-        self.relative = None
-        if cfg.posemb == "relative":
-            self.relative = RelativePositionBias(cfg.width, cfg.num_heads, cfg.grid_size, cfg.num_prefix_tokens)
-            self.grid_hw, self.num_prefix_tokens = cfg.grid_size, cfg.num_prefix_tokens
-            self.resample_method = cfg.posemb_resample
+        self.relative = relative
 
     def forward(self, x: torch.Tensor, return_attention: bool = False, grid_hw: tuple[int, int] | None = None):
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = None
-        if self.relative is not None:
-            bias = self.relative(q, grid_hw or self.grid_hw, self.num_prefix_tokens, self.resample_method)
+        bias = None if self.relative is None else self.relative(q, grid_hw)
         p = self.attention_dropout if self.training else 0.0
         weights = None
         if return_attention or explicit_attention_is_faster(q):
@@ -279,6 +110,9 @@ class LayerScale(nn.Module):
         super().__init__()
         self.init_value = init_value
         self.gamma = nn.Parameter(torch.full((width,), init_value))
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.gamma, self.init_value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma
@@ -323,10 +157,11 @@ class EncoderBlock(nn.Module):
     With LayerScale each branch is scaled per channel before it is added.
     """
 
-    def __init__(self, cfg: ViTConfig, drop_path_rate: float, axis: str | None = None):
+    def __init__(self, cfg: ViTConfig, drop_path_rate: float, axis: str | None = None,
+                 relative: nn.Module | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
-        self.attn = MultiHeadSelfAttention(cfg)
+        self.attn = MultiHeadSelfAttention(cfg, relative)
         self.ls1 = LayerScale(cfg.width, cfg.layer_scale) if cfg.layer_scale else None
         self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
         self.mlp = MLP(cfg)
@@ -334,6 +169,11 @@ class EncoderBlock(nn.Module):
         self.drop_path_rate = drop_path_rate
         self.axis = axis
         self.grid_hw, self.num_prefix_tokens = cfg.grid_size, cfg.num_prefix_tokens
+
+    def init_extra_weights(self) -> None:
+        for part in (self.attn.relative, self.ls1, self.ls2):
+            if part is not None:
+                part.reset_parameters()
 
     def forward(self, x: torch.Tensor, return_attention: bool = False, grid_hw: tuple[int, int] | None = None):
         y, weights = self.attend(self.norm1(x), return_attention, grid_hw)
@@ -384,40 +224,35 @@ class MAPHead(nn.Module):
 
 
 class VisionTransformer(nn.Module):
+    """Section 3.1, Eq. 1-4: z_0 = [x_class; x_p E] + E_pos;  z'_l = MSA(LN(z_l-1)) + z_l-1;
+    z_l = MLP(LN(z'_l)) + z'_l;  y = LN(z_L^0), the head's input."""
+
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.config = cfg.validate()
         self.num_classes = cfg.num_classes
         self.num_prefix_tokens = cfg.num_prefix_tokens
         self.patch_embed = PatchEmbedding(cfg)
-        gh, gw = cfg.grid_size
         D = cfg.width
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.has_class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distill_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, D)) if cfg.reg_tokens else None
-        self.pos_embed = None
-        prefix = cfg.num_embedded_prefix_tokens
-        if cfg.posemb == "learned_1d":
-            self.pos_embed = nn.Parameter(torch.zeros(1, prefix + gh * gw, D))
-        elif cfg.posemb == "learned_2d":
-            self.pos_embed_prefix = nn.Parameter(torch.zeros(1, prefix, D)) if prefix else None
-            self.pos_embed_x = nn.Parameter(torch.zeros(1, gw, D // 2))
-            self.pos_embed_y = nn.Parameter(torch.zeros(1, gh, D // 2))
+        self.posemb = position_embedding(cfg)
+        self.posemb.add_tables(self)
         self.pos_dropout = nn.Dropout(cfg.dropout)
         # stochastic depth grows linearly with depth, as in DeiT / timm
         axes = [None] if cfg.attention == "full" else list(axial.AXES)  # AxialViT: each block becomes two
         n = cfg.depth * len(axes)
         rates = [cfg.drop_path * i / max(n - 1, 1) for i in range(n)]
-        self.blocks = nn.ModuleList(EncoderBlock(cfg, r, axes[i % len(axes)]) for i, r in enumerate(rates))
+        self.blocks = nn.ModuleList(EncoderBlock(cfg, r, axes[i % len(axes)], self.posemb.attention_bias(cfg))
+                                    for i, r in enumerate(rates))
         self.norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps) if not cfg.fc_norm else None
         self.attn_pool = MAPHead(cfg) if cfg.classifier == "map" else None
         self.fc_norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps) if cfg.fc_norm else None
         self.pre_logits = nn.Linear(D, cfg.representation_size) if cfg.representation_size else None
         self.num_features = cfg.representation_size or D
         self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
-        self.distilled_training = False
         self.grad_checkpointing = False
-        self._posemb_cache: dict[tuple, torch.Tensor] = {}  # resampled or fixed tables by grid (and device)
         self.init_weights()
 
     # ---- initialisation (the official code's) ---------------------------------------------------------
@@ -435,26 +270,18 @@ class VisionTransformer(nn.Module):
             lecun_normal_(self.pre_logits.weight)
         lecun_normal_(self.patch_embed.proj.weight)
         nn.init.zeros_(self.patch_embed.proj.bias)
-        if self.pos_embed is not None:
-            nn.init.normal_(self.pos_embed, std=0.02)
+        self.posemb.init_tables(self)
         self.init_extra_weights()
         self.reset_classifier(self.num_classes)
 
     def init_extra_weights(self) -> None:
         """The optional parts, after the paper's (so a default model draws the same random numbers as ever)."""
-        for name in ("pos_embed_prefix", "pos_embed_x", "pos_embed_y", "dist_token"):  # DeiT: std 0.02
-            if getattr(self, name, None) is not None:
-                nn.init.normal_(getattr(self, name), std=0.02)
+        if self.dist_token is not None:
+            nn.init.normal_(self.dist_token, std=0.02)  # DeiT
         if self.reg_token is not None:
             nn.init.normal_(self.reg_token, std=1e-6)  # as timm
         for block in self.blocks:
-            if block.attn.relative is not None:
-                nn.init.normal_(block.attn.relative.offsets, std=0.02)
-                if block.attn.relative.prefix is not None:
-                    nn.init.normal_(block.attn.relative.prefix, std=0.02)
-            for scale in (block.ls1, block.ls2):
-                if scale is not None:
-                    nn.init.constant_(scale.gamma, scale.init_value)
+            block.init_extra_weights()
         if self.attn_pool is not None:
             nn.init.xavier_uniform_(self.attn_pool.latent.view(1, -1))  # big_vision's probe init
 
@@ -467,55 +294,28 @@ class VisionTransformer(nn.Module):
             self.head_dist = zero_head(self.num_features, num_classes, device)
 
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token", "dist_token", "reg_token", "pos_embed_prefix", "pos_embed_x",
-                "pos_embed_y", "offsets", "prefix", "latent"}
+        return {"cls_token", "dist_token", "reg_token", "latent", *self.posemb.names}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass: less memory, ~1/3 more compute."""
         self.grad_checkpointing = enable
 
-    def set_distilled_training(self, enable: bool = True) -> None:
-        """With a distillation token: in training mode `forward` returns (class logits, distillation logits)."""
-        self.distilled_training = enable
-
-    # ---- position embeddings ---------------------------------------------------------------------------
-    def position_embedding(self, grid_hw: tuple[int, int]) -> torch.Tensor | None:
-        """(1, [class] + [distillation] + gh*gw, D) added to the tokens; None for posemb "none" / "relative"."""
-        cfg = self.config
+    # ---- input size ---------------------------------------------------------------------------------------
+    def patch_grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """The (gh, gw) patch grid of images x, refused unless the model takes that size."""
+        cfg, stride = self.config, self.config.stride
+        if x.shape[1] != cfg.in_chans:
+            raise ValueError(f"expected {cfg.in_chans} input channels, got input of shape {tuple(x.shape)}")
+        if x.shape[-2] % stride or x.shape[-1] % stride:
+            raise ValueError(f"input size {x.shape[-2]}x{x.shape[-1]} is not divisible by the stride {stride}")
+        grid_hw = (x.shape[-2] // stride, x.shape[-1] // stride)
         if grid_hw != cfg.grid_size and not cfg.dynamic_image_size:
-            h, w = (g * cfg.stride for g in grid_hw)
             raise ValueError(
-                f"input of {h}x{w} px gives a {grid_hw[0]}x{grid_hw[1]} patch grid, but the model was built for "
-                f"{cfg.image_hw[0]}x{cfg.image_hw[1]} px; pass image_size= to load_pretrained, "
+                f"input of {x.shape[-2]}x{x.shape[-1]} px gives a {grid_hw[0]}x{grid_hw[1]} patch grid, but the model "
+                f"was built for {cfg.image_hw[0]}x{cfg.image_hw[1]} px; pass image_size= to load_pretrained, "
                 "or build it with dynamic_image_size=True"
             )
-        if cfg.posemb == "learned_2d":
-            return learned_2d(self.pos_embed_prefix, self.pos_embed_x, self.pos_embed_y, grid_hw, cfg.posemb_resample)
-        if cfg.posemb == "sincos_2d":
-            like = self.patch_embed.proj.weight
-            key = (grid_hw, like.device, like.dtype)
-            if key not in self._posemb_cache:
-                self._posemb_cache[key] = sincos_2d(grid_hw, cfg.width, cfg.num_embedded_prefix_tokens, like=like)
-            return self._posemb_cache[key]
-        if self.pos_embed is None:
-            return None
-        if grid_hw == cfg.grid_size:
-            return self.pos_embed
-        if self.training or torch.is_grad_enabled():  # keep the graph to the learned table
-            return resample_posemb(self.pos_embed, cfg.grid_size, grid_hw, cfg.num_embedded_prefix_tokens,
-                                   cfg.posemb_resample)
-        if grid_hw not in self._posemb_cache or self._posemb_cache[grid_hw].device != self.pos_embed.device:
-            self._posemb_cache[grid_hw] = resample_posemb(
-                self.pos_embed.detach(), cfg.grid_size, grid_hw, cfg.num_embedded_prefix_tokens, cfg.posemb_resample)
-        return self._posemb_cache[grid_hw]
-
-    def patch_position_embeddings(self) -> torch.Tensor:
-        """(gh*gw, D): the position embedding each patch of the model's grid gets (for inspection)."""
-        table = self.position_embedding(self.config.grid_size)
-        if table is None:
-            raise ValueError(f"a model with posemb {self.config.posemb!r} adds no position embedding to its "
-                             "patches, so there is no table to compare")
-        return table[0, self.config.num_embedded_prefix_tokens:]
+        return grid_hw
 
     def set_image_size(self, image_size, method: str = "official") -> None:
         """Rebuild for another input size: every learned position table is resampled to the new patch grid."""
@@ -523,22 +323,17 @@ class VisionTransformer(nn.Module):
         old = cfg.grid_size
         cfg.image_size = image_size
         cfg.validate()
-        new = cfg.grid_size
-        self._posemb_cache.clear()
-        if new == old:
-            return
-        with torch.no_grad():
-            if self.pos_embed is not None:
-                self.pos_embed = nn.Parameter(
-                    resample_posemb(self.pos_embed.data, old, new, cfg.num_embedded_prefix_tokens, method))
-            if cfg.posemb == "learned_2d":
-                self.pos_embed_x = nn.Parameter(resample_axis(self.pos_embed_x.data, new[1], method))
-                self.pos_embed_y = nn.Parameter(resample_axis(self.pos_embed_y.data, new[0], method))
-            for block in self.blocks:
-                if block.attn.relative is not None:
-                    offsets = block.attn.relative.offsets
-                    block.attn.relative.offsets = nn.Parameter(
-                        resample_grid(offsets.data, (2 * new[0] - 1, 2 * new[1] - 1), method))
+        self.posemb.cache.clear()
+        if cfg.grid_size != old:
+            self.posemb.resample_tables(self, old, cfg.grid_size, method)
+
+    def patch_position_embeddings(self) -> torch.Tensor:
+        """(gh*gw, D): the position embedding each patch of the model's grid gets (for inspection)."""
+        table = self.posemb.table(self, self.config.grid_size)
+        if table is None:
+            raise ValueError(f"a model with posemb {self.config.posemb!r} adds no position embedding to its "
+                             "patches, so there is no table to compare")
+        return table[0, self.config.num_embedded_prefix_tokens:]
 
     # ---- forward --------------------------------------------------------------------------------------
     def embed(self, x: torch.Tensor, *, patch_transform=None, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -548,12 +343,7 @@ class VisionTransformer(nn.Module):
         [class] token and position embeddings join them (masked patch prediction corrupts them here); `keep`
         (B, K) patch indices keeps only those patch tokens, after position embeddings (MAE's visible patches).
         """
-        if x.shape[1] != self.config.in_chans:
-            raise ValueError(f"expected {self.config.in_chans} input channels, got input of shape {tuple(x.shape)}")
-        stride = self.config.stride
-        grid_hw = (x.shape[-2] // stride, x.shape[-1] // stride)
-        if x.shape[-2] % stride or x.shape[-1] % stride:
-            raise ValueError(f"input size {x.shape[-2]}x{x.shape[-1]} is not divisible by the stride {stride}")
+        grid_hw = self.patch_grid(x)
         tokens = self.patch_embed(x)
         if patch_transform is not None:
             tokens = patch_transform(tokens)
@@ -561,10 +351,10 @@ class VisionTransformer(nn.Module):
         prefix = [t for t in (self.cls_token, self.dist_token) if t is not None]
         if prefix:
             tokens = torch.cat([t.expand(B, -1, -1).to(tokens.dtype) for t in prefix] + [tokens], dim=1)
-        posemb = self.position_embedding(grid_hw)
+        posemb = self.posemb.table(self, grid_hw)
         if posemb is not None:
             tokens = tokens + posemb.to(tokens.dtype)
-        if self.config.reg_tokens:
+        if self.reg_token is not None:
             n = len(prefix)
             registers = self.reg_token.expand(B, -1, -1).to(tokens.dtype)
             tokens = torch.cat([tokens[:, :n], registers, tokens[:, n:]], dim=1)
@@ -579,13 +369,10 @@ class VisionTransformer(nn.Module):
 
         `embed_hooks` (patch_transform, keep) go to `embed`, for training objectives.
         """
-        stride = self.config.stride
-        grid_hw = (x.shape[-2] // stride, x.shape[-1] // stride)
-        needs_grid = self.config.posemb == "relative" or self.config.attention == "axial"
-        if needs_grid and embed_hooks.get("keep") is not None:
-            raise ValueError(f"posemb {self.config.posemb!r} / attention {self.config.attention!r} needs every "
-                             "patch of the grid; a subset of patch tokens (keep=) needs absolute position "
-                             "embeddings and full attention")
+        grid_hw = self.patch_grid(x)
+        if self.config.whole_grid_settings and embed_hooks.get("keep") is not None:
+            raise ValueError(f"{self.config.whole_grid_settings[0]} needs every patch of the grid; a subset of "
+                             "patch tokens (keep=) needs absolute position embeddings and full attention")
         x = self.embed(x, **embed_hooks)
         attentions = []
         for block in self.blocks:
@@ -598,41 +385,36 @@ class VisionTransformer(nn.Module):
             x = self.norm(x)
         return (x, attentions) if return_attention else x
 
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The image representation: [class] token (with DeiT's, the mean of [class] and distillation), the mean
-        of the patch tokens, or the MAP head over them."""
-        classifier = self.config.classifier
-        if classifier == "token":
-            return tokens[:, 0] if not self.config.distill_token else tokens[:, :2]
-        patches = tokens[:, self.num_prefix_tokens:]
-        x = patches.mean(dim=1) if classifier == "gap" else self.attn_pool(patches)
-        return x if self.fc_norm is None else self.fc_norm(x)
+    def representation(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The image representation before the classifier: the [class] token (with DeiT's, the [class] and
+        distillation tokens: (B, 2, D)), the mean of the patch tokens, or the MAP head over them; then the
+        pre-logits layer, if any."""
+        if self.config.classifier == "token":
+            x = tokens[:, 0] if self.dist_token is None else tokens[:, :2]
+        else:
+            patches = tokens[:, self.num_prefix_tokens:]
+            x = patches.mean(dim=1) if self.config.classifier == "gap" else self.attn_pool(patches)
+            x = x if self.fc_norm is None else self.fc_norm(x)
+        return x if self.pre_logits is None else torch.tanh(self.pre_logits(x))
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """The image representation (pre_logits=True) or the logits, from forward_features' tokens.
 
         With a distillation token: the mean of the two tokens' representations, and the mean of the two heads'
-        logits (as DeiT evaluates), or both logits in training mode after `set_distilled_training()`.
+        logits, as DeiT evaluates (`forward_heads` gives both heads' logits).
         """
-        x = self.pool(tokens)
-        if self.pre_logits is not None:
-            x = torch.tanh(self.pre_logits(x))
-        if not self.config.distill_token:
+        x = self.representation(tokens)
+        if self.dist_token is None:
             return x if pre_logits else self.head(x)
         if pre_logits:
             return x.mean(dim=1)
-        logits, logits_dist = self.head(x[:, 0]), self.head_dist(x[:, 1])
-        if self.distilled_training and self.training:
-            return logits, logits_dist
-        return (logits + logits_dist) / 2
+        return (self.head(x[:, 0]) + self.head_dist(x[:, 1])) / 2
 
     def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """DeiT: (class-head logits, distillation-head logits) for images x, in any mode."""
-        if not self.config.distill_token:
+        if self.dist_token is None:
             raise ValueError("forward_heads needs a model with distill_token = true")
-        pooled = self.pool(self.forward_features(x))
-        if self.pre_logits is not None:
-            pooled = torch.tanh(self.pre_logits(pooled))
+        pooled = self.representation(self.forward_features(x))
         return self.head(pooled[:, 0]), self.head_dist(pooled[:, 1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

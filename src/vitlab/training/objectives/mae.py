@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from ...models.posemb import sincos_2d
-from ...models.vit import EncoderBlock, ViTConfig, random_patch_subset
+from ...models.vit import EncoderBlock, random_patch_subset
+from ...models.vit_config import ViTConfig
 from .base import MaskedLoss, Objective, evaluate_masked
 from .patches import patchify, to_pixels, unpatchify
 from .settings import MAEConfig

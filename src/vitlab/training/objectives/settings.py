@@ -110,8 +110,7 @@ def check(cfg: ObjectiveConfig, model_overrides: dict, architecture=None) -> lis
         problems.append(f"objective.mpp.downsized_size must be >= 1, not {m.downsized_size}")
     elif cfg.name == "mpp" and m.target == "downsized" and patch is not None and patch % m.downsized_size:
         problems.append(f"objective.mpp.downsized_size {m.downsized_size} does not divide the patch size {patch}")
-    whole_grid = [f"{key} = {value!r}" for key, value in (("posemb", "relative"), ("attention", "axial"))
-                  if getattr(architecture, key, None) == value]
+    whole_grid = getattr(architecture, "whole_grid_settings", [])
     if cfg.name == "mae" and whole_grid:
         problems.append(f"objective.name = 'mae' runs the encoder on a subset of the patches, which a model with "
                         f"{whole_grid[0]} cannot (it needs every patch of the grid)")
