@@ -161,14 +161,19 @@ def write_report(study: Study, size: str, rows: list[dict], out: Path, *, comman
 
 
 def cpu_name() -> str:
-    """The CPU's model name (Linux), else what the platform module says."""
+    """The CPU's model name (Linux; else what the platform module says) and the vector instructions torch uses
+    on it: "AMD EPYC (AVX2)". The same name can cover CPU generations of very different speed."""
+    import torch
+
+    name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def verdict_index(studies: dict, folder: Path) -> str:
