@@ -75,6 +75,14 @@ def settings_cases() -> dict[str, dict]:
         "hybrid-one-stage": dict(overrides=dict(SMALL, patch_size=1, resnet_layers=(1,), image_size=(16, 32),
                                                 ws_eps=1e-8, gn_eps=1e-5, ws_eps_in_sqrt=True, in_chans=1)),
         "hybrid-no-stage": dict(overrides=dict(SMALL, patch_size=2, resnet_layers=(), image_size=(16, 24))),
+        "spt-lsa": dict(overrides=dict(SMALL, patch_embed="spt", attention="lsa", reg_tokens=1)),
+        "spt-lsa-gap-relative": dict(overrides=dict(SMALL, patch_embed="spt", attention="lsa", classifier="gap",
+                                                    posemb="relative", **TRAINING)),
+        "spt-patch-dropout": dict(overrides=dict(SMALL, patch_embed="spt", patch_dropout=0.5, **TRAINING)),
+        "lsa-deit-resized": dict(overrides=dict(SMALL, attention="lsa", distill_token=True), resize=(24, 20),
+                                 image_hw=(24, 20)),
+        "spt-odd-patch-dynamic": dict(overrides=dict(SMALL, patch_embed="spt", patch_size=3, image_size=(12, 18),
+                                                     dynamic_image_size=True, in_chans=1), image_hw=(15, 9)),
     })
     return {name: dict(model="ViT-Ti/16", **case) for name, case in cases.items()}
 

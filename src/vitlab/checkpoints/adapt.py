@@ -95,6 +95,9 @@ def set_patch_size(model: nn.Module, patch_size: int, method: str = "pinv") -> N
     cfg = model.config
     if not isinstance(cfg, ViTConfig) or cfg.resnet_layers is not None:
         raise CheckpointError("patch_size= needs a plain ViT (a hybrid embeds 1x1 patches of its ResNet's feature map)")
+    if cfg.patch_embed != "linear":
+        raise CheckpointError(f"patch_size= needs the linear patch embedding, not patch_embed {cfg.patch_embed!r} "
+                              "(its LayerNorm over each patch's shifted views has no resized counterpart)")
     if method not in KERNEL_RESIZES:
         raise CheckpointError(f"unknown kernel resize {method!r}; expected one of {sorted(KERNEL_RESIZES)}")
     old_proj = model.patch_embed.proj

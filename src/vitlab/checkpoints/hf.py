@@ -163,7 +163,8 @@ def check_exportable(cfg: ViTConfig) -> None:
     extras = [what for what, on in (("a distillation token", cfg.distill_token), ("register tokens", cfg.reg_tokens),
                                     ("LayerScale", cfg.layer_scale), (f"{cfg.posemb} position embeddings",
                                                                       cfg.posemb != "learned_1d"),
-                                    ("fc_norm", cfg.fc_norm), ("axial attention", cfg.attention != "full")) if on]
+                                    ("fc_norm", cfg.fc_norm), (f"{cfg.attention} attention", cfg.attention != "full"),
+                                    ("shifted patch tokens", cfg.patch_embed != "linear")) if on]
     if extras:
         problems.append(f"it has {', '.join(extras)} (transformers' ViT has none)")
     if problems:

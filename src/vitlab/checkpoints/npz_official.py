@@ -207,7 +207,8 @@ def check_npz_exportable(cfg: ViTConfig) -> None:
         ("LayerScale", cfg.layer_scale), ("fc_norm", cfg.fc_norm),
         ("a class token it does not pool", cfg.has_class_token and cfg.classifier != "token"),
         (f"{cfg.posemb} position embeddings", cfg.posemb not in ("learned_1d", "sincos_2d")),
-        ("axial attention", cfg.attention != "full")) if on]
+        (f"{cfg.attention} attention", cfg.attention != "full"),
+        ("shifted patch tokens", cfg.patch_embed != "linear")) if on]
     if extras:
         raise CheckpointError(f"cannot export to npz: the model has {', '.join(extras)}, which the official / "
                               "big_vision layouts cannot hold; use --to vitlab or timm")

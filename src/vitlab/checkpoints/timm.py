@@ -208,7 +208,13 @@ def infer_stride(tensors: dict) -> int:
 
 
 def timm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    tensors = export_tensors(model.state_dict(), timm_pairs(model.config))
+    cfg = model.config
+    extras = [what for what, on in (("shifted patch tokens", cfg.patch_embed != "linear"),
+                                    ("locality self-attention", cfg.attention == "lsa")) if on]
+    if extras:
+        raise CheckpointError(f"cannot export to timm: the model has {' and '.join(extras)}, which timm's "
+                              "VisionTransformer has no names for; use --to vitlab")
+    tensors = export_tensors(model.state_dict(), timm_pairs(cfg))
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 

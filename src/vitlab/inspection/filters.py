@@ -2,7 +2,8 @@
 
 The embedding E maps each flattened P x P x C patch to width D: D filters of P x P x C. Their top principal
 components (of the D filters as points, mean removed) are plausible basis functions for a patch's fine
-structure; shown as RGB images (grey for one-channel models).
+structure; shown as RGB images (grey for one-channel models). With shifted patch tokens (models/spt.py) a
+token reads the pixels within P/2 of its patch too, so its filters are (P + 2 (P // 2)) wide.
 """
 
 from __future__ import annotations
@@ -44,4 +45,4 @@ def embedding_filters(model: nn.Module, count: int = 28) -> tuple[np.ndarray, np
     if cfg.resnet_layers is not None:
         raise ValueError("a hybrid ViT embeds 1x1 cells of its ResNet feature map, so its embedding filters have "
                          "no image-space picture (there is no RGB patch to show)")
-    return principal_filters(model.patch_embed.proj.weight, count)
+    return principal_filters(model.patch_embed.image_filters(), count)

@@ -9,6 +9,7 @@ import math
 from typing import Sequence
 
 from .registry import BiTConfig, ViTConfig
+from .spt import VIEWS as SPT_VIEWS
 
 
 def _resnet_macs(layers: Sequence[int], width_factor: float, in_chans: int, hw: tuple[int, int]) -> tuple[int, tuple[int, int], int]:
@@ -50,7 +51,8 @@ def count_flops(cfg: ViTConfig | BiTConfig, image_size: int | tuple[int, int] | 
         macs += gh * gw * channels * cfg.patch_size**2 * D
     else:
         gh, gw = hw[0] // cfg.patch_size, hw[1] // cfg.patch_size
-        macs = gh * gw * cfg.patch_size**2 * cfg.in_chans * D
+        views = SPT_VIEWS if cfg.patch_embed == "spt" else 1  # SPT projects the image and its 4 shifted copies
+        macs = gh * gw * cfg.patch_size**2 * views * cfg.in_chans * D
     macs += cfg.depth * _encoder_layer_macs(cfg, gh, gw)
     macs += _head_macs(cfg, gh * gw)
     return 2 * macs
@@ -68,7 +70,7 @@ def _encoder_layer_macs(cfg: ViTConfig, gh: int, gw: int) -> int:
     mlp = 2 * T * D * M
     if cfg.attention == "axial":  # every row (column) is a sequence of its own, with the prefix tokens in front
         return gh * _attention_macs(gw + P, D) + gw * _attention_macs(gh + P, D) + 2 * mlp
-    macs = _attention_macs(T, D) + mlp
+    macs = _attention_macs(T, D) + mlp  # LSA's mask and temperature are element-wise: no multiply-adds
     if cfg.posemb == "relative":  # queries against every offset's embedding (and the prefix tokens' one)
         macs += T * ((2 * gh - 1) * (2 * gw - 1) + (1 if P else 0)) * D
     return macs

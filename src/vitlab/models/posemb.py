@@ -265,7 +265,7 @@ class SinCos2D(PositionEmbedding):
     """"sincos_2d": the fixed table `sincos_2d`, computed once per grid, device and dtype; nothing learned."""
 
     def table(self, model: nn.Module, grid_hw: tuple[int, int]) -> torch.Tensor:
-        cfg, like = model.config, model.patch_embed.proj.weight
+        cfg, like = model.config, next(model.patch_embed.parameters())  # its device and dtype
         key = (grid_hw, like.device, like.dtype)
         if key not in self.cache:
             self.cache[key] = sincos_2d(grid_hw, cfg.width, cfg.num_embedded_prefix_tokens, like=like)

@@ -5,8 +5,9 @@ blocks -> LayerNorm -> [class] token (or mean of patch tokens) -> optional pre-l
 
 Settings from the paper's ablations and its successors, each off by default: position-embedding variants
 (Appendix D.4; models/posemb.py), axial attention (Appendix D.6; models/axial.py), global-average or
-attention-pool (MAP) heads with or without a [class] token, DeiT's distillation token, register tokens and
-LayerScale. The token sequence is [class] [distillation] [registers...] [patches, row-major].
+attention-pool (MAP) heads with or without a [class] token, DeiT's distillation token, register tokens,
+LayerScale, and the small-data ViT's shifted patch tokens (models/spt.py) and locality self-attention.
+The token sequence is [class] [distillation] [registers...] [patches, row-major].
 The architecture is a ViTConfig (models/vit_config.py).
 """
 
@@ -22,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from . import axial
 from .posemb import position_embedding
 from .resnet import HybridStem
+from .spt import ShiftedPatchTokenization
 from .vit_config import ViTConfig
 
 
@@ -47,11 +49,18 @@ class PatchEmbedding(nn.Module):
         x = self.proj(x)  # (B, D, gh, gw)
         return x.flatten(2).transpose(1, 2)  # (B, gh*gw, D), row-major over the grid
 
+    def image_filters(self) -> torch.Tensor:
+        """(D, C, P, P): each token's linear map from its patch's pixels (of a plain ViT)."""
+        return self.proj.weight.detach()
+
 
 class MultiHeadSelfAttention(nn.Module):
     """MSA with one fused qkv projection; fused SDPA kernels unless the weights are asked for.
 
     `relative`, the relative position embedding's bias (models/posemb.py), adds q . r(offset) to the logits.
+    Locality self-attention (attention "lsa"; Lee, Lee & Song 2021) masks the diagonal, so that a token attends
+    to the others only (a lone token keeps itself), and divides q . k by a learned temperature per head,
+    initialised to sqrt(d_head), the paper's fixed scale.
     """
 
     def __init__(self, cfg: ViTConfig, relative: nn.Module | None = None):
@@ -63,11 +72,17 @@ class MultiHeadSelfAttention(nn.Module):
         self.attention_dropout = cfg.attention_dropout
         self.proj_dropout = nn.Dropout(cfg.dropout)
         self.relative = relative
+        self.temperature = None
+        if cfg.attention == "lsa":
+            self.temperature = nn.Parameter(torch.full((cfg.num_heads,), self.head_dim**0.5))
 
     def forward(self, x: torch.Tensor, return_attention: bool = False, grid_hw: tuple[int, int] | None = None):
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         bias = None if self.relative is None else self.relative(q, grid_hw)
+        if self.temperature is not None:  # LSA: with the 1 / sqrt(d) below (and SDPA's), q . k / temperature
+            q = q * (self.head_dim**0.5 / self.temperature).to(q.dtype).view(-1, 1, 1)
+            bias = locality_mask(T, q, bias)
         p = self.attention_dropout if self.training else 0.0
         weights = None
         if return_attention or explicit_attention_is_faster(q):
@@ -78,6 +93,17 @@ class MultiHeadSelfAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
         out = out.transpose(1, 2).reshape(B, T, D)
         return self.proj_dropout(self.proj(out)), weights if return_attention else None
+
+
+def locality_mask(tokens: int, q: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The additive mask of LSA: -inf on the diagonal (added to `bias`, if any); none for a lone token."""
+    if tokens < 2:
+        return bias
+    index = torch.arange(tokens, device=q.device)
+    diagonal = index[:, None] == index[None, :]  # not torch.eye: ONNX Runtime has no boolean EyeLike
+    if bias is None:
+        bias = torch.zeros(tokens, tokens, dtype=q.dtype, device=q.device)
+    return bias.masked_fill(diagonal, float("-inf"))
 
 
 def explicit_attention_is_faster(q: torch.Tensor) -> bool:
@@ -232,7 +258,7 @@ class VisionTransformer(nn.Module):
         self.config = cfg.validate()
         self.num_classes = cfg.num_classes
         self.num_prefix_tokens = cfg.num_prefix_tokens
-        self.patch_embed = PatchEmbedding(cfg)
+        self.patch_embed = ShiftedPatchTokenization(cfg) if cfg.patch_embed == "spt" else PatchEmbedding(cfg)
         D = cfg.width
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.has_class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distill_token else None
@@ -241,7 +267,7 @@ class VisionTransformer(nn.Module):
         self.posemb.add_tables(self)
         self.pos_dropout = nn.Dropout(cfg.dropout)
         # stochastic depth grows linearly with depth, as in DeiT / timm
-        axes = [None] if cfg.attention == "full" else list(axial.AXES)  # AxialViT: each block becomes two
+        axes = list(axial.AXES) if cfg.attention == "axial" else [None]  # AxialViT: each block becomes two
         n = cfg.depth * len(axes)
         rates = [cfg.drop_path * i / max(n - 1, 1) for i in range(n)]
         self.blocks = nn.ModuleList(EncoderBlock(cfg, r, axes[i % len(axes)], self.posemb.attention_bias(cfg))

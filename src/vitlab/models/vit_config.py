@@ -11,7 +11,8 @@ from .posemb import VARIANTS as POSEMB_VARIANTS
 from .resnet import resnet_stride
 
 CLASSIFIERS = ("token", "gap", "map")
-ATTENTIONS = ("full", "axial")
+ATTENTIONS = ("full", "axial", "lsa")
+PATCH_EMBEDDINGS = ("linear", "spt")
 INTEGER_FIELDS = ("patch_size", "width", "depth", "mlp_dim", "num_heads", "in_chans", "num_classes", "reg_tokens")
 
 
@@ -34,7 +35,9 @@ class ViTConfig:
     fc_norm: bool = False  # the final LayerNorm after pooling instead of on every token (timm's GAP models)
     layer_scale: Optional[float] = None  # LayerScale (CaiT / DeiT III): per-channel scales on each residual branch
     posemb: str = "learned_1d"  # position embeddings: see models.posemb.VARIANTS
-    attention: str = "full"  # "full" or "axial" (row then column self-attention; Appendix D.6)
+    attention: str = "full"  # "full"; "axial" (row then column self-attention; Appendix D.6); "lsa" (locality
+    # self-attention, Lee et al. 2021: full attention with no token attending to itself and a learned temperature)
+    patch_embed: str = "linear"  # "linear" (the paper's); "spt" (shifted patch tokenization, Lee et al. 2021)
     representation_size: Optional[int] = None  # width of the pre-logits layer (Linear + tanh), or None
     dropout: float = 0.0
     attention_dropout: float = 0.0
@@ -113,7 +116,8 @@ class ViTConfig:
                                              or isinstance(self.layer_scale, bool)):
             problems.append(f"layer_scale must be a number (or None), not {self.layer_scale!r}")
         choices = (("classifier", CLASSIFIERS), ("posemb", POSEMB_VARIANTS), ("attention", ATTENTIONS),
-                   ("gelu", ("exact", "tanh")), ("posemb_resample", POSEMB_RESAMPLE_METHODS))
+                   ("patch_embed", PATCH_EMBEDDINGS), ("gelu", ("exact", "tanh")),
+                   ("posemb_resample", POSEMB_RESAMPLE_METHODS))
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {', '.join(map(repr, allowed))}, not {getattr(self, name)!r}")
@@ -158,6 +162,12 @@ class ViTConfig:
             problems.append(f"patch_dropout cannot be combined with {needs_grid[0]} (it needs every patch of the grid)")
         if len(needs_grid) == 2:
             problems.append("posemb 'relative' cannot be combined with attention 'axial'")
+        if self.patch_embed == "spt" and self.resnet_layers is not None:
+            problems.append("patch_embed 'spt' cannot be combined with a hybrid's ResNet stem (resnet_layers): it "
+                            "shifts and cuts the image itself")
+        elif self.patch_embed == "spt" and self.patch_size < 2:
+            problems.append(f"patch_embed 'spt' needs patch_size >= 2 (it shifts the image by half a patch), "
+                            f"not {self.patch_size}")
         return problems
 
     def to_dict(self) -> dict:
