@@ -367,3 +367,20 @@ def test_the_index_gathers_every_studys_verdicts(tmp_path, capsys):
     assert "| [scaling](scaling/REPORT.md) | Figure 5 (Section 4.4) | not run at the default size yet | - |" in text
     assert main(["study", "--index", str(folder)]) == 0  # written again in place, not appended
     assert (folder / "README.md").read_text() == text
+
+
+def test_a_run_measured_the_old_way_is_measured_again_without_training_again(tmp_path, monkeypatch):
+    study = tiny_study_with(2)
+    first = study_runner.run_study(study, "quick", tmp_path, log=lambda m: None)
+    result_file = tmp_path / "runs" / "run-0" / study_runner.RESULT_FILE
+    old = {**first[0], "measurement": study_runner.MEASUREMENT_VERSION - 1, "test_top1": -1.0}
+    result_file.write_text(json.dumps(old))
+    trained = []
+    import vitlab.training
+
+    real = vitlab.training.train
+    monkeypatch.setattr(vitlab.training, "train", lambda cfg: trained.append(real(cfg)) or trained[-1])
+    rows = study_runner.run_study(study, "quick", tmp_path, log=lambda m: None)
+    assert rows[0]["test_top1"] == first[0]["test_top1"] and rows[0]["measurement"] == study_runner.MEASUREMENT_VERSION
+    assert len(trained) == 1 and trained[0].resumed_from == 2  # the finished run: nothing trained again
+    assert not (tmp_path / "runs" / ".replaced").exists()

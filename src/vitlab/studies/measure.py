@@ -15,6 +15,7 @@ import numpy as np
 from ..models import count_flops
 
 FEWSHOT_SEEDS = (0, 1, 2)
+MEASURE_PRECISION = "fp32"
 
 
 def run_metrics(run_dir: Path, config: dict, *, fewshot: bool = True, test_split: str | None = None) -> dict:
@@ -52,14 +53,15 @@ def run_metrics(run_dir: Path, config: dict, *, fewshot: bool = True, test_split
 
 
 def test_accuracy(model, dataset: str, split: str, *, image_size: int) -> float:
-    """Top-1 of `model` on a split, evaluated as `vitlab eval` does (bf16, the checkpoint's preprocessing)."""
+    """Top-1 of `model` on a split, evaluated as `vitlab eval` does (the checkpoint's preprocessing), in fp32 as
+    the studies train (bf16 is emulated, and slow, on CPUs without bf16 instructions)."""
     from ..data import build_dataset
     from ..evaluation import EvalBatches, evaluate
     from ..evaluation.batches import model_preprocessing
 
     data = build_dataset(dataset, split, in_chans=model.config.in_chans)
     batches = EvalBatches(data, image_size=image_size, batch_size=256, preprocessing=model_preprocessing(model))
-    return evaluate(model, batches, precision="bf16", ks=(1,), progress=False)["top1"]
+    return evaluate(model, batches, precision=MEASURE_PRECISION, ks=(1,), progress=False)["top1"]
 
 
 def fewshot_accuracy(model, dataset: str, train_split: str, test_split: str, *, image_size: int,
@@ -79,7 +81,7 @@ def fewshot_accuracy(model, dataset: str, train_split: str, test_split: str, *, 
     def features(ds, indices):
         batches = EvalBatches(ds, image_size=image_size, batch_size=256, preprocessing=model_preprocessing(model),
                               indices=indices)
-        return extract_features(model, batches, precision="bf16", progress=False)
+        return extract_features(model, batches, precision=MEASURE_PRECISION, progress=False)
 
     train_x, _, train_idx = features(train, picked)
     test_x, test_y, _ = features(test, None)

@@ -37,8 +37,10 @@ from .core import Run, Study
 RESULT_FILE = "study_result.json"
 HASH_FILE = "study_run.json"
 CHILD_LOG = "study.log"  # what a child run printed (--jobs)
-# What a run measures after training; bump it when a measurement changes, so cached results are not reused.
-MEASUREMENT_VERSION = 2
+# What a run measures after training: bump it when a measurement changes, so that finished runs are measured
+# again (from their checkpoints, without training again) instead of keeping numbers made another way.
+MEASUREMENT_VERSION = 3  # 3: test and 5-shot accuracy in fp32
+HASH_SCHEME = 2  # part of every configuration hash: changing it would train every run again
 # Settings that change how a run is recorded or logged, not what it learns.
 NOT_HASHED = {("run_dir",), ("log",), ("train", "plot"), ("train", "log_every"), ("train", "checkpoint_every"),
               ("train", "keep_checkpoints")}
@@ -63,7 +65,7 @@ def config_hash(run: Run) -> str:
     else:
         settings = run.config
     text = json.dumps({"settings": settings, "kind": run.kind, "fewshot": run.fewshot, "test": run.test_split,
-                       "measurement": MEASUREMENT_VERSION}, sort_keys=True, default=str)
+                       "measurement": HASH_SCHEME}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -98,9 +100,14 @@ def _read_json(path: Path) -> dict | None:
 def read_result(out: Path, run: Run) -> dict | None:
     """The run's result if it finished with the configuration the grid gives it now."""
     result = _read_json(run_dir_of(out, run) / RESULT_FILE)
-    if result is None or result.get("config_hash") != config_hash(run):
+    if result is None or result.get("config_hash") != config_hash(run) or not measured_now(result):
         return None
     return result
+
+
+def measured_now(result: dict) -> bool:
+    """Whether a result was measured the way this version of vitlab measures."""
+    return result.get("measurement", HASH_SCHEME) == MEASUREMENT_VERSION
 
 
 def default_cache(out: Path) -> Path:
@@ -112,17 +119,17 @@ def from_cache(cache: Path | None, run: Run, out: Path) -> dict | None:
     if cache is None:
         return None
     cached = _read_json(cache / f"{config_hash(run)}.json")
-    if cached is None or not Path(cached["run_dir"]).is_dir():
+    if cached is None or not Path(cached["run_dir"]).is_dir() or not measured_now(cached):
         return None
     return {"run": run.name, **run.tags, **cached["metrics"], "run_dir": os.path.relpath(cached["run_dir"], out),
-            "config_hash": config_hash(run), "reused_from": cached["run_dir"]}
+            "config_hash": config_hash(run), "measurement": MEASUREMENT_VERSION, "reused_from": cached["run_dir"]}
 
 
 def record(result: dict, out: Path, run: Run, cache: Path | None, metrics: dict) -> None:
     atomic_write_text(run_dir_of(out, run) / RESULT_FILE, json.dumps(result, indent=2) + "\n")
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        entry = {"run_dir": str(run_dir_of(out, run).resolve()), "metrics": metrics}
+        entry = {"run_dir": str(run_dir_of(out, run).resolve()), "metrics": metrics, "measurement": MEASUREMENT_VERSION}
         atomic_write_text(cache / f"{result['config_hash']}.json", json.dumps(entry, indent=2) + "\n")
 
 
@@ -157,7 +164,8 @@ def execute(run: Run, out: Path, *, cache: Path | None = None, log=print) -> dic
         metrics = train_and_measure(run, run_dir)
         # training over every session of the run (resumes included), plus this session's measuring
         metrics["study_wall_s"] = float(metrics.get("train_time_s") or 0.0) + metrics.pop("measure_s")
-    result = {"run": run.name, **run.tags, **metrics, "run_dir": f"runs/{run.name}", "config_hash": config_hash(run)}
+    result = {"run": run.name, **run.tags, **metrics, "run_dir": f"runs/{run.name}", "config_hash": config_hash(run),
+              "measurement": MEASUREMENT_VERSION}
     record(result, out, run, cache, metrics)
     return result
 
