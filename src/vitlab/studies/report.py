@@ -181,15 +181,16 @@ def verdict_index(studies: dict, folder: Path) -> str:
     lines = []
     for name, study in studies.items():
         path = folder / name / RESULTS_JSON
+        link = f"[{name}]({name}/REPORT.md)" if (folder / name / "REPORT.md").is_file() else name
         if not path.is_file():
-            lines.append([f"[{name}]({name}/REPORT.md)", study.paper, "not run at the default size yet", "-"])
+            lines.append([link, study.paper, "not run at the default size yet", "-"])
             continue
         rows = json.loads(path.read_text())
         for f in study.findings(rows) or [None]:
             if f is None:
-                lines.append([f"[{name}]({name}/REPORT.md)", study.paper, "see the report", "-"])
+                lines.append([link, study.paper, "see the report", "-"])
             else:
-                lines.append([f"[{name}]({name}/REPORT.md)", f.claim, f.ours, f"**{f.verdict}**"])
+                lines.append([link, f.claim, f.ours, f"**{f.verdict}**"])
     return markdown_table(["study", "the paper's finding", "ours (mean ±half the seed range, %)", "verdict"], lines)
 
 
