@@ -51,7 +51,24 @@ def test_convert_command_writes_onnx_int8_and_sidecar(tmp_path, capsys):
     int8 = OnnxEngine(tmp_path / "int8.onnx").run(x).probabilities
     assert abs(fp32 - want).max() < 1e-5
     assert abs(int8 - want).max() < 0.1 and (int8.argmax(1) == want.argmax(1)).float().mean() >= 0.8
+    assert_no_int16_saturation(tmp_path / "int8.onnx")
     assert main(["convert", str(ckpt), str(tmp_path / "x"), "--to", "timm", "--quantize", "int8"]) == 2
+
+
+def assert_no_int16_saturation(path):
+    """x86 without VNNI adds uint8 x int8 products in pairs in a saturating int16 (VPMADDUBSW): the weights of
+    every MatMulInteger must keep a pair below 32767 for any activation up to 255, so that all CPUs agree."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    weights = {t.name: numpy_helper.to_array(t).astype(int) for t in graph.initializer}
+    integer_matmuls = [n for n in graph.node if n.op_type == "MatMulInteger"]
+    assert len(integer_matmuls) == 2 * 4 + 1  # qkv, proj, fc1, fc2 per block and the head
+    for node in integer_matmuls:
+        w = abs(weights[node.input[1]])
+        w = w[: len(w) // 2 * 2]
+        assert 255 * (w[0::2] + w[1::2]).max() <= 32767, node.name
 
 
 def test_serve_onnx_answers_like_the_torch_model(tmp_path):

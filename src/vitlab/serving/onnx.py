@@ -6,7 +6,13 @@ runs as one fused kernel. A JSON sidecar beside the .onnx (model.onnx -> model.j
 cannot: label names, preprocessing, input size and the model card, so `vitlab serve --onnx` needs nothing else.
 
 int8 is onnxruntime's dynamic quantisation: MatMul/Gemm weights stored as int8 (per output channel), the
-activations quantised on the fly per batch; everything else (attention softmax, LayerNorm, GELU) stays fp32.
+activations quantised on the fly per batch to uint8; everything else (attention softmax, LayerNorm, GELU) stays
+fp32. The weights use 7 bits ([-64, 64]): on x86 CPUs without VNNI, onnxruntime's uint8 x int8 kernel
+(VPMADDUBSW) adds each pair of products in a saturating int16, and a full-range int8 weight times an activation
+near 255 (LayerNorm outputs quantise around a zero point of ~128) overflows it, which cost 0.3 of probability
+on the test models. With |w| <= 64 a pair is at most 255 * 128 = 32640 < 32767, so every x86 CPU computes the
+exact product and the same logits; with VNNI (int32 accumulation) the 8th bit would be safe but the file
+must serve on any CPU.
 Before quantising, onnxruntime's transformer optimiser fuses residual-add + LayerNorm and bias + GELU into its
 CPU kernels (the quantised graph no longer matches those patterns at load time).
 """
@@ -112,7 +118,8 @@ def quantize_int8(source: Path, destination: Path) -> None:
     root.setLevel(logging.ERROR)  # quiet its root-logger hint to "pre-process first" (fuse_for_cpu did)
     try:
         quantize_dynamic(source, destination, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
-                         per_channel=True, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                         per_channel=True, reduce_range=True,  # 7-bit weights: no int16 saturation (module doc)
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         root.setLevel(level)
 
