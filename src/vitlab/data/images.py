@@ -1,14 +1,19 @@
-"""Opening and decoding one image with Pillow, robustly: every failure becomes BadImage."""
+"""Opening and decoding one image with Pillow, robustly: every failure becomes BadImage.
+
+The one reader every command and the server use (`decode` for a file or bytes, `to_pixels` for an opened image):
+EXIF orientation applied, transparency over white, 16-bit and float pixels scaled to 8 bits, any mode to grey
+or RGB as the model takes it."""
 import io
 import warnings
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import BadImage
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+EXIF_ORIENTATION = 0x0112
 
 
 def open_image(source, name: str, max_pixels: int) -> Image.Image:
@@ -115,6 +120,13 @@ def convert(img: Image.Image, in_chans: int) -> Image.Image:
     return img.convert(target)
 
 
+def oriented(img: Image.Image) -> Image.Image:
+    """The image the way up its EXIF orientation tag says; without a tag, the same (still lazy) image."""
+    if img.getexif().get(EXIF_ORIENTATION, 1) == 1:
+        return img
+    return ImageOps.exif_transpose(img)
+
+
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """PIL "L"/"RGB" image to a uint8 C x H x W tensor."""
     a = np.asarray(img)
@@ -123,12 +135,21 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(a.copy()).permute(2, 0, 1)
 
 
+def to_pixels(img: Image.Image, in_chans: int) -> torch.Tensor:
+    """An opened image, whole and at full resolution, as the model sees it: uint8 C x H x W, C = `in_chans`.
+
+    Raises ValueError for a channel count other than 1 or 3; Pillow's errors (truncated or corrupt data) pass."""
+    if in_chans not in (1, 3):
+        raise ValueError(f"the model takes {in_chans}-channel input; images are read as grey (1) or RGB (3)")
+    img.load()
+    return to_tensor(convert(oriented(img), in_chans))
+
+
 def decode(source, name: str, in_chans: int, max_pixels: int) -> torch.Tensor:
-    """Whole image, full resolution, as uint8 C x H x W."""
+    """A file (path or binary file object) as `to_pixels` reads it; every failure of the file is BadImage."""
     img = open_image(source, name, max_pixels)
     try:
-        img.load()
-        return to_tensor(convert(img, in_chans))
+        return to_pixels(img, in_chans)
     except BadImage:
         raise
     except Exception as e:  # truncated, corrupt data, unsupported variant

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import BadImage, DataError
-from .images import convert, to_tensor
+from .images import to_pixels
 from .transforms import centre_box
 
 NORMALISATIONS = ("minus_one_one", "mean_std")
@@ -129,8 +129,7 @@ class EvalImage:
 
     def __call__(self, img, rng=None, name: str = "?") -> torch.Tensor:
         try:
-            img.load()
-            pixels = to_tensor(convert(img, self.record.channels))
+            pixels = to_pixels(img, self.record.channels)
         except Exception as e:  # truncated or corrupt data
             raise BadImage(name, f"cannot decode ({type(e).__name__}: {e})") from None
         return self.record.geometry(pixels)

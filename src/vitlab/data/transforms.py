@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import BadImage
-from .images import decode_box
+from .images import decode_box, oriented
 
 
 def sample_crop_boxes(rng: np.random.Generator, n: int, height: int, width: int,
@@ -89,13 +89,14 @@ class CropResize:
         return 0, 0, height, width
 
     def __call__(self, img, rng: np.random.Generator, name: str = "?") -> torch.Tensor:
-        width, height = img.size
-        top, left, h, w = self.box(rng, height, width)
-        flip = self.train and self.flip and rng.random() < 0.5
         try:
+            img = oriented(img)  # an EXIF-rotated photo is cropped as shown (decoded whole: rare)
+            width, height = img.size
+            top, left, h, w = self.box(rng, height, width)
             crop = decode_box(img, (left, top, left + w, top + h), self.in_chans, (self.size, self.size))
         except Exception as e:  # truncated or corrupt data
             raise BadImage(name, f"cannot decode ({type(e).__name__}: {e})") from None
+        flip = self.train and self.flip and rng.random() < 0.5
         out = resize_uint8(pil_to_batch(crop), self.size)
         if flip:
             out = out.flip(-1)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
+from ..data.config import DataConfig
+from ..data.errors import BadImage
+from ..data.images import decode
 from ..runtime import autocast
 from .batches import model_preprocessing
 
@@ -35,28 +36,12 @@ def label_names(model: nn.Module) -> list[str]:
 
 
 def read_image(path: str | Path, in_chans: int) -> torch.Tensor:
-    """An image file as uint8 C x H x W: EXIF rotation applied, transparency over white, grey or RGB."""
+    """An image file as uint8 C x H x W, read as every command reads it (`vitlab.data.images.decode`);
+    ValueError naming the file when it cannot be read."""
     try:
-        with Image.open(path) as img:
-            return image_to_tensor(img, in_chans)
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path}: cannot read as an image ({e})") from None
-
-
-def image_to_tensor(img: Image.Image, in_chans: int) -> torch.Tensor:
-    """An opened image decoded as uint8 C x H x W (what `predict` and `serve` feed the model).
-
-    Raises OSError (truncated or undecodable data) or ValueError (a channel count other than 1 or 3)."""
-    if in_chans not in (1, 3):
-        raise ValueError(f"the model takes {in_chans}-channel input; predict reads grey (1) or RGB (3) images")
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img.alpha_composite(rgba)
-    array = np.asarray(img.convert("L" if in_chans == 1 else "RGB"), dtype=np.uint8)
-    array = array[:, :, None] if array.ndim == 2 else array
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+        return decode(str(path), str(path), in_chans, DataConfig.max_pixels)
+    except BadImage as e:
+        raise ValueError(f"{path}: cannot read as an image ({e.reason})") from None
 
 
 def top_predictions(probabilities: torch.Tensor, names: list[str], k: int) -> list[list[dict]]:

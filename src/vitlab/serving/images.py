@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..evaluation.predict import image_to_tensor
+from ..data.images import to_pixels
 from .errors import RequestError
 
 # Pixels per byte above which an oversized image is called a decompression bomb: photographs compress to
@@ -29,7 +29,7 @@ class ImageLimits:
 
 
 def decode_image(data: bytes, name: str, in_chans: int, limits: ImageLimits) -> torch.Tensor:
-    """uint8 (C, H, W), as `vitlab predict` reads a file; RequestError (400/413/415) for anything else."""
+    """uint8 (C, H, W), as every command reads a file (`vitlab.data.images.to_pixels`); RequestError (400/413/415) for anything else."""
     if not data:
         raise RequestError(400, f"{name}: empty body (no image bytes)")
     if len(data) > limits.max_bytes:
@@ -45,7 +45,7 @@ def decode_image(data: bytes, name: str, in_chans: int, limits: ImageLimits) -> 
     with img:
         check_size(img, len(data), name, limits)
         try:
-            return image_to_tensor(img, in_chans)
+            return to_pixels(img, in_chans)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise RequestError(415, f"{name}: cannot decode the {img.format} image ({e})") from None
 
