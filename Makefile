@@ -11,11 +11,12 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
 install: $(VENV)/.installed
 
-# torch first, by exact version, so pip takes the CPU wheel rather than the CUDA build.
+# torch first, by exact version, so pip takes the CPU wheel rather than the CUDA build. The experiment trackers
+# are installed too: the tests read back what a run logs to each of them.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,serve,onnx]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,serve,onnx,tensorboard,mlflow,wandb]'
 	touch $@
 
 # Debian's dataset-fashion-mnist where apt is available; otherwise vitlab looks in its cache or downloads.

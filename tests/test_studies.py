@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import tracking_support as tks
 from vitlab.cli import main
 from vitlab.studies import SIZES, STUDIES, get_study
 from vitlab.studies import runner as study_runner
@@ -114,7 +115,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
 
 def test_quick_pooling_study_end_to_end(tmp_path, capsys):
     out = tmp_path / "pooling"
-    assert main(["study", "pooling", "--quick", "--out", str(out)]) == 0
+    assert main(["study", "pooling", "--quick", "--out", str(out), "--log", "tensorboard"]) == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert {(r["pooling"], r["lr"]) for r in rows} == {("token", "0.001"), ("token", "0.003"), ("gap", "0.001"),
                                                         ("gap", "0.003")}
@@ -122,6 +123,13 @@ def test_quick_pooling_study_end_to_end(tmp_path, capsys):
     assert (out / "pooling.png").stat().st_size > 10_000
     report = (out / "REPORT.md").read_text()
     assert "Figure 9" in report and "vitlab study pooling --size quick" in report and "class token" in report
+    assert sorted(p.name for p in (out / "tensorboard").iterdir()) == sorted(r["run"] for r in rows)
+    for row in rows:  # every arm in one TensorBoard log dir, tagged with the study, its size and its axes
+        events = tks.tensorboard_run(out / "tensorboard" / row["run"])
+        tags = tks.tensorboard_hparams(events)
+        assert (tags["study"], tags["size"], tags["pooling"]) == ("pooling", "quick", row["pooling"])
+        assert tags["lr"] == pytest.approx(float(row["lr"]))
+        tks.assert_same_series(tks.tensorboard_scalars(events), out / row["run_dir"])
 
 
 def test_bench_sweeps_image_sizes_with_the_largest_batch(capsys):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import tracking_support as tks
 import training_support as ts
 
 ENTRY = Path(ts.__file__)
@@ -98,7 +99,8 @@ def test_run_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_two_gloo_processes_equal_one_and_resume_under_fsdp(tmp_path):
     single = ts.write_config(tmp_path / "single.yaml", ts.tiny_config(tmp_path / "single", train={"steps": 8}))
-    double = ts.write_config(tmp_path / "double.yaml", ts.tiny_config(tmp_path / "double", train={"steps": 8}))
+    double = ts.write_config(tmp_path / "double.yaml", ts.tiny_config(tmp_path / "double", train={"steps": 8},
+                                                                      log={"to": ["tensorboard"]}))
     one = in_process_losses(single)
     assert_backend_stopped(run_cli(double, torchrun=2), ranks=2)
     two = losses_in(tmp_path / "double")
@@ -108,6 +110,11 @@ def test_two_gloo_processes_equal_one_and_resume_under_fsdp(tmp_path):
     assert summary["steps"] == 8 and summary["last_accuracy"] is not None
     for name in ("rank-0.pt", "rank-1.pt", "model.safetensors", "optimizer.pt"):
         assert (tmp_path / "double/checkpoints/step-00000008" / name).is_file()
+    events = tmp_path / "double/tensorboard"
+    assert len(list(events.glob("events.out.tfevents.*"))) == 1  # rank 0 logs, rank 1 does not
+    tks.assert_same_series(tks.tensorboard_scalars(tks.tensorboard_run(events)), tmp_path / "double")
+    final = json.loads((tmp_path / "double/final_eval.json").read_text())  # evaluated across both ranks
+    assert final["num_samples"] == 64 and final["top1"] == pytest.approx(summary["last_accuracy"])
 
     import shutil
 
@@ -119,3 +126,5 @@ def test_two_gloo_processes_equal_one_and_resume_under_fsdp(tmp_path):
     resumed = losses_in(tmp_path / "double")
     assert resumed[:4] == two[:4] and len(resumed) == 8
     assert torch.allclose(torch.tensor(resumed), torch.tensor(two), rtol=1e-5, atol=1e-6), (resumed, two)
+    # the same TensorBoard run continues: steps 5-8 of the first session are replaced by the resumed ones
+    tks.assert_same_series(tks.tensorboard_scalars(tks.tensorboard_run(events)), tmp_path / "double")

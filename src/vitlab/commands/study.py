@@ -7,6 +7,7 @@
     vitlab study data-efficiency --report        # results.csv, figure and REPORT.md of the runs finished so far
     vitlab study scaling --size paper --dry-run  # the paper's grid, printed
     vitlab study pooling --jobs 2                # two runs at once, the CPU threads split between them
+    vitlab study pooling --log tensorboard       # every run in TensorBoard (also mlflow, wandb), tagged
 
 Running the same command again keeps the finished runs and resumes an interrupted one; a run whose
 configuration changed since it was trained is trained again.
@@ -35,6 +36,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (threads, or GPUs, split between them)")
     parser.add_argument("--data", default=None, help="with --size paper: your copy of the upstream data set")
     parser.add_argument("--dry-run", action="store_true", help="print the grid of runs and exit")
+    parser.add_argument("--log", action="append", default=[], choices=["tensorboard", "mlflow", "wandb"],
+                        help="also log every run to this experiment tracker, tagged with the study and its axes "
+                             "(repeatable; docs/training.md)")
     parser.add_argument("--estimate", action="store_true",
                         help="time a short probe of each architecture and print the expected time per run and in all")
     parser.add_argument("--report", action="store_true",
@@ -54,6 +58,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..studies import STUDIES, get_study
     from ..studies.runner import default_cache, planned_runs, run_study
+    from ..training.tracking import not_installed
 
     if args.list:
         for study in STUDIES.values():
@@ -71,6 +76,10 @@ def run(args) -> int:
     study = get_study(args.name)
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, not {args.jobs}")
+    args.log = list(dict.fromkeys(args.log))
+    missing = not_installed(args.log)
+    if missing:  # before any work
+        raise UsageError(f"--log: {missing[0]}")
     suffix = "" if args.size == "default" else f"-{args.size}"
     out = Path(args.out or f"runs/study-{study.name}{suffix}")
     if args.dry_run:
@@ -88,7 +97,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cache = None if args.no_cache else Path(args.cache) if args.cache else default_cache(out)
     rows = run_study(study, args.size, out, jobs=args.jobs, only=args.only, data=args.data, cache=cache,
-                     log=lambda m: print(m, file=sys.stderr))
+                     trackers=args.log, log=lambda m: print(m, file=sys.stderr))
     if args.only or args.no_report or os.environ.get("RANK", "0") != "0":
         return 0
     write(study, args, out, rows, planned=len(rows))

@@ -112,26 +112,42 @@ def evaluate(model: nn.Module, batches: Iterable, *, device="cpu", precision: st
     return counts.summary()
 
 
-@torch.no_grad()
-def top1_accuracy(model, loader: Iterable, device: torch.device, precision: str = "fp32") -> float:
-    """Top-1 accuracy over a training run's evaluation loader (every rank sees its shard; the counts are summed).
-
-    The loader yields (images, targets), targets as class indices or soft (per-class) targets.
-    """
+def _predictions(model, loader: Iterable, device: torch.device, precision: str):
+    """(logits, class indices) per batch of a training run's evaluation loader, which yields (images, targets),
+    targets as class indices or soft (per-class) targets; the model is in eval mode meanwhile."""
     was_training = getattr(model, "training", False)
     model.eval()
+    try:
+        for images, targets in loader:
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            with autocast(device, precision):
+                logits = model(images)
+            yield logits, targets.argmax(-1) if targets.is_floating_point() else targets
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def top1_accuracy(model, loader: Iterable, device: torch.device, precision: str = "fp32") -> float:
+    """Top-1 accuracy over a training run's evaluation loader (every rank sees its shard; the counts are summed)."""
     correct = total = 0
-    for images, targets in loader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with autocast(device, precision):
-            logits = model(images)
-        if targets.is_floating_point():
-            targets = targets.argmax(-1)
+    for logits, targets in _predictions(model, loader, device, precision):
         correct += (logits.argmax(-1) == targets).sum().item()
         total += targets.numel()
-    model.train(was_training)
     correct, total = all_reduce_sum(torch.tensor([correct, total], dtype=torch.float64)).tolist()
     return correct / max(total, 1)
+
+
+@torch.no_grad()
+def classification_summary(model, loader: Iterable, device: torch.device, num_classes: int,
+                           precision: str = "fp32") -> dict:
+    """What `evaluate` reports (top-k, per-class accuracy, confusion matrix) over a training run's evaluation
+    loader, with the model left as it is (it may be sharded across ranks). Collective."""
+    counts = ClassificationCounts(num_classes, device=device)
+    for logits, targets in _predictions(model, loader, device, precision):
+        counts.update(logits.float(), targets)
+    counts.all_reduce()
+    return counts.summary()
 
 
 def format_summary(result: dict, class_names: list[str] | None = None, max_classes: int = 20) -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 from ..errors import VitlabError
 from ..fileio import atomic_write_text
 from .core import Run, Study
+from .tracking import with_tracking
 
 RESULT_FILE = "study_result.json"
 HASH_FILE = "study_run.json"
@@ -210,14 +211,15 @@ def _with_data(runs: list[Run], data: str | None) -> list[Run]:
 
 
 def run_study(study: Study, size: str, out: Path, *, jobs: int = 1, only: str | None = None, data: str | None = None,
-              cache: Path | None = None, log=print) -> list[dict]:
+              cache: Path | None = None, trackers: list[str] = (), log=print) -> list[dict]:
     """Run whatever of the grid is not done yet (extending learning-rate sweeps whose best rate is at an edge);
     return every run's result row, in grid order.
 
-    `data` replaces the data set of every training run (the paper size's placeholder, for instance).
+    `data` replaces the data set of every training run (the paper size's placeholder, for instance); each
+    training run also logs to `trackers` (studies/tracking.py).
     """
     for _ in range(MAX_EXTENSIONS + 1):
-        runs = planned_runs(study, size, out, data)
+        runs = with_tracking(planned_runs(study, size, out, data), study.name, size, out, list(trackers))
         if only is not None:
             runs = [r for r in runs if r.name == only]
             if not runs:
@@ -376,7 +378,8 @@ def _start_child(run: Run, study: Study, size: str, out: Path, threads: int, gpu
     log_file = open(claim_run_dir(out, run) / CHILD_LOG, "a")
     cmd = [sys.executable, "-m", "vitlab", "study", study.name, "--size", size, "--out", str(out),
            "--only", run.name, "--no-report"] + (["--data", data] if data else []) + (
-        ["--cache", str(cache)] if cache is not None else ["--no-cache"])
+        ["--cache", str(cache)] if cache is not None else ["--no-cache"]) + [
+        arg for tracker in run.config.get("log", {}).get("to", []) for arg in ("--log", tracker)]
     proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     return proc, log_file
 

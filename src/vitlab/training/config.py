@@ -27,6 +27,8 @@ from ..runtime import RuntimeSettingError, check_precision
 from .objectives.settings import DistillConfig, ObjectiveConfig
 from .objectives.settings import check as check_objective
 from .objectives.settings import check_distill
+from .tracking import LogConfig
+from .tracking import check as check_log
 
 
 class ConfigError(VitlabError, ValueError):
@@ -109,6 +111,7 @@ class TrainConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # classification, mpp or mae
+    log: LogConfig = field(default_factory=LogConfig)  # experiment trackers (training/tracking.py)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -335,6 +338,9 @@ def validate(cfg: TrainConfig, *, world_size: int = 1, check_paths: bool = True)
     if cfg.loss.label_smoothing > 0 and cfg.data.label_smoothing > 0:
         raise ConfigError("set label smoothing once: loss.label_smoothing or data.label_smoothing, not both")
     _check_distill(cfg)
+    problems = check_log(cfg.log)  # a tracker that is not installed is refused here, before any work
+    if problems:
+        raise ConfigError(problems[0])
     per_step = world_size * loop.accumulation_steps
     if cfg.data.batch_size % per_step:
         raise ConfigError(

@@ -9,6 +9,7 @@ the whole state is saved; running the same command again continues exactly where
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -35,6 +36,9 @@ from .objectives.distillation import build_distillation, check_same_teacher
 from .optim import build_optimizer
 from .schedule import lr_factor, set_learning_rate
 from .step import TrainingDiverged, clip_gradients, forward_backward
+from .tracking import Tracking
+
+FINAL_EVAL, CONFUSION_PNG = "final_eval.json", "confusion_matrix.png"  # written when the run logs to trackers
 
 
 @dataclass
@@ -173,6 +177,7 @@ class Trainer:
                                          sharded=cfg.distributed.strategy == "fsdp" and self.d.enabled)
         self.ema = EMA(unwrap(self.network), settings.ema_decay) if settings.ema_decay else None
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.tracking = Tracking()  # fit() starts the trackers of cfg.log.to on rank 0
         self.state = {"best_accuracy": None, "last_accuracy": None, "last_accuracy_ema": None,
                       "skipped_steps": 0, "train_time_s": 0.0}
         if getattr(self.objective, "teacher", None) is not None:  # which checkpoint taught this run
@@ -268,7 +273,7 @@ class Trainer:
                            skipped_steps=self.state["skipped_steps"])
 
     def fit(self) -> TrainResult:
-        cfg, settings, d = self.cfg, self.cfg.train, self.d
+        cfg, d = self.cfg, self.d
         if self.resume_path is not None and self.finished():
             if d.is_main:
                 print(f"{self.run_dir} finished at step {self.step} ({self.resume_path}); nothing to do")
@@ -278,14 +283,51 @@ class Trainer:
             atomic_write_text(self.run_dir / "config.yaml", to_yaml(cfg))
             if self.resume_path is not None:
                 self.metrics.truncate_after(self.step)
+            if cfg.log.to:
+                self.tracking = Tracking.start(cfg, self.run_dir, metric=self.objective.metric,
+                                               resume_step=self.step if self.resume_path is not None else None)
+        try:
+            return self.train_session()
+        except BaseException:
+            self.tracking.close("failed")
+            raise
+
+    def train_session(self) -> TrainResult:
+        """Train from the current step to the last (or a signal, or the time budget), evaluate, save."""
+        settings, d = self.cfg.train, self.d
         result = TrainResult(self.run_dir, self.step, resumed_from=self.step if self.resume_path else None)
         progress = Progress(self.total_steps, self.step, settings.log_every, enabled=d.is_main)
         if self.resume_path is not None:
             progress.message(f"resuming from {self.resume_path} (step {self.step}/{self.total_steps})")
         self.model.train()
-        batches = self.micro_batches()
         self.session_start = start = time.perf_counter()
-        images_seen, window_images, window_first, window_start = 0, 0, 0, time.perf_counter()
+        images_seen = self.train_steps(result, progress)
+        progress.close()
+        if result.interrupted_by is None:
+            self.evaluate(progress)
+            self.final_evaluation()
+        self.save()
+        wall = time.perf_counter() - start
+        result.steps = self.step
+        result.wall_time_s = wall
+        result.train_time_s = self.state["train_time_s"] + wall
+        result.images_per_s = images_seen / max(wall, 1e-9)
+        result.best_accuracy = self.state["best_accuracy"]
+        result.last_accuracy = self.state["last_accuracy"]
+        result.last_accuracy_ema = self.state["last_accuracy_ema"]
+        result.skipped_steps = self.state["skipped_steps"]
+        result.metric = self.objective.metric
+        result.skipped_images = int(all_reduce_floats([getattr(self.train_loader, "skipped", 0)])[0])
+        if d.is_main:
+            self.finish(result)
+        return result
+
+    def train_steps(self, result: TrainResult, progress: Progress) -> int:
+        """The optimiser steps of this session; returns the images they saw (all ranks)."""
+        cfg, settings = self.cfg, self.cfg.train
+        batches = self.micro_batches()
+        start = time.perf_counter()
+        images_seen, window_images, window_first, window_start = 0, 0, 0, start
         with SignalFlag() as self.signals:
             while self.step < self.total_steps:
                 lr = set_learning_rate(self.optimizer, cfg.optim.lr, lr_factor(
@@ -306,12 +348,7 @@ class Trainer:
                 if self.step % settings.log_every == 0 or self.step == self.total_steps:
                     now = time.perf_counter()
                     rate = window_images / max(now - window_start, 1e-9)
-                    if d.is_main:  # the loss averaged since the last line: one step's loss is too noisy to plot
-                        window = result.losses[window_first:]
-                        logs = {k: v / len(window) for k, v in self.window_logs.items()}
-                        self.metrics.write({"step": self.step, "loss": sum(window) / len(window),
-                                            "lr": lr, "grad_norm": grad_norm, "images_per_s": rate, **logs})
-                    self.window_logs = {}
+                    self.log_window(result.losses[window_first:], lr, grad_norm, rate)
                     window_images, window_first, window_start = 0, len(result.losses), now
                 progress.update(self.step, loss, images_seen / max(time.perf_counter() - start, 1e-9), lr)
                 if settings.eval_every and self.step % settings.eval_every == 0 and self.step < self.total_steps:
@@ -325,24 +362,21 @@ class Trainer:
                     break
                 if self.step % settings.checkpoint_every == 0 and self.step < self.total_steps:
                     self.save()
-        progress.close()
-        if result.interrupted_by is None:
-            self.evaluate(progress)
-        self.save()
-        wall = time.perf_counter() - start
-        result.steps = self.step
-        result.wall_time_s = wall
-        result.train_time_s = self.state["train_time_s"] + wall
-        result.images_per_s = images_seen / max(wall, 1e-9)
-        result.best_accuracy = self.state["best_accuracy"]
-        result.last_accuracy = self.state["last_accuracy"]
-        result.last_accuracy_ema = self.state["last_accuracy_ema"]
-        result.skipped_steps = self.state["skipped_steps"]
-        result.metric = self.objective.metric
-        result.skipped_images = int(all_reduce_floats([getattr(self.train_loader, "skipped", 0)])[0])
-        if d.is_main:
-            self.finish(result)
-        return result
+        return images_seen
+
+    def log_window(self, losses: list[float], lr: float, grad_norm: float, images_per_s: float) -> None:
+        """The metric line of the steps since the last one (rank 0): the loss averaged over them, as one step's
+        loss is too noisy to plot. The objective's extra logs are averaged too, and reset."""
+        if self.d.is_main:
+            logs = {k: v / len(losses) for k, v in self.window_logs.items()}
+            self.log({"step": self.step, "loss": sum(losses) / len(losses), "lr": lr, "grad_norm": grad_norm,
+                      "images_per_s": images_per_s, **logs})
+        self.window_logs = {}
+
+    def log(self, record: dict) -> None:
+        """A metrics.jsonl line (rank 0), also sent to the run's trackers."""
+        self.metrics.write(record)
+        self.tracking.log_metrics(record)
 
     def handle_bad_step(self, loss: float, progress: Progress) -> None:
         where = f"non-finite loss {loss} at step {self.step + 1}"
@@ -370,7 +404,7 @@ class Trainer:
         better = max if objective.higher_is_better else min
         self.state["best_accuracy"] = value if best is None else better(best, value)
         if self.d.is_main:
-            self.metrics.write(record)
+            self.log(record)
             if self.cfg.train.plot:
                 plot_curves(self.metrics.read(), self.run_dir / "training_curves.png", self.cfg.model.name, metric)
         ema_text = f", EMA {format_metric(metric, record[f'{metric}_ema'])}" if self.ema is not None else ""
@@ -385,16 +419,39 @@ class Trainer:
             label_names=self.label_names, preprocessing=self.preprocessing, d=self.d,
             keep=self.cfg.train.keep_checkpoints)
 
-    def finish(self, result: TrainResult) -> None:
-        import json
+    def final_evaluation(self) -> None:
+        """For the trackers, a classifier's full evaluation: top-1/top-5, per-class accuracy and the confusion
+        matrix (final_eval.json and confusion_matrix.png in the run directory). Collective."""
+        if not self.cfg.log.to or self.objective.metric != "eval_accuracy" or not self.objective.reads_labels:
+            return
+        from ..evaluation import save_confusion_png
+        from ..evaluation.metrics import classification_summary
 
+        result = classification_summary(self.eval_model, self.eval_loader, self.d.device, self.num_classes,
+                                        self.precision)
+        if self.d.is_main:
+            atomic_write_text(self.run_dir / FINAL_EVAL, json.dumps({"step": self.step, **result}, indent=2) + "\n")
+            save_confusion_png(result["confusion_matrix"], self.run_dir / CONFUSION_PNG, self.label_names,
+                               title=f"{self.cfg.model.name}, step {self.step}")
+            self.tracking.log_metrics({"step": self.step, **{f"final/{k}": v for k, v in result.items()
+                                                             if k.startswith("top")}})
+
+    def finish(self, result: TrainResult) -> None:
+        """summary.json and the training curves; the trackers get the figures and the model card, and close."""
         if self.cfg.train.plot:
             plot_curves(self.metrics.read(), self.run_dir / "training_curves.png", self.cfg.model.name,
                         self.objective.metric)
         summary = {k: v for k, v in vars(result).items() if k != "losses"}
         summary["run_dir"] = str(summary["run_dir"])
-        summary["final_checkpoint"] = str(checkpointing.list_checkpoints(self.run_dir)[-1])
+        final_checkpoint = checkpointing.list_checkpoints(self.run_dir)[-1]
+        summary["final_checkpoint"] = str(final_checkpoint)
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        figures = {"training_curves": self.run_dir / "training_curves.png",
+                   "confusion_matrix": self.run_dir / CONFUSION_PNG}
+        files = {"model_card": final_checkpoint / "README.md", "final_eval": self.run_dir / FINAL_EVAL,
+                 "summary": self.run_dir / "summary.json"}
+        self.tracking.finish(self.step, images=figures, files=files,
+                             status="interrupted" if result.interrupted_by is not None else "finished")
 
 
 def set_gradient_sync(network: nn.Module, enabled: bool) -> None:
