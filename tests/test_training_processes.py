@@ -64,9 +64,11 @@ def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float = 
 
 
 def in_process_losses(config: Path) -> list[float]:
-    """The uninterrupted run, trained in this process (numerically the same as a 1-thread subprocess)."""
+    """The uninterrupted run, trained in this process on one thread, as the subprocesses train (an earlier test's
+    command, e.g. `vitlab study --estimate`, may have set this process's thread count)."""
     from vitlab.training import load_config, train
 
+    torch.set_num_threads(1)
     return train(load_config(config)).losses
 
 
