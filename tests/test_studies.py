@@ -266,7 +266,11 @@ def test_verdicts_call_a_difference_inside_the_seed_range_a_tie():
 
 # ---- the command: --estimate, --report, --jobs --------------------------------------------------------------
 def test_estimate_prints_a_time_per_run_and_in_all(tmp_path, capsys):
-    assert main(["study", "pooling", "--quick", "--estimate", "--out", str(tmp_path / "p")]) == 0
+    import torch
+
+    threads = torch.get_num_threads()
+    assert main(["study", "pooling", "--quick", "--estimate", "--jobs", "2", "--out", str(tmp_path / "p")]) == 0
+    assert torch.get_num_threads() == threads  # the probe's thread setting does not outlive it
     out = capsys.readouterr().out.splitlines()
     runs = get_study("pooling").runs("quick")
     for run in runs:

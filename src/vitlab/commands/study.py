@@ -136,14 +136,19 @@ def print_estimate(study, args, out: Path) -> int:
     from ..studies.estimate import estimate_runs, format_estimates
     from ..studies.runner import planned_runs, read_result, threads_per_job
 
-    torch.set_num_threads(threads_per_job(args.jobs))
-    runs = planned_runs(study, args.size, out, args.data)
-    estimates = estimate_runs(runs, progress=lambda m: print(m, file=sys.stderr))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads_per_job(args.jobs))  # probe with the threads each run will have
+    try:
+        runs = planned_runs(study, args.size, out, args.data)
+        estimates = estimate_runs(runs, progress=lambda m: print(m, file=sys.stderr))
+        threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
     done = {r.name for r in runs if read_result(out, r) is not None}
     if args.json:
         print(json.dumps([vars(e) | {"finished": e.run in done} for e in estimates], indent=2))
     else:
-        print(format_estimates(estimates, done=done, threads=torch.get_num_threads(), jobs=args.jobs))
+        print(format_estimates(estimates, done=done, threads=threads, jobs=args.jobs))
     return 0
 
 
