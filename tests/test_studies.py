@@ -192,6 +192,15 @@ def test_the_hash_ignores_bookkeeping_and_new_defaults_but_not_what_is_learned()
     assert study_runner.config_hash(Run(run.name, run.config, run.tags, fewshot=True)) != study_runner.config_hash(run)
 
 
+def test_every_run_of_every_study_keeps_its_configuration_hash():
+    """The hashes key the results studies have already trained (and the cache shared between studies): a change
+    to how the runs' configs are built must leave each one as it was, or finished runs would train again."""
+    from study_hashes import all_hashes
+
+    recorded = json.loads((Path(__file__).parent / "fixtures" / "study_hashes.json").read_text())
+    assert all_hashes() == recorded
+
+
 def test_a_configuration_another_study_trained_is_reused_from_the_cache(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     study_runner.run_study(tiny_study_with(2, "one"), "quick", tmp_path / "one", cache=cache, log=lambda m: None)
