@@ -38,8 +38,8 @@ RUN := runs/fashion-mnist
 # Pre-train with PatchDropout, fine-tune on every token (at most 10 minutes of training in all; the same
 # command resumes an interrupted run), evaluate, draw the paper's figures.
 main: install data
-	$(BIN)/vitlab train configs/fashion-mnist.toml
-	$(BIN)/vitlab train configs/fashion-mnist-tune.toml
+	$(BIN)/vitlab train fashion-mnist
+	$(BIN)/vitlab train fashion-mnist-tune
 	$(BIN)/vitlab eval --checkpoint $(RUN) --data fashion_mnist --split test --out $(RUN)/eval
 	$(BIN)/vitlab inspect --checkpoint $(RUN) --data fashion_mnist --split test --num-images 256 --show 8 \
 		--out $(RUN)/inspect --no-progress

@@ -47,18 +47,18 @@ evaluate() {  # evaluate NAME: top-1 on the 10,000 test images (the encoder's, n
 
 training() {  # every timed run, in one hold of the measurement lock
     # (a) from scratch: the main job's stage-1 recipe (PatchDropout 0.8), for the whole budget
-    train scratch configs/fashion-mnist.toml "$(python3 -c "print($PRE + $TUNE)")" "$STEPS_SCRATCH"
+    train scratch fashion-mnist "$(python3 -c "print($PRE + $TUNE)")" "$STEPS_SCRATCH"
     # (b), (c): pre-training without labels, then fine-tuning every token with labels
-    train mpp configs/fashion-mnist-mpp.toml "$PRE" "$STEPS_MPP"
-    train mpp-tune configs/fashion-mnist-mpp-tune.toml "$TUNE" "$STEPS_TUNE" --set "model.init=$OUT/mpp"
-    train mae configs/fashion-mnist-mae.toml "$PRE" "$STEPS_MAE"
-    train mae-tune configs/fashion-mnist-mae-tune.toml "$TUNE" "$STEPS_TUNE" --set "model.init=$OUT/mae"
+    train mpp fashion-mnist-mpp "$PRE" "$STEPS_MPP"
+    train mpp-tune fashion-mnist-mpp-tune "$TUNE" "$STEPS_TUNE" --set "model.init=$OUT/mpp"
+    train mae fashion-mnist-mae "$PRE" "$STEPS_MAE"
+    train mae-tune fashion-mnist-mae-tune "$TUNE" "$STEPS_TUNE" --set "model.init=$OUT/mae"
     # low-label regime: 1,000 labelled images, after self-supervised pre-training on all 60,000 or alone
     for pre in mpp mae; do
-        train "$pre-1k" "configs/fashion-mnist-$pre-tune.toml" "$LOW" "$STEPS_LOW" --set "model.init=$OUT/$pre" \
+        train "$pre-1k" "fashion-mnist-$pre-tune" "$LOW" "$STEPS_LOW" --set "model.init=$OUT/$pre" \
             --set 'data.train_split="train[:1000]"'
     done
-    train scratch-1k configs/fashion-mnist-mpp-tune.toml "$LOW" "$STEPS_LOW" --set model.init=none \
+    train scratch-1k fashion-mnist-mpp-tune "$LOW" "$STEPS_LOW" --set model.init=none \
         --set "model.overrides=$ENCODER" --set 'data.train_split="train[:1000]"'
 }
 if [ "${LOCK:-0}" != 1 ]; then training

@@ -4,8 +4,8 @@
     python benchmarks/ssl_speed.py --batch-size 128 --rounds 7
     OMP_WAIT_POLICY=PASSIVE python benchmarks/ssl_speed.py   # on a shared CPU (BENCHMARKS.md's numbers)
 
-Each contender is the training step `vitlab train` takes for its objective (configs/fashion-mnist-mae.toml,
-configs/fashion-mnist-mpp.toml, and classification with the same encoder and a 10-class head): bf16 autocast
+Each contender is the training step `vitlab train` takes for its objective (the recipes
+fashion-mnist-mae and fashion-mnist-mpp, and classification with the same encoder and a 10-class head): bf16 autocast
 forward and loss, backward, global-norm clipping, fused AdamW step, on random 1-channel images. The steps are
 timed in turn (A B C A B C ...) in one process, so that a load change on a shared machine hits all alike;
 the median of the rounds is reported. MAE's encoder sees a quarter of the patches, hence its speed-up.
@@ -31,15 +31,14 @@ from vitlab.training.optim import build_optimizer  # noqa: E402
 from vitlab.training.step import clip_gradients, forward_backward  # noqa: E402
 from vitlab.training.trainer import preprocessing_of  # noqa: E402
 
-RECIPES = {"supervised": "configs/fashion-mnist-mpp-tune.toml", "mae": "configs/fashion-mnist-mae.toml",
-           "mpp": "configs/fashion-mnist-mpp.toml"}
-ENCODER = "configs/fashion-mnist-mae.toml"  # all three train this encoder
+RECIPES = {"supervised": "fashion-mnist-mpp-tune", "mae": "fashion-mnist-mae", "mpp": "fashion-mnist-mpp"}
+ENCODER = "fashion-mnist-mae"  # all three train this encoder
 
 
 def training_step(name: str, batch_size: int, device: torch.device):
     """A closure running one optimiser step of contender `name` on a fixed random batch."""
-    cfg = load_config(ROOT / RECIPES[name], check_paths=False)
-    encoder = load_config(ROOT / ENCODER, check_paths=False)
+    cfg = load_config(RECIPES[name], check_paths=False)
+    encoder = load_config(ENCODER, check_paths=False)
     torch.manual_seed(0)
     data = encoder.data
     model = create_model(encoder.model.name, image_size=data.image_size, in_chans=data.in_chans,

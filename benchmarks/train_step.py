@@ -1,4 +1,4 @@
-"""Images/s of the main job's training step (configs/fashion-mnist.toml) as the recipe's knobs change.
+"""Images/s of the main job's training step (the recipe fashion-mnist) as the recipe's knobs change.
 
     python benchmarks/train_step.py                                   # the stage-1 recipe (patch_dropout 0.8)
     python benchmarks/train_step.py --patch-dropout 0 0.5 0.75 0.8    # one line per value

@@ -1,4 +1,5 @@
-"""The recipes in configs/: every one loads and passes validation; `base = "..."` inheritance; one owner per value."""
+"""The recipes that ship with vitlab: every one loads and passes validation, runs by name, lists with its
+description; `base = "..."` inheritance; one owner per value."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import pytest
 import yaml
 
 import training_support as ts
+from vitlab import recipes
 from vitlab.cli import main
-from vitlab.training.config import ConfigError, load_config
+from vitlab.training.config import ConfigError, load_config, to_yaml
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = recipes.FOLDER
 RECIPES = sorted(CONFIGS.glob("*.toml"))
 
 
@@ -26,6 +28,53 @@ def test_the_main_job_passes_check_through_the_cli(capsys):
     assert main(["train", str(CONFIGS / "fashion-mnist.toml"), "--check"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert "base" not in resolved and resolved["data"]["image_size"] == 28 and resolved["optim"]["lr"] == 1.4e-3
+
+
+# ---- recipes by name ----------------------------------------------------------------------------------
+def test_a_recipe_runs_by_name_from_any_folder_and_check_prints_a_config_that_trains(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "fashion-mnist", "--check"]) == 0
+    printed = capsys.readouterr().out
+    resolved = yaml.safe_load(printed)
+    assert resolved == yaml.safe_load(to_yaml(load_config(CONFIGS / "fashion-mnist.toml")))  # name = file
+    assert resolved["optim"]["betas"] == [0.9, 0.99]  # from its base, resolved inside the package
+    assert resolved["run_dir"] == "runs/fashion-mnist-pretrain" and "description" not in resolved
+    (tmp_path / "mine.yaml").write_text(printed.replace("lr: 0.0014", "lr: 0.002"))  # saved and edited
+    assert load_config("mine.yaml").optim.lr == 0.002
+
+
+def test_a_config_file_wins_over_a_recipe_of_the_same_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config("fashion-mnist", check_paths=False).run_dir == "runs/fashion-mnist-pretrain"
+    ts.write_config(tmp_path / "fashion-mnist", ts.tiny_config(tmp_path / "mine"))
+    with pytest.raises(ConfigError, match="fashion-mnist: a config must be .toml"):  # the file, not the recipe
+        load_config("fashion-mnist", check_paths=False)
+
+
+def test_an_unknown_recipe_is_one_line_naming_the_closest(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "configs/fashion-mnist.toml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "configs/fashion-mnist.toml" in err and "did you mean the recipe " \
+        "'fashion-mnist'" in err and "vitlab recipes" in err
+
+
+def test_recipes_lists_every_recipe_with_its_description(capsys):
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == sorted(p.stem for p in RECIPES)
+    for line in lines:
+        described = tomllib.loads((CONFIGS / f"{line.split()[0]}.toml").read_text())["description"]
+        assert line.endswith(described) and 20 < len(described) <= 100, line
+
+
+def test_every_config_file_declares_a_one_line_description_and_the_reader_keeps_it_out_of_the_settings(tmp_path):
+    for path in sorted(CONFIGS.glob("**/*.toml")):
+        description = tomllib.loads(path.read_text()).get("description")
+        assert isinstance(description, str) and "\n" not in description, path
+    (tmp_path / "c.toml").write_text('description = ["not", "text"]\n')
+    with pytest.raises(ConfigError, match=r"c\.toml: description must be one line of text"):
+        load_config(tmp_path / "c.toml", check_paths=False)
 
 
 def test_every_base_is_used():

@@ -226,11 +226,10 @@ def test_a_distilled_student_trains_both_heads_and_its_checkpoint_keeps_the_toke
 
 
 def test_recipes_name_a_teacher_and_a_student_with_a_distillation_token():
-    from pathlib import Path
-
+    from vitlab import recipes
     from vitlab.training.config import load_config
 
-    root = Path(__file__).parents[1] / "configs"
+    root = recipes.FOLDER
     for name, mode in (("deit-s16-distilled-imagenet1k.toml", "hard"), ("fashion-mnist-distilled.toml", "hard")):
         cfg = load_config(root / name, check_paths=False)
         assert cfg.distill.teacher and cfg.distill.mode == mode and cfg.distill.weight == 0.5, name

@@ -194,11 +194,24 @@ def test_the_hash_ignores_bookkeeping_and_new_defaults_but_not_what_is_learned()
 
 def test_every_run_of_every_study_keeps_its_configuration_hash():
     """The hashes key the results studies have already trained (and the cache shared between studies): a change
-    to how the runs' configs are built must leave each one as it was, or finished runs would train again."""
+    to how the runs' configs are built must leave each one as it was, or finished runs would train again. (A
+    change meant to retrain records them anew: python tests/study_hashes.py > tests/fixtures/study_hashes.json)"""
     from study_hashes import all_hashes
 
     recorded = json.loads((Path(__file__).parent / "fixtures" / "study_hashes.json").read_text())
     assert all_hashes() == recorded
+
+
+def test_study_runs_start_from_the_main_jobs_base_recipe():
+    from vitlab.recipes import FOLDER
+    from vitlab.training.config import read_file
+
+    base = read_file(FOLDER / "base" / "fashion-mnist.toml")
+    run = fashion_mnist_run(lr=2e-3)
+    assert run["optim"] == {**base["optim"], "lr": 2e-3} and run["loss"] == base["loss"]
+    assert all(run["data"][k] == base["data"][k] for k in ("in_chans", "inception_crop", "flip"))
+    assert run["train"]["clip_grad_norm"] == base["train"]["clip_grad_norm"]
+    assert run["train"]["precision"] == "fp32" != base["train"]["precision"]  # the study's own, on every CPU
 
 
 def test_a_configuration_another_study_trained_is_reused_from_the_cache(tmp_path, monkeypatch):

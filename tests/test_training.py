@@ -240,9 +240,9 @@ def test_finetune_from_hf_checkpoint_at_higher_resolution(tmp_path):
 
 
 def test_every_checked_in_recipe_is_a_valid_config():
-    from pathlib import Path
+    from vitlab import recipes
 
-    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
+    configs = sorted(recipes.FOLDER.glob("*.toml"))
     assert len(configs) >= 9
     for path in configs:
         cfg = load_config(path, check_paths=False)

@@ -1,4 +1,7 @@
-"""`vitlab train CONFIG [--set key=value ...]`: pre-train or fine-tune; the same command again resumes.
+"""`vitlab train RECIPE|CONFIG [--set key=value ...]`: pre-train or fine-tune; the same command again resumes.
+
+RECIPE is the name of a recipe that ships with vitlab (`vitlab recipes` lists them); a config file of that
+name, when there is one, wins. `--check` prints the resolved config, which can be saved, edited and trained.
 
 Under torchrun the same command trains on every process: `torchrun --nproc-per-node N -m vitlab train CONFIG`.
 """
@@ -10,7 +13,8 @@ import sys
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("config", help="a training config, .toml or .yaml (see configs/ and docs/training.md)")
+    parser.add_argument("config", metavar="RECIPE|CONFIG", help="a recipe's name (`vitlab recipes` lists them) or "
+                        "a config file, .toml or .yaml (docs/training.md)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set optim.lr=3e-4 --set train.steps=1000 (repeatable)")
     parser.add_argument("--out", default=None, metavar="RUN_DIR", help="the run directory (default: the config's "

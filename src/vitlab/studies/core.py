@@ -67,17 +67,17 @@ class Study:
 
 
 # ---- the Fashion-MNIST base recipe every small study starts from --------------------------------------------
-# The main job's architecture (patch 4 on 28 x 28 = 49 tokens, width 128, depth 6) and its recipe
-# (configs/base/fashion-mnist.toml: AdamW with betas (0.9, 0.99), weight decay 0.05, cosine, clipping at 1, bf16,
-# no augmentation); studies change one thing at a time from here.
+# The main job's architecture (patch 4 on 28 x 28 = 49 tokens, width 128, depth 6) and the recipe its two stages
+# share (the recipe base/fashion-mnist.toml: AdamW with betas (0.9, 0.99), weight decay 0.05, cosine, clipping at
+# 1, no augmentation); studies change one thing at a time from here.
 MAIN_VIT = dict(patch_size=4, width=128, depth=6, mlp_dim=512, num_heads=4, classifier="gap")
 # The base of most default-size studies: a quarter of the main job's compute per image, so that each run can
 # train for several epochs.
 SMALL_VIT = dict(MAIN_VIT, width=64, depth=4, mlp_dim=256, num_heads=2)
 # The quick size: a few seconds per run on 2 cores.
 TINY_VIT = dict(patch_size=7, width=32, depth=2, mlp_dim=64, num_heads=2, classifier="gap")
-# fp32: the same numbers on every CPU, and fast on all of them (bf16 autocast is faster only where the CPU has
-# bf16 instructions, and ~10x slower where it must emulate them, as on AVX2-only CPUs).
+# fp32 rather than the recipe's bf16: the same numbers on every CPU, and fast on all of them (bf16 autocast is
+# faster only where the CPU has bf16 instructions, and ~10x slower where it must emulate them, as on AVX2-only CPUs).
 STUDY_PRECISION = "fp32"
 TRAIN_IMAGES = 54_000  # Fashion-MNIST's training images a default-size run trains on; the other 6,000 are held out
 
@@ -103,31 +103,31 @@ def epochs_to_steps(epochs: float, batch_size: int, images: int = TRAIN_IMAGES) 
 
 
 def fashion_mnist_run(*, model: str = "ViT-Ti/16", overrides: dict | None = None, steps: int = 500,
-                      scale: Scale | None = None, lr: float = 1e-3, optimizer: str = "adamw",
-                      train_split: str | None = None, image_size: int = 28, warmup: int | None = None,
-                      dataset: str = "fashion_mnist", seed: int = 0, **splits) -> dict:
-    """A training config (tables) for one study run on Fashion-MNIST (or another source of 1-channel images).
+                      scale: Scale | None = None, lr: float = 1e-3, train_split: str | None = None,
+                      image_size: int = 28, warmup: int | None = None, dataset: str = "fashion_mnist",
+                      seed: int = 0, **splits) -> dict:
+    """A training config (tables) for one study run on Fashion-MNIST (or another source of 1-channel images):
+    the main job's base recipe with the study's model, data, length, learning rate and precision.
 
     `scale` gives the batch size and splits (default: the default size's); `train_split`, `eval_split` and
     `batch_size` given by name replace its values.
     """
+    from ..recipes import FOLDER
+    from ..training.config import deep_merge, read_file
+
     scale = scale or scale_of("default")
-    config = {
+    study = {
         "seed": seed,
         "model": {"name": model, "overrides": dict(overrides or {})},
         "data": {"dataset": dataset, "train_split": train_split or scale.train_split,
-                 "eval_split": splits.get("eval_split", scale.eval_split),
-                 "image_size": image_size, "in_chans": 1, "batch_size": splits.get("batch_size", scale.batch_size),
-                 "inception_crop": False, "flip": False},
-        "optim": {"name": optimizer, "lr": lr, "weight_decay": 0.05 if optimizer == "adamw" else 0.0},
-        "schedule": {"warmup_steps": max(1, steps // 20) if warmup is None else warmup, "decay": "cosine"},
-        "train": {"steps": steps, "precision": STUDY_PRECISION, "clip_grad_norm": 1.0,
-                  "log_every": max(1, steps // 40),
-                  "eval_every": 0, "checkpoint_every": max(50, steps // 4), "keep_checkpoints": 1},
+                 "eval_split": splits.get("eval_split", scale.eval_split), "image_size": image_size,
+                 "batch_size": splits.get("batch_size", scale.batch_size)},
+        "optim": {"lr": lr},
+        "schedule": {"warmup_steps": max(1, steps // 20) if warmup is None else warmup},
+        "train": {"steps": steps, "precision": STUDY_PRECISION, "log_every": max(1, steps // 40),
+                  "checkpoint_every": max(50, steps // 4), "keep_checkpoints": 1},
     }
-    if optimizer in ("adam", "adamw"):
-        config["optim"]["betas"] = [0.9, 0.99]
-    return config
+    return deep_merge(read_file(FOLDER / "base" / "fashion-mnist.toml"), study)
 
 
 def steps_for(images: int, batch_size: int) -> int:

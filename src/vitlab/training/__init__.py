@@ -1,7 +1,7 @@
 """Training: configs, optimisers and schedules, the Trainer and its step, checkpoints, DDP/FSDP.
 
     from vitlab.training import load_config, train
-    result = train(load_config("configs/fashion-mnist.toml", ["optim.lr=3e-4"]))
+    result = train(load_config("fashion-mnist", ["optim.lr=3e-4"]))
     print(result.summary())
 """
 

@@ -130,12 +130,32 @@ CHOICES = {
 
 
 # ---- reading ------------------------------------------------------------------------------------------
+def find_config(spec: str | Path) -> Path:
+    """The config file `spec` names: a file that exists, else the recipe of that name shipped with vitlab."""
+    from .. import recipes
+
+    path = Path(spec)
+    if path.is_file():
+        return path
+    recipe = recipes.path_of(str(spec))
+    if recipe is not None:
+        return recipe
+    close = difflib.get_close_matches(path.stem, recipes.names(), n=1)
+    hint = f"; did you mean the recipe {close[0]!r}?" if close else ""
+    raise ConfigError(f"config file not found, nor a recipe of that name: {spec}{hint} "
+                      "(`vitlab recipes` lists the recipes)")
+
+
 def read_file(path: str | Path, *, _seen: tuple[Path, ...] = ()) -> dict:
-    """The settings of a config file, with its `base = "other.toml"` (relative to this file) merged underneath."""
+    """The settings of a config file, with its `base = "other.toml"` (relative to this file) merged underneath.
+    A file's `description` is a line about it for people (`vitlab recipes` prints it), not a setting."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}" + (f" (the base of {_seen[-1]})" if _seen else ""))
     raw = parse_file(path)
+    description = raw.pop("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{path}: description must be one line of text, not {description!r}")
     base = raw.pop("base", None)
     if base is None:
         return raw
@@ -213,7 +233,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] = (), *, world_size: int | None = None,
                 check_paths: bool = True) -> TrainConfig:
     """Read a config file (or start from the defaults), apply --set overrides, check everything."""
-    raw = read_file(path) if path is not None else {}
+    raw = read_file(find_config(path)) if path is not None else {}
     if path is not None and "run_dir" not in raw:
         raw["run_dir"] = str(Path("runs") / Path(path).stem)
     cfg = from_dict(apply_overrides(raw, list(overrides)))
