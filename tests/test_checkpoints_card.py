@@ -1,17 +1,18 @@
 """The README.md model card save_pretrained writes beside the weights."""
 
+import json
 import sys
 
 from conftest import tiny
 
-from vitlab import create_model, load_pretrained, save_pretrained
+from vitlab import __version__, create_model, load_pretrained, save_pretrained
 from vitlab.cli import main
 
 
 def test_card_describes_architecture_preprocessing_metrics_and_command(tmp_path):
     model = create_model("ViT-Ti/16", **tiny(patch_size=8))
     save_pretrained(model, tmp_path / "m", label_names=list("abcde"), metrics={"step": 300, "best_accuracy": 0.9125},
-                    command="vitlab train configs/x.toml")
+                    command="vitlab train my-recipe.toml")
     card = (tmp_path / "m" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: vitlab\n")
     assert f"- parameters: {sum(p.numel() for p in model.parameters()):,}" in card
@@ -19,7 +20,9 @@ def test_card_describes_architecture_preprocessing_metrics_and_command(tmp_path)
     assert "x / 127.5 - 1" in card and "Resize to 32 x 32 px (bilinear)" in card
     assert "5 classes: a, b, c, d, e" in card
     assert "| best_accuracy | 91.25% |" in card and "| step | 300 |" in card
-    assert "```bash\nvitlab train configs/x.toml\n```" in card
+    assert "```bash\nvitlab train my-recipe.toml\n```" in card
+    assert f"Written by vitlab {__version__}." in card  # and in config.json, for programs
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["vitlab_version"] == __version__
     assert load_pretrained(tmp_path / "m").config.width == 32  # the card does not disturb loading
 
 

@@ -196,7 +196,7 @@ def test_models_pretrained_lists_the_names(capsys):
     out = capsys.readouterr().out
     assert "imagenet21k+imagenet2012/R50+ViT-B_16" in out and "384" in out and "85.08" in out
     assert main(["models", "--pretrained", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["checkpoints"]
     assert {"name", "source", "resolution", "imagenet_top1", "url"} <= set(rows[0])
 
 

@@ -162,6 +162,19 @@ def test_a_bare_directory_is_an_image_folder(tmp_path):
     assert _parser("eval").parse_args(["--checkpoint", "c", "--data", "cifar10"]).data == "cifar10"
 
 
+def test_version_is_printed_and_every_json_output_names_it(capsys):
+    import vitlab
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"vitlab {vitlab.__version__}\n"
+    for argv in (["models", "--filter", "ViT-Ti/16", "--json"], ["models", "--pretrained", "--filter", "R50", "--json"],
+                 ["study", "pooling", "--quick", "--dry-run", "--json"]):
+        assert main(argv) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["vitlab_version"] == vitlab.__version__ and len(printed) == 2, argv  # and the result
+
+
 def test_json_output_of_data_and_convert(checkpoint, tmp_path, capsys):
     from PIL import Image
 
@@ -170,7 +183,7 @@ def test_json_output_of_data_and_convert(checkpoint, tmp_path, capsys):
         Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / cls / "x.png")
     assert main(["data", str(tmp_path / "imgs"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["samples"] == 2 and report["class_names"] == ["a", "b"]
+    assert report["samples"] == 2 and report["class_names"] == ["a", "b"] and report["vitlab_version"]
     assert main(["convert", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "t.safetensors"), "--to", "timm",
                  "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -503,7 +503,7 @@ def test_vitlab_models_lists_the_flops_of_any_setting(capsys):
     import json
     from vitlab.cli import main
     assert main(["models", "--filter", "ViT-Ti/16", "--set", "posemb=relative", "--json"]) == 0
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["models"]}
     assert "AxialViT-B/16" not in rows and "BiT-R50x1" not in rows  # names that refuse the setting left out
     assert rows["ViT-Ti/16"]["gflops_224"] * 1e9 == count_flops(model_config("ViT-Ti/16", posemb="relative"))
     assert main(["models", "--set", "width=64.5"]) == 2

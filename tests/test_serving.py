@@ -46,7 +46,7 @@ def test_api_answers_what_predict_prints(engine, checkpoint, tmp_path, capsys):
         (tmp_path / name).write_bytes(data)
     paths = [str(tmp_path / n) for n in files]
     assert main(["predict", "--checkpoint", str(checkpoint), "--device", "cpu", "--json", *paths]) == 0
-    expected = json.loads(capsys.readouterr().out)
+    expected = json.loads(capsys.readouterr().out)["predictions"]
     with serving(create_app(engine)) as port:
         for (name, data), want in zip(files.items(), expected):
             status, _, got = predict_raw(port, data, f"?filename={name}")

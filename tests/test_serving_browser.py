@@ -26,7 +26,7 @@ def test_page_shows_predict_top1_overlay_and_heads(tmp_path, capsys):
         images.append(tmp_path / f"picture-{i}.png")
         Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(images[-1])
     assert main(["predict", "--checkpoint", str(checkpoint), "--device", "cpu", "--json", *map(str, images)]) == 0
-    expected = [r["predictions"][0]["label"] for r in json.loads(capsys.readouterr().out)]
+    expected = [r["predictions"][0]["label"] for r in json.loads(capsys.readouterr().out)["predictions"]]
     with vitlab_serve("--checkpoint", str(checkpoint), "--precision", "fp32", "--device", "cpu") as (url, _):
         with chromium() as driver:
             results = classify_in_page(driver, url, images)

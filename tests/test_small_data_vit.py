@@ -307,7 +307,7 @@ def test_flops_and_parameters_are_counted(overrides):
 def test_vitlab_models_lists_the_settings(capsys):
     assert main(["models", "--filter", "ViT-Ti/16", "--set", "patch_embed=spt", "--set", "attention=lsa",
                  "--json"]) == 0
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["models"]}
     assert rows["ViT-Ti/16"]["gflops_224"] * 1e9 == count_flops(model_config("ViT-Ti/16", **BOTH))
     assert rows["ViT-Ti/16"]["params"] == count_parameters("ViT-Ti/16", **BOTH)
     assert count_flops(model_config("ViT-Ti/16", **BOTH)) > count_flops(model_config("ViT-Ti/16"))

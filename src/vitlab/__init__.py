@@ -6,11 +6,11 @@
     vitlab.save_pretrained(model, "runs/my-model")
 """
 
+__version__ = "0.1.0"  # the package's version (pyproject.toml reads it from here)
+
 from .checkpoints import load_pretrained, save_pretrained
 from .models import (ViTConfig, VisionTransformer, count_flops, count_parameters, create_model, list_models,
                      model_config)
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name):

@@ -15,6 +15,7 @@ import sys
 import traceback
 import warnings
 
+from . import __version__
 from .errors import one_line, user_message
 
 # name -> (module under vitlab.commands, one-line help). Each module defines add_arguments(parser) and run(args).
@@ -39,6 +40,7 @@ COMMANDS = {
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitlab", description="The Vision Transformer, whole.")
+    parser.add_argument("--version", action="version", version=f"vitlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -39,6 +39,8 @@ def model_card(cfg, num_parameters: int, *, label_names=None, preprocessing=None
                 or k == "num_classes"}
     if "resnet_layers" not in settings:
         settings.pop("resnet_width", None)
+    from .. import __version__
+
     title = name or f"vitlab {kind}"
     lines = [
         "---", "library_name: vitlab", "tags:", "- image-classification", "- vision-transformer", "- vitlab",
@@ -57,7 +59,7 @@ def model_card(cfg, num_parameters: int, *, label_names=None, preprocessing=None
         describe_metrics(metrics), "",
         "## How it was made", "",
         f"```bash\n{command}\n```" if command else "Not recorded (saved from Python, not by a `vitlab` command).",
-        "", "## Use", "",
+        "", f"Written by vitlab {__version__}.", "", "## Use", "",
         "```python\nimport vitlab\n\nmodel = vitlab.load_pretrained(\"PATH_OR_hf-hub:ORG/NAME\").eval()\n"
         "logits = model(images)  # (B, C, H, W), preprocessed as above\n```", "",
         "Other formats: `vitlab convert PATH out --to hf|timm|npz`.", "",

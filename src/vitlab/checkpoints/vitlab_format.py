@@ -30,12 +30,15 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, label_names: lis
     """Write `model` as directory/config.json + directory/model.safetensors + a README.md model card (each
     written atomically). `metrics` (e.g. the run's accuracy) and `command` (default: this process's `vitlab`
     command line, if it is one) go into the card."""
+    from .. import __version__
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     meta = {
         "format": FORMAT,
         "version": VERSION,
+        "vitlab_version": __version__,  # the release that wrote it
         "architecture": "bit" if isinstance(cfg, BiTConfig) else "vit",
         "config": cfg.to_dict(),
         "label_names": label_names if label_names is not None else getattr(model, "label_names", None),

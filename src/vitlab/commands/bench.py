@@ -11,7 +11,6 @@ measurements beside Hugging Face transformers and timm.
 from __future__ import annotations
 
 import copy
-import json
 
 import torch
 
@@ -97,7 +96,10 @@ def run(args) -> int:
                            "utilisation": r.flops_per_second / peak_flops, "peak_memory_bytes": r.peak_memory}
                     for task, r in results.items()},
     }
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.json:
+        common.print_json(report)
+    else:
+        print(format_report(report))
     return 0
 
 
@@ -130,7 +132,7 @@ def sweep_image_sizes(args) -> int:
     rows = [measure(model=args.model, image_size=size, batch=args.batch_size, memory_cap_gb=args.memory_cap,
                     precision=precision, device=str(device), max_batch=args.max_batch) for size in args.image_sizes]
     if args.json:
-        print(json.dumps({"model": args.model, "results": rows}, indent=2))
+        common.print_json({"model": args.model, "results": rows})
         return 0
     print(f"{args.model}: inference, batch {args.batch_size}, {precision}, {torch.get_num_threads()} threads, "
           f"on {device}" + (f"; largest batch within {args.memory_cap:g} GiB" if args.max_batch else ""))

@@ -6,7 +6,7 @@
     --device NAME       auto (a GPU when there is one), cpu, cuda, cuda:1, ...
     --precision NAME    auto, fp32, bf16, fp16 (autocast; weights stay fp32)
     --out PATH          where the command writes its files
-    --json              print the result as JSON
+    --json              print the result as JSON: an object whose "vitlab_version" names the version that wrote it
 
 Old spellings (--root, --output-dir, --amp) are hidden aliases for one release: they still work, with a
 note on stderr naming the new flag.
@@ -15,6 +15,8 @@ note on stderr naming the new flag.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 
 from ..errors import UsageError
@@ -78,6 +80,28 @@ def add_output_args(parser, *, out: str | None = "", out_help: str = "where to w
         parser.add_argument("--out", default=None, required=out == "required", help=out_help)
         add_alias(parser, "--output-dir", "--out", "out")
     parser.add_argument("--json", action="store_true", help=json_help)
+
+
+def print_json(result: dict) -> None:
+    """What --json prints: the result, with the version of vitlab that computed it."""
+    from .. import __version__
+
+    print(json_text({"vitlab_version": __version__, **result}), end="")
+
+
+def json_text(data) -> str:
+    """JSON with NaN written as null (a class without samples has no accuracy)."""
+
+    def clean(v):
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(data), indent=2) + "\n"
 
 
 def precision_name(text: str) -> str:

@@ -6,7 +6,6 @@ written in another format. (`vitlab convert SRC DST --to ...`, the old positiona
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..checkpoints import convert, detect_format
 from ..checkpoints.export import WRITERS
@@ -59,7 +58,7 @@ def run(args) -> int:
                       **kwargs)
         what = args.to
     if args.json:
-        print(json.dumps({"source": str(source), "source_format": fmt, "out": str(out), "format": what}, indent=2))
+        common.print_json({"source": str(source), "source_format": fmt, "out": str(out), "format": what})
     else:
         extra = f" + {out.with_suffix('.json').name}" if args.to == "onnx" else ""
         print(f"converted {source} ({fmt}) -> {out} ({what}){extra}")

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -52,5 +51,5 @@ def run(args) -> int:
             for name in loader.bad_files:
                 print(f"  bad: {name}")
     if args.json:
-        print(json.dumps(report, indent=2))
+        common.print_json(report)
     return 0

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import re
 from pathlib import Path
 
@@ -53,22 +51,7 @@ def output_dir(args, checkpoint: str, what: str) -> Path:
     return ckpt / what if ckpt.is_dir() else ckpt.parent / f"{ckpt.stem}-{what}"
 
 
-def json_text(data) -> str:
-    """JSON with NaN written as null (a class without samples has no accuracy)."""
-
-    def clean(v):
-        if isinstance(v, float) and math.isnan(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(data), indent=2) + "\n"
-
-
 def write_json(path: Path, data) -> None:
     from ..fileio import atomic_write_text
 
-    atomic_write_text(path, json_text(data))
+    atomic_write_text(path, common.json_text(data))

@@ -37,7 +37,7 @@ def run(args) -> int:
     save_confusion_png(result["confusion_matrix"], out / "confusion_matrix.png", result["class_names"],
                        title=f"{args.data} {args.split}")
     if args.json:
-        print(evalargs.json_text(result), end="")
+        common.print_json(result)
     else:
         print(format_summary(result, result["class_names"]))
         if result["skipped_images"]:

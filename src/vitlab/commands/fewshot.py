@@ -69,7 +69,7 @@ def run(args) -> int:
     out = evalargs.output_dir(args, args.checkpoint, "fewshot")
     evalargs.write_json(out / "fewshot.json", result)
     if args.json:
-        print(evalargs.json_text(result), end="")
+        common.print_json(result)
     else:
         print(format_fewshot(result))
         print(f"wrote {out / 'fewshot.json'}")

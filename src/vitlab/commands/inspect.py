@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -94,8 +93,8 @@ def inspect(args) -> int:
     written.update(draw_objective(args, model, images, captions, label))
     main = [p for k, p in written.items() if "/" not in k]
     if args.json:
-        print(json.dumps({"out": str(args.out), "files": {k: str(p) for k, p in written.items()},
-                          "seconds": time.perf_counter() - start}, indent=2))
+        common.print_json({"out": str(args.out), "files": {k: str(p) for k, p in written.items()},
+                           "seconds": time.perf_counter() - start})
         return 0
     print(f"wrote {len(written)} files to {args.out} in {time.perf_counter() - start:.1f} s:")
     for path in main:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 from ..models import MODELS, count_flops, count_parameters, list_models, model_config, num_tokens
+from . import common
 
 
 def add_arguments(parser) -> None:
@@ -88,7 +87,10 @@ def format_pretrained(rows: list[dict]) -> str:
 def run(args) -> int:
     if args.pretrained:
         rows = pretrained_rows(args.filter)
-        print(json.dumps(rows, indent=2) if args.json else format_pretrained(rows))
+        if args.json:
+            common.print_json({"checkpoints": rows})
+        else:
+            print(format_pretrained(rows))
         return 0
     from ..errors import UsageError
     from ..training.config import ConfigError
@@ -97,5 +99,8 @@ def run(args) -> int:
         rows = model_rows(args.filter, parse_settings(args.overrides))
     except (ConfigError, ValueError, TypeError) as e:  # an unknown or impossible setting
         raise UsageError(str(e)) from None
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    if args.json:
+        common.print_json({"models": rows})
+    else:
+        print(format_table(rows))
     return 0

@@ -20,7 +20,7 @@ def run(args) -> int:
     results = predict_files(model, args.images, topk=args.top_k, batch_size=args.batch_size, device=d.device,
                             precision=precision)
     if args.json:
-        print(evalargs.json_text(results), end="")
+        common.print_json({"predictions": results})
     else:
         print(format_predictions(results))
     return 1 if any("error" in r for r in results) else 0

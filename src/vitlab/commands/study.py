@@ -114,7 +114,7 @@ def write(study, args, out: Path, rows: list[dict], *, planned: int) -> None:
 
     report_path = write_report(study, args.size, rows, out, command=command_of(study, args), planned=planned)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        common.print_json({"results": rows})
     else:
         print(study.summarise(rows))
         print(f"\nwrote {out / 'results.csv'}, {out / (study.name + '.png')} and {report_path}")
@@ -146,7 +146,7 @@ def print_estimate(study, args, out: Path) -> int:
         torch.set_num_threads(previous)
     done = {r.name for r in runs if read_result(out, r) is not None}
     if args.json:
-        print(json.dumps([vars(e) | {"finished": e.run in done} for e in estimates], indent=2))
+        common.print_json({"estimates": [vars(e) | {"finished": e.run in done} for e in estimates]})
     else:
         print(format_estimates(estimates, done=done, threads=threads, jobs=args.jobs))
     return 0
@@ -154,7 +154,7 @@ def print_estimate(study, args, out: Path) -> int:
 
 def print_grid(study, size: str, runs, *, as_json: bool) -> None:
     if as_json:
-        print(json.dumps([{"name": r.name, "kind": r.kind, "tags": r.tags, "config": r.config} for r in runs], indent=2))
+        common.print_json({"runs": [{"name": r.name, "kind": r.kind, "tags": r.tags, "config": r.config} for r in runs]})
         return
     print(f"{study.name} ({size}): {len(runs)} runs — {study.budget.get(size, '')}")
     for r in runs:

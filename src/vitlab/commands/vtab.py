@@ -96,7 +96,7 @@ def run(args) -> int:
         print(f"{name}: val {100 * r['val_accuracy']:.2f}%  test {100 * r['test_accuracy']:.2f}%")
         evalargs.write_json(out, {"tasks": {**done, **results}})  # after every task, so a long run can resume
     if args.json:
-        print(evalargs.json_text({"tasks": results}), end="")
+        common.print_json({"tasks": results})
     else:
         print(format_table(results))
         print(f"wrote {out}")

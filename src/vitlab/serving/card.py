@@ -54,7 +54,10 @@ def run_card(checkpoint: Path) -> dict | None:
 
 
 def runtime_card(engine, backend: str) -> dict:
-    return {"backend": backend, "device": str(engine.device), "precision": engine.precision}
+    from .. import __version__
+
+    return {"backend": backend, "device": str(engine.device), "precision": engine.precision,
+            "vitlab_version": __version__}
 
 
 def preprocessing_card(engine) -> dict:
