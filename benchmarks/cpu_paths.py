@@ -2,6 +2,7 @@
 
     python benchmarks/cpu_paths.py --model ViT-B/16 --precision bf16 --threads 1
     python benchmarks/cpu_paths.py --model ViT-S/16 --precision bf16 --max-autotune
+    python benchmarks/cpu_paths.py --smoke     # seconds: that it runs (the tests do this)
 
 Interleaved medians, as in throughput.py, of: a 2048^3 matmul (the peak), the model under autocast, the
 model with weights cast once (fast_inference, pack=False), with weights also oneDNN-packed and GELU fused
@@ -49,17 +50,23 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="ViT-B/16")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int)
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--max-autotune", action="store_true", help="also compile with mode='max-autotune' (slow)")
+    p.add_argument("--smoke", action="store_true", help="ViT-Ti/16 at 32 px, batch 1, one round, no compile, a "
+                   "256^3 matmul: that it runs")
     args = p.parse_args(argv)
+    if args.smoke:
+        args.model, args.image_size, args.batch_size, args.rounds = "ViT-Ti/16", 32, 1, 1
+        args.no_compile, args.max_autotune = True, False
     if args.threads:
         torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
-    model = vitlab.create_model(args.model).eval()
-    x, _ = random_batch(args.batch_size, 224, 1000, cpu)
-    mm, mm_flops = matmul_step(precision_dtype(args.precision), cpu)
+    model = vitlab.create_model(args.model, image_size=args.image_size).eval()
+    x, _ = random_batch(args.batch_size, args.image_size, 1000, cpu)
+    mm, mm_flops = matmul_step(precision_dtype(args.precision), cpu, n=256 if args.smoke else 2048)
     steps = {"matmul": mm, "autocast" if args.precision == "bf16" else "eager": inference_step(model, x, args.precision)}
     if args.precision == "bf16":
         steps["weights cast once"] = inference_step(fast_inference(model, pack=False), x, "fp32")
@@ -75,8 +82,8 @@ def main(argv=None) -> int:
         steps[name] = step
     times = interleave(steps, cpu, rounds=args.rounds, warmup=1)
     peak = mm_flops / median(times.pop("matmul"))
-    flops = model_flops(model, 224, "inference") * args.batch_size
-    print(f"{args.model} {args.precision} batch {args.batch_size}, {torch.get_num_threads()} threads; "
+    flops = model_flops(model, args.image_size, "inference") * args.batch_size
+    print(f"{args.model} {args.precision} {args.image_size} px batch {args.batch_size}, {torch.get_num_threads()} threads; "
           f"matmul peak {peak / 1e9:.0f} GFLOP/s")
     for name, t in times.items():
         print(f"  {name:<36} {1e3 * median(t):8.0f} ms  {flops / median(t) / 1e9:7.1f} GFLOP/s  "

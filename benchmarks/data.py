@@ -9,6 +9,7 @@
 2. The Fashion-MNIST training loader (in-memory batched path), 28 px, batch 256, wall clock.
 
     PYTHONPATH=src python benchmarks/data.py [--images 128] [--rounds 5] [--photo-sizes 500x375 1024x768]
+    PYTHONPATH=src python benchmarks/data.py --smoke     # seconds: that it runs (the tests do this)
 """
 import argparse
 import io
@@ -65,10 +66,10 @@ def images_per_second(fn, paths, seed) -> float:
     return len(paths) / (time.process_time() - start)
 
 
-def fashion_mnist_loader(**augment) -> float:
+def fashion_mnist_loader(split: str, **augment) -> float:
     """One epoch of the training loader, after a warm-up batch; wall-clock images/s."""
     cfg = DataConfig(dataset="fashion_mnist", image_size=28, in_chans=1, batch_size=256, **augment)
-    loader = build_loader(cfg, "train", train=True)
+    loader = build_loader(cfg, split, train=True)
     next(iter(loader))  # moves the data set to the device once
     start, n = time.perf_counter(), 0
     for x, _ in loader:
@@ -99,14 +100,20 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--photo-sizes", nargs="+", default=["500x375", "1024x768"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (a loader worker uses 1)")
+    parser.add_argument("--fashion-mnist-split", default="train", help="the loader's epoch (a split spec)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="8 small JPEGs, one round, 512 Fashion-MNIST images: that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.images, args.rounds, args.photo_sizes, args.fashion_mnist_split = 8, 1, ["64x48"], "train[:512]"
     torch.set_num_threads(args.threads)
     for size in args.photo_sizes:
         compare(tuple(int(v) for v in size.split("x")), args)
-    print(f"Fashion-MNIST train loader, 28 px, batch 256, CPU, {args.threads} torch thread(s):")
-    print(f"  inception crop + flip              : {fashion_mnist_loader():9,.0f} images/s")
+    split = args.fashion_mnist_split
+    print(f"Fashion-MNIST {split} loader, 28 px, batch 256, CPU, {args.threads} torch thread(s):")
+    print(f"  inception crop + flip              : {fashion_mnist_loader(split):9,.0f} images/s")
     deit = dict(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, random_erasing=0.25)
-    print(f"  + Mixup/CutMix, erasing, smoothing : {fashion_mnist_loader(**deit):9,.0f} images/s")
+    print(f"  + Mixup/CutMix, erasing, smoothing : {fashion_mnist_loader(split, **deit):9,.0f} images/s")
 
 
 if __name__ == "__main__":

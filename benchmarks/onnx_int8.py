@@ -2,6 +2,7 @@
 
     python benchmarks/onnx_int8.py --checkpoint runs/fashion-mnist --threads 2
     python benchmarks/onnx_int8.py --skip-accuracy --batch-size 8 --rounds 5
+    python benchmarks/onnx_int8.py --smoke      # seconds: that it runs, on a tiny random model (the tests do this)
 
 1. Accuracy (--checkpoint, a Fashion-MNIST model): top-1 on the 10,000 test images of the torch model (fp32
    and the bf16 fast path) and of its ONNX export in onnxruntime (fp32 and dynamic int8), and the largest
@@ -23,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 
 import vitlab  # noqa: E402
 from vitlab.models.fast import fast_inference  # noqa: E402
@@ -35,14 +37,14 @@ def onnx_runner(session):
     return lambda x: torch.from_numpy(session.run(["logits"], {"pixels": x.numpy()})[0])
 
 
-def accuracy(checkpoint: str, workdir: Path, batch_size: int, threads: int) -> dict:
+def accuracy(checkpoint: str, workdir: Path, batch_size: int, threads: int, split: str = "test") -> dict:
     from vitlab.evaluation import EvalBatches
     from vitlab.evaluation.batches import model_preprocessing
 
     model = vitlab.load_pretrained(checkpoint).eval()
     from vitlab.data import build_dataset
 
-    dataset = build_dataset("fashion_mnist", "test", in_chans=model.config.in_chans)
+    dataset = build_dataset("fashion_mnist", split, in_chans=model.config.in_chans)
     paths = {"fp32": export_onnx(model, workdir / "fp32.onnx"),
              "int8": export_onnx(model, workdir / "int8.onnx", quantize="int8")}
     runners = {"torch fp32": model, "torch bf16 (fast path)": fast_inference(model, "bf16"),
@@ -62,9 +64,9 @@ def accuracy(checkpoint: str, workdir: Path, batch_size: int, threads: int) -> d
             "onnx_bytes": {k: p.stat().st_size for k, p in paths.items()}}
 
 
-def speed(model_name: str, workdir: Path, batch_size: int, rounds: int, threads: int) -> dict:
-    model = vitlab.create_model(model_name).eval()
-    x = torch.randn(batch_size, 3, *model.config.image_hw)
+def speed(model_name: str, workdir: Path, batch_size: int, rounds: int, threads: int, **overrides) -> dict:
+    model = vitlab.create_model(model_name, **overrides).eval()
+    x = torch.randn(batch_size, model.config.in_chans, *model.config.image_hw)
     fast = fast_inference(model, "bf16")
     sessions = {"onnx fp32": load_session(export_onnx(model, workdir / "b16.onnx"), threads),
                 "onnx int8": load_session(export_onnx(model, workdir / "b16-int8.onnx", quantize="int8"), threads)}
@@ -94,15 +96,26 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--out", default=None)
+    parser.add_argument("--smoke", action="store_true", help="a tiny random model on 64 Fashion-MNIST test images "
+                        "and on random images, batch 2, one round: that it runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     result = {"threads": args.threads}
+    split, overrides = "test", {}
     with tempfile.TemporaryDirectory(prefix="vitlab-onnx-bench-") as tmp:
+        if args.smoke:  # the tests' tiny random models
+            sys.path.insert(0, str(ROOT / "tests"))
+            from conftest import tiny
+            from serving_support import tiny_checkpoint
+
+            args.checkpoint, args.model, args.batch_size, args.rounds = tiny_checkpoint(Path(tmp) / "tiny"), \
+                "ViT-Ti/16", 2, 1
+            split, overrides = "test[:64]", tiny(patch_size=8, image_size=16)
         if args.checkpoint and not args.skip_accuracy:
-            result["accuracy"] = accuracy(args.checkpoint, Path(tmp), 256, args.threads)
+            result["accuracy"] = accuracy(args.checkpoint, Path(tmp), 256, args.threads, split)
             print(json.dumps(result["accuracy"]), flush=True)
         if not args.skip_speed:
-            result["speed"] = speed(args.model, Path(tmp), args.batch_size, args.rounds, args.threads)
+            result["speed"] = speed(args.model, Path(tmp), args.batch_size, args.rounds, args.threads, **overrides)
             print(json.dumps(result["speed"]), flush=True)
     result["load_average"] = os.getloadavg()
     print(json.dumps(result, indent=2))

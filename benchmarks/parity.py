@@ -1,6 +1,7 @@
 """Largest logit difference, per checkpoint format, between vitlab and the code that wrote the weights.
 
     PYTHONPATH=src python benchmarks/parity.py [--size tiny|base]
+    PYTHONPATH=src python benchmarks/parity.py --smoke     # the smallest shapes: that it runs (the tests do this)
 
 Each checkpoint is built from random weights: official and big_vision .npz and timm state dicts from the
 documented names (compared with tests/reference_vit.py, an independent float64 numpy forward pass of the
@@ -31,6 +32,8 @@ from test_checkpoints import to_big_vision, to_timm  # noqa: E402
 from vitlab.checkpoints import export_checkpoint, load_pretrained  # noqa: E402
 
 SIZES = {  # (ViT, hybrid) architectures; "base" is ViT-B/16 and R50+ViT-B/16 at 224 px
+    "smoke": (dict(width=192, depth=1, heads=3, mlp_dim=64, patch=16, grid=(2, 2)),  # 192: a width timm files imply
+              dict(width=192, depth=1, heads=3, mlp_dim=64, patch=1, grid=(1, 1), hybrid_layers=(1, 1))),
     "tiny": (dict(width=192, depth=2, heads=3, mlp_dim=384, patch=16, grid=(4, 4)),
              dict(width=192, depth=2, heads=3, mlp_dim=384, patch=1, grid=(2, 2), hybrid_layers=(1, 2))),
     "base": (dict(width=768, depth=12, heads=12, mlp_dim=3072, patch=16, grid=(14, 14), classes=1000),
@@ -180,6 +183,7 @@ def hf_rows(tmp: Path, vit: dict):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--smoke", dest="size", action="store_const", const="smoke", help="--size smoke")
     args = parser.parse_args()
     vit, hybrid = SIZES[args.size]
     print(f"{'format':<36} {'max |Δ logit|':>14} {'(float64)':>10} {'tolerance':>10}   {'a wrong choice':<18} "

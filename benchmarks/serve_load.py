@@ -1,6 +1,7 @@
 """A bounded load test of `vitlab serve` on 127.0.0.1: latency, images/s and memory, with and without batching.
 
-    python benchmarks/serve_load.py --checkpoint /tmp/serve-model --requests 2000 --clients 32
+    python benchmarks/serve_load.py --checkpoint runs/fashion-mnist --requests 2000 --clients 32
+    python benchmarks/serve_load.py --smoke     # seconds: a tiny random model, a few requests (the tests do this)
 
 For each --max-batch value (default: 32, then 1 = no batching) it starts `vitlab serve` on 127.0.0.1 at a free
 port, sends a few warm-up requests, reads the server's RSS, then has --clients threads (each with its own
@@ -19,6 +20,7 @@ import io
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -114,7 +116,7 @@ def load(port: int, images: list[bytes], requests: int, clients: int, max_second
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", help="the model to serve (required but with --smoke)")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--max-seconds", type=float, default=300, help="stop each run after this long")
@@ -124,7 +126,30 @@ def main() -> int:
     parser.add_argument("--window-ms", type=float, default=5.0)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--smoke", action="store_true", help="a tiny random model, 16 requests from 2 clients, "
+                        "batches of up to 4, one round: that it runs")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vitlab-serve-load-") as tmp:
+        if args.smoke:
+            from serving_support import tiny_checkpoint
+
+            args.checkpoint, args.requests, args.clients, args.max_batch, args.rounds = \
+                str(tiny_checkpoint(Path(tmp) / "tiny")), 16, 2, [4], 1
+        elif not args.checkpoint:
+            parser.error("--checkpoint is required (or --smoke)")
+        rows = measure(args, warmup=4 if args.smoke else 64)
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+    print("\n| max batch | answered | errors | p50 ms | p99 ms | images/s | mean batch | RSS MiB: before -> after each round |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['max_batch']} | {r['answered']} | {r['errors']} | {r['p50_ms']} | {r['p99_ms']} | "
+              f"{r['images_per_s']} | {r['mean_batch']} | {r['rss_before_mib']} -> {' -> '.join(map(str, r['rss_after_mib']))} |")
+    return 0 if all(r["errors"] == 0 and r["answered"] > 0 for r in rows) else 1
+
+
+def measure(args, warmup: int) -> list[dict]:
+    """One row per --max-batch value: a fresh server, warm-up requests, then the rounds of load."""
     images = test_images(256)
     rows = []
     for max_batch in args.max_batch:
@@ -132,7 +157,7 @@ def main() -> int:
                       str(args.window_ms), "--precision", args.precision]
         with vitlab_serve(*serve_args) as (url, pid):
             port = int(url.rstrip("/").rsplit(":", 1)[1])
-            load(port, images, 64, 8, 60)  # warm-up: first-call allocations and oneDNN kernel selection
+            load(port, images, warmup, 8, 60)  # warm-up: first-call allocations and oneDNN kernel selection
             before, counted = rss_mib(pid), batching_stats(port)
             result = load(port, images, args.requests, args.clients, args.max_seconds)
             after, stats = [rss_mib(pid)], batching_stats(port)
@@ -147,14 +172,7 @@ def main() -> int:
                "load_average": os.getloadavg()}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
-    print("\n| max batch | answered | errors | p50 ms | p99 ms | images/s | mean batch | RSS MiB: before -> after each round |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['max_batch']} | {r['answered']} | {r['errors']} | {r['p50_ms']} | {r['p99_ms']} | "
-              f"{r['images_per_s']} | {r['mean_batch']} | {r['rss_before_mib']} -> {' -> '.join(map(str, r['rss_after_mib']))} |")
-    return 0 if all(r["errors"] == 0 for r in rows) else 1
+    return rows
 
 
 if __name__ == "__main__":

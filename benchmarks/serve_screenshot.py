@@ -1,6 +1,7 @@
 """The README's screenshot of `vitlab serve`: a real checkpoint, Fashion-MNIST test images, headless Chromium.
 
     python benchmarks/serve_screenshot.py --checkpoint runs/fashion-mnist --out docs/figures/serve_page.png
+    python benchmarks/serve_screenshot.py --smoke     # a tiny random model, one image: that it runs (the tests do this)
 
 Starts `vitlab serve` on 127.0.0.1 at a free port, writes --count test images as PNG files, picks them in the
 page's file input (as a person would), waits for every result and saves the window as a PNG.
@@ -24,15 +25,24 @@ from browser_support import chromium, classify_in_page, vitlab_serve  # noqa: E4
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", help="the model to serve (required but with --smoke)")
     parser.add_argument("--out", default="docs/figures/serve_page.png")
     parser.add_argument("--indices", type=int, nargs="+", default=[0, 1], help="Fashion-MNIST test images")
     parser.add_argument("--size", type=int, nargs=2, default=[1280, 1400], help="window width and height")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny random model, one image, the screenshot in a temporary folder: that it runs")
     args = parser.parse_args()
+    if not (args.checkpoint or args.smoke):
+        parser.error("--checkpoint is required (or --smoke)")
     from vitlab.data import build_dataset
 
     dataset = build_dataset("fashion_mnist", "test", in_chans=1)
     with tempfile.TemporaryDirectory(prefix="vitlab-shot-") as tmp:
+        if args.smoke:
+            from serving_support import tiny_checkpoint
+
+            args.checkpoint, args.indices = str(tiny_checkpoint(Path(tmp) / "tiny")), [0]
+            args.out = str(Path(tmp) / "serve_page.png")
         files = []
         for i in reversed(args.indices):  # the page shows the newest result first
             image, label = dataset[i]
@@ -45,7 +55,7 @@ def main() -> int:
     for r in results:
         print(f"{r['file']}: {r['state']}, top-1 {r['top1']}")
     print(f"wrote {args.out}")
-    return 0
+    return 0 if all(r["state"] == "done" for r in results) else 1
 
 
 if __name__ == "__main__":

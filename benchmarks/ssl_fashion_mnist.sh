@@ -4,6 +4,7 @@
 # training time; 5- and 10-shot linear accuracy of the frozen encoders against a random one; fine-tuning on
 # train[:1000] after pre-training on all 60,000 images (no labels) against training on the 1,000 alone.
 #   bash benchmarks/ssl_fashion_mnist.sh [OUT]
+#   bash benchmarks/ssl_fashion_mnist.sh --smoke OUT   # each kind of command once, tiny: that it runs (the tests do)
 # Budgets in minutes of training: PRE (pre-training), TUNE (fine-tuning; from scratch gets PRE + TUNE), LOW
 # (each low-label run). Each is turned into a number of steps (STEPS_*) at the images/s measured under the
 # measurement lock on the shared 2-core machine (load ~9): the from-scratch recipe (PatchDropout 0.8) ran at
@@ -16,12 +17,24 @@ set -euo pipefail
 # idle OpenMP threads sleep rather than spin: on a CPU shared with other jobs, spinning threads waiting for
 # a descheduled partner slowed training several-fold (the Makefile's tests do the same)
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+ARGS=("$@")
+SMOKE=0
+if [ "${1:-}" = --smoke ]; then SMOKE=1; shift; fi
 OUT=${1:-runs/ssl-bench}
 PRE=${PRE:-1}; TUNE=${TUNE:-1}; LOW=${LOW:-0.5}
 steps() { python3 -c "print(int(($1) * 60 * $2 / $3))"; }  # minutes, images/s, batch
 STEPS_SCRATCH=$(steps "$PRE + $TUNE" 662 256); STEPS_MPP=$(steps "$PRE" 162 256); STEPS_MAE=$(steps "$PRE" 445 256)
 STEPS_TUNE=$(steps "$TUNE" 170 128); STEPS_LOW=$(steps "$LOW" 170 128)
 PY=${PY:-.venv/bin/python}
+TEST=test; TRAIN_EVAL='test[:256]'; SMALL=(); FEWSHOT_DATA=()
+PRETRAINED="mpp mae"; EVALUATED="scratch mpp-tune mae-tune"; ENCODERS="random mpp mae scratch"
+EVALUATED_1K="mpp-1k mae-1k scratch-1k"
+if [ $SMOKE = 1 ]; then  # each kind of command once: two fp32 steps of batch 8, 32 test images, one 1-shot draw
+    STEPS_SCRATCH=2; STEPS_MPP=2; STEPS_MAE=2; STEPS_TUNE=2; STEPS_LOW=2
+    TEST='test[:32]'; TRAIN_EVAL='test[:32]'; SMALL=(--set data.batch_size=8 --set train.precision=fp32 --set train.plot=false)
+    FEWSHOT_DATA=(--train-split 'train[:200]' --test-split 'test[:32]' --shots 1 --seeds 1)
+    PRETRAINED=mpp; EVALUATED=scratch; ENCODERS=random; EVALUATED_1K=
+fi
 ENCODER='{patch_size = 4, width = 128, depth = 6, mlp_dim = 512, num_heads = 4, classifier = "gap"}'
 mkdir -p "$OUT"
 
@@ -39,10 +52,10 @@ train() {  # train NAME CONFIG MINUTES STEPS [--set ...]: the time budget; the e
     [ "${LOCK:-0}" = 1 ] || minutes=none
     run "$name" "$PY" -m vitlab train "$config" --set "run_dir=$OUT/$name" --set "train.max_minutes=$minutes" \
         --set "train.steps=$steps" --set "schedule.warmup_steps=$((steps / 10))" \
-        --set train.checkpoint_every=100000 --set 'data.eval_split="test[:256]"' "$@"
+        --set train.checkpoint_every=100000 --set "data.eval_split=\"$TRAIN_EVAL\"" ${SMALL[@]+"${SMALL[@]}"} "$@"
 }
 evaluate() {  # evaluate NAME: top-1 on the 10,000 test images (the encoder's, not timed: outside the lock)
-    run "eval-$1" "$PY" -m vitlab eval --checkpoint "$OUT/$1" --data fashion_mnist --split test --json
+    run "eval-$1" "$PY" -m vitlab eval --checkpoint "$OUT/$1" --data fashion_mnist --split "$TEST" --json
 }
 
 training() {  # every timed run, in one hold of the measurement lock
@@ -54,7 +67,7 @@ training() {  # every timed run, in one hold of the measurement lock
     train mae fashion-mnist-mae "$PRE" "$STEPS_MAE"
     train mae-tune fashion-mnist-mae-tune "$TUNE" "$STEPS_TUNE" --set "model.init=$OUT/mae"
     # low-label regime: 1,000 labelled images, after self-supervised pre-training on all 60,000 or alone
-    for pre in mpp mae; do
+    for pre in $PRETRAINED; do
         train "$pre-1k" "fashion-mnist-$pre-tune" "$LOW" "$STEPS_LOW" --set "model.init=$OUT/$pre" \
             --set 'data.train_split="train[:1000]"'
     done
@@ -63,10 +76,10 @@ training() {  # every timed run, in one hold of the measurement lock
 }
 if [ "${LOCK:-0}" != 1 ]; then training
 elif [ "${HOLDING_LOCK:-0}" = 1 ]; then training; exit 0
-else flock /tmp/vitlab-measure.lock env HOLDING_LOCK=1 bash "$0" "$OUT"; fi
+else flock /tmp/vitlab-measure.lock env HOLDING_LOCK=1 bash "$0" ${ARGS[@]+"${ARGS[@]}"}; fi
 
 # not timed, outside the lock: top-1 on the 10,000 test images, few-shot accuracy of the frozen encoders
-for name in scratch mpp-tune mae-tune; do evaluate "$name"; done
+for name in $EVALUATED; do evaluate "$name"; done
 
 # few-shot linear accuracy of frozen encoders: random, MPP, MAE (and the supervised one for reference)
 run random "$PY" -c "
@@ -75,10 +88,11 @@ torch.manual_seed(0)
 model = vitlab.create_model('ViT-Ti/16', image_size=28, in_chans=1, num_classes=0, **dict($(
     echo "$ENCODER" | tr -d '{}' | sed 's/ = /=/g')))
 vitlab.save_pretrained(model, '$OUT/random')"
-for encoder in random mpp mae scratch; do
+for encoder in $ENCODERS; do
     run "fewshot-$encoder" "$PY" -m vitlab fewshot --checkpoint "$OUT/$encoder" --data fashion_mnist \
-        --shots 5 10 --seeds 5 --no-linear-probe --output-dir "$OUT/fewshot-$encoder" --json
+        --shots 5 10 --seeds 5 --no-linear-probe --output-dir "$OUT/fewshot-$encoder" --json \
+        ${FEWSHOT_DATA[@]+"${FEWSHOT_DATA[@]}"}
 done
 
-for name in mpp-1k mae-1k scratch-1k; do evaluate "$name"; done
+for name in $EVALUATED_1K; do evaluate "$name"; done
 log "all done"

@@ -3,6 +3,7 @@
     python benchmarks/ssl_speed.py                      # the Fashion-MNIST recipes' encoder and decoder
     python benchmarks/ssl_speed.py --batch-size 128 --rounds 7
     OMP_WAIT_POLICY=PASSIVE python benchmarks/ssl_speed.py   # on a shared CPU (BENCHMARKS.md's numbers)
+    python benchmarks/ssl_speed.py --smoke              # seconds: that it runs (the tests do this)
 
 Each contender is the training step `vitlab train` takes for its objective (the recipes
 fashion-mnist-mae and fashion-mnist-mpp, and classification with the same encoder and a 10-class head): bf16 autocast
@@ -24,12 +25,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from vitlab.data.preprocessing import from_data_config  # noqa: E402
 from vitlab.models import create_model  # noqa: E402
 from vitlab.training.config import load_config  # noqa: E402
 from vitlab.training.objectives import TrainingModule, build_objective, head_classes  # noqa: E402
 from vitlab.training.optim import build_optimizer  # noqa: E402
 from vitlab.training.step import clip_gradients, forward_backward  # noqa: E402
-from vitlab.training.trainer import preprocessing_of  # noqa: E402
 
 RECIPES = {"supervised": "fashion-mnist-mpp-tune", "mae": "fashion-mnist-mae", "mpp": "fashion-mnist-mpp"}
 ENCODER = "fashion-mnist-mae"  # all three train this encoder
@@ -43,8 +44,8 @@ def training_step(name: str, batch_size: int, device: torch.device):
     data = encoder.data
     model = create_model(encoder.model.name, image_size=data.image_size, in_chans=data.in_chans,
                          num_classes=head_classes(cfg.objective, 10), **encoder.model.overrides)
-    objective = build_objective(cfg.objective, model_config=model.config, preprocessing=preprocessing_of(cfg),
-                                loss=cfg.loss)
+    objective = build_objective(cfg.objective, model_config=model.config,
+                                preprocessing=from_data_config(cfg.data).to_dict(), loss=cfg.loss)
     network = TrainingModule(model, objective).to(device).train()
     optimizer = build_optimizer(network, cfg.optim, device_type=device.type)
     x = torch.randn(batch_size, data.in_chans, data.image_size, data.image_size, device=device).clamp(-1, 1)
@@ -77,7 +78,10 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="steps per timing")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--contenders", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--smoke", action="store_true", help="batch 4, one round of one step: that it runs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.batch_size, args.rounds, args.repeats = 4, 1, 1
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, batch {args.batch_size}, bf16")
     steps = {name: training_step(name, args.batch_size, device) for name in args.contenders}

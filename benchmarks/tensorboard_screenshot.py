@@ -4,6 +4,7 @@ headless Chromium.
     vitlab study pooling --quick --log tensorboard --out runs/study-pooling-quick
     python benchmarks/tensorboard_screenshot.py --logdir runs/study-pooling-quick/tensorboard \
         --out docs/figures/tensorboard_study.png
+    python benchmarks/tensorboard_screenshot.py --smoke   # two runs of a few made-up losses: that it runs (the tests)
 
 Starts `tensorboard` on 127.0.0.1 at a free port, opens its Time Series dashboard, keeps the scalar cards whose
 tag matches --tag, shows the values as logged (no smoothing, no outliers clipped, no data table) with the first
@@ -18,6 +19,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -78,17 +80,36 @@ def screenshot(url: str, tag: str, out: str, size: tuple[int, int]) -> None:
         driver.save_screenshot(out)
 
 
+def made_up_runs(logdir: Path) -> str:
+    """Two runs of three steps of a falling "loss", written as vitlab's tracker writes them."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for run, scale in (("arm-a", 1.0), ("arm-b", 2.0)):
+        with SummaryWriter(str(logdir / run)) as writer:
+            for step in range(3):
+                writer.add_scalar("loss", scale / (step + 1), step)
+    return str(logdir)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--logdir", required=True, help="a study's log dir: OUT/tensorboard")
+    parser.add_argument("--logdir", help="a study's log dir: OUT/tensorboard (required but with --smoke)")
     parser.add_argument("--out", default="docs/figures/tensorboard_study.png")
     parser.add_argument("--tag", default="^loss$", help="a regex of the scalar tags to show")
     parser.add_argument("--size", type=int, nargs=2, default=[1400, 810], help="window width and height")
+    parser.add_argument("--smoke", action="store_true",
+                        help="two made-up runs, the screenshot in a temporary folder: that it runs")
     args = parser.parse_args()
-    with tensorboard(args.logdir) as url:
-        screenshot(url, args.tag, args.out, tuple(args.size))
+    if not (args.logdir or args.smoke):
+        parser.error("--logdir is required (or --smoke)")
+    with tempfile.TemporaryDirectory(prefix="vitlab-tensorboard-") as tmp:
+        if args.smoke:
+            args.logdir, args.out = made_up_runs(Path(tmp) / "tensorboard"), str(Path(tmp) / "tensorboard.png")
+        with tensorboard(args.logdir) as url:
+            screenshot(url, args.tag, args.out, tuple(args.size))
+        written = Path(args.out).is_file()
     print(f"wrote {args.out}")
-    return 0
+    return 0 if written else 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
                                                     # fp32 + bf16, eager + torch.compile
     python benchmarks/throughput.py --quick         # a short version (eager, fewer rounds)
     python benchmarks/throughput.py --write         # also put the table into BENCHMARKS.md
+    python benchmarks/throughput.py --smoke         # seconds: a one-block ViT-Ti/16 at 32 px (the tests do this)
 
 On a CUDA machine the same command runs the GPU set: larger batches, timm as a peer (its torchvision imports
 there), a CUDA-graph row for vitlab inference, utilisation against the datasheet dense bf16 peak, and
@@ -59,6 +60,7 @@ class Case:
     precision: str  # fp32 | bf16
     mode: str  # eager | compile
     batch_size: int
+    shape: dict = field(default_factory=dict)  # ViTConfig settings other than the model's, e.g. image_size
     grad_checkpointing: bool = False
     results: dict[str, Result] = field(default_factory=dict)
     params: dict[str, int] = field(default_factory=dict)
@@ -67,8 +69,13 @@ class Case:
     errors: dict[str, str] = field(default_factory=dict)
 
     @property
+    def image_size(self) -> int:
+        return self.shape.get("image_size", 224)
+
+    @property
     def label(self) -> str:
-        return f"{self.model} {self.task} {self.precision} {self.mode} b{self.batch_size}"
+        shape = "".join(f" {k}={v}" for k, v in self.shape.items())
+        return f"{self.model}{shape} {self.task} {self.precision} {self.mode} b{self.batch_size}"
 
 
 # ---- the contenders ---------------------------------------------------------------------------------
@@ -112,7 +119,7 @@ def peer_step(model, case: Case, x, y):
 
 def contenders(case: Case, device: torch.device, x, y, with_timm: bool) -> dict:
     """name -> (module, step); the modules are kept to count parameters."""
-    base = vitlab.create_model(case.model).to(device)
+    base = vitlab.create_model(case.model, **case.shape).to(device)
     cfg = base.config
     out = {}
     variant = Variant(case.task, case.precision, case.mode == "compile", grad_checkpointing=case.grad_checkpointing)
@@ -144,10 +151,11 @@ def contenders(case: Case, device: torch.device, x, y, with_timm: bool) -> dict:
 
 
 # ---- running a case ---------------------------------------------------------------------------------
-def run_case(case: Case, device: torch.device, rounds: int, warmup: int, repeats: int, with_timm: bool) -> Case:
+def run_case(case: Case, device: torch.device, rounds: int, warmup: int, repeats: int, with_timm: bool,
+             matmul_size: int = 2048) -> Case:
     torch._dynamo.reset()  # each case's fresh models would otherwise pile up against dynamo's recompile limit
     torch.manual_seed(0)
-    x, y = random_batch(case.batch_size, 224, 1000, device)
+    x, y = random_batch(case.batch_size, case.image_size, 1000, device)
     entries = contenders(case, device, x, y, with_timm)
     case.params = {name: sum(p.numel() for p in module.parameters()) for name, (module, _) in entries.items()}
     if len(set(case.params.values())) != 1:
@@ -159,11 +167,11 @@ def run_case(case: Case, device: torch.device, rounds: int, warmup: int, repeats
         case.first_call_s[name] = time.perf_counter() - start
     peak = datasheet_peak(device)
     if peak is None:
-        mm, mm_flops = matmul_step(precision_dtype(case.precision), device)
+        mm, mm_flops = matmul_step(precision_dtype(case.precision), device, n=matmul_size)
         steps["matmul"] = mm
     times = interleave(steps, device, rounds=rounds, warmup=warmup, repeats=repeats)
     case.peak_flops = peak[1] if peak else mm_flops / median(times.pop("matmul"))
-    flops = model_flops(entries["vitlab"][0], 224, case.task)
+    flops = model_flops(entries["vitlab"][0], case.image_size, case.task)
     for name in entries:
         case.results[name] = Result(name, case.batch_size, flops, times[name])
         if case.task == "train":
@@ -209,7 +217,10 @@ def plan(args, device: torch.device) -> list[Case]:
     precisions = args.precisions or ["fp32", "bf16"]
     tasks = args.tasks or ["inference", "train"]
     batch = {"inference": args.batch_size or (256 if gpu else 8), "train": args.train_batch_size or (128 if gpu else 8)}
-    return [Case(m, t, p, mode, batch[t]) for mode in modes for m in models for t in tasks for p in precisions]
+    shape = {} if args.image_size == 224 else {"image_size": args.image_size}
+    if args.smoke:
+        shape["depth"] = 1
+    return [Case(m, t, p, mode, batch[t], shape) for mode in modes for m in models for t in tasks for p in precisions]
 
 
 def machine_description(device: torch.device) -> str:
@@ -277,14 +288,14 @@ def markdown_table(cases: list[Case], device: torch.device) -> str:
     return "\n".join(rows)
 
 
-def peaks_line(cases: list[Case], device: torch.device) -> str:
+def peaks_line(cases: list[Case], device: torch.device, matmul_size: int) -> str:
     if device.type == "cuda":
         peak = datasheet_peak(device)
         return f"Peak: datasheet dense bf16 {peak[1] / 1e12:.0f} TFLOP/s ({peak[0]})." if peak else "Peak: GPU not in the datasheet table."
     by_dtype: dict[str, list[float]] = {}
     for c in cases:
         by_dtype.setdefault(c.precision, []).append(c.peak_flops)
-    return "Peak: a 2048^3 matmul timed in the same rounds as each case; medians over cases: " + ", ".join(
+    return f"Peak: a {matmul_size}^3 matmul timed in the same rounds as each case; medians over cases: " + ", ".join(
         f"{p} {median(v) / 1e9:.0f} GFLOP/s" for p, v in by_dtype.items()) + "."
 
 
@@ -319,6 +330,8 @@ def parse_args(argv=None):
     p.add_argument("--tasks", nargs="+", choices=("inference", "train"))
     p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"))
     p.add_argument("--modes", nargs="+", choices=("eager", "compile"))
+    p.add_argument("--image-size", type=int, default=224, help="timm, at 224 px only, is left out at another")
+    p.add_argument("--matmul-size", type=int, default=2048, help="the CPU's peak: an N^3 matmul")
     p.add_argument("--batch-size", type=int, help="inference batch (default 8 CPU, 256 GPU)")
     p.add_argument("--train-batch-size", type=int, help="training batch (default 8 CPU, 128 GPU)")
     p.add_argument("--rounds", type=int, help="timed rounds per case (default 3; 2 with --quick)")
@@ -330,7 +343,15 @@ def parse_args(argv=None):
     p.add_argument("--no-memory-case", action="store_true", help="GPU: skip ViT-L/16 batch 128 checkpointing")
     p.add_argument("--json", type=Path, help="also save every timing here")
     p.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
-    return p.parse_args(argv)
+    p.add_argument("--smoke", action="store_true", help="ViT-Ti/16 of one block at 32 px, eager, batch 2, one round, "
+                   "a 256^3 matmul, no timm, no memory case: that it runs")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.models, args.modes, args.image_size, args.batch_size, args.train_batch_size = ["ViT-Ti/16"], ["eager"], 32, 2, 2
+        args.rounds, args.matmul_size, args.no_timm, args.no_memory_case, args.write = 1, 256, True, True, False
+    if args.image_size != 224:
+        args.no_timm = True
+    return args
 
 
 def main(argv=None) -> int:
@@ -347,7 +368,7 @@ def main(argv=None) -> int:
     started = time.time()
     print(f"{machine_description(device)}; load average {load_before}; {len(cases)} cases", flush=True)
     for case in tqdm(cases, desc="cases", unit="case"):
-        run_case(case, device, rounds, args.warmup, repeats, with_timm)
+        run_case(case, device, rounds, args.warmup, repeats, with_timm, args.matmul_size)
         v = case.results["vitlab"]
         others = ", ".join(f"{n} {r.images_per_second:.1f}" for n, r in case.results.items() if n != "vitlab")
         if args.json:  # after every case, so that an interrupted run keeps what it measured
@@ -365,7 +386,7 @@ def main(argv=None) -> int:
     block = "\n".join([
         f"### {'GPU' if device.type == 'cuda' else 'CPU'}: {machine_description(device)}", "",
         f"`{command.strip()}` ({minutes:.1f} min; load average {load_before} before, {load_average()} after; "
-        f"{rounds} rounds, medians).", "", peaks_line(cases, device), "", table, ""]
+        f"{rounds} rounds, medians).", "", peaks_line(cases, device, args.matmul_size), "", table, ""]
         + ([f"ViT-L/16 bf16 training, batch 128, activation checkpointing, peak memory: "
             + ", ".join(f"{k} {v}" for k, v in memory_case.items()), ""] if memory_case else [])
         + [f"- {n}" for n in notes])
