@@ -31,11 +31,14 @@ def browser_missing() -> str | None:
 
 
 @contextlib.contextmanager
-def vitlab_serve(*args: str, timeout_s: float = 120.0):
-    """`vitlab serve ARGS --port 0` in a subprocess; yields (its base URL, its pid); stops it afterwards."""
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    proc = subprocess.Popen([sys.executable, "-m", "vitlab", "serve", *args, "--host", "127.0.0.1", "--port", "0"],
-                            stderr=subprocess.PIPE, text=True, env=env)
+def vitlab_serve(*args: str, timeout_s: float = 120.0, program: tuple[str, ...] = (sys.executable, "-m", "vitlab"),
+                 env: dict | None = None, cwd=None):
+    """`vitlab serve ARGS --port 0` in a subprocess (`program` is the `vitlab` command; `env` its environment, by
+    default this one's); yields (its base URL, its pid); stops it afterwards."""
+    env = dict(env if env is not None else os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.Popen([*program, "serve", *args, "--host", "127.0.0.1", "--port", "0"],
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
     try:
         deadline = time.monotonic() + timeout_s
         url = None
