@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,serve,onnx,tensorboard,mlflow,wandb]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,serve,onnx,tensorboard,mlflow,wandb,openvino,pt2e]'
 	touch $@
 
 # Debian's dataset-fashion-mnist where apt is available; otherwise vitlab looks in its cache or downloads.

@@ -22,7 +22,7 @@ PYTHON_SCRIPTS = [p for p in SCRIPTS if p.suffix == ".py"]
 
 def missing(script: Path) -> str | None:
     """Why the script cannot run here (an optional extra or the browser is not installed), or None."""
-    needs = {"onnx_int8.py": "onnxruntime", "serve_load.py": "fastapi", "serve_screenshot.py": "fastapi",
+    needs = {"int8.py": "onnxruntime", "serve_load.py": "fastapi", "serve_screenshot.py": "fastapi",
              "tensorboard_screenshot.py": "tensorboard"}
     module = needs.get(script.name)
     if module and importlib.util.find_spec(module) is None:

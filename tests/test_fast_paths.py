@@ -7,9 +7,7 @@ Tolerances: fp32 paths agree to 1e-5. bf16 paths (8-bit mantissa) are held to a 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from vitlab.runtime import autocast
 from vitlab.training.config import OptimConfig
 from vitlab.training.optim import make_adamw, param_groups
 
-from conftest import tiny
+from conftest import load_benchmark, tiny
 
 BF16_TOLERANCE = 0.05  # of the fp32 output's RMS
 needs_onednn_bf16 = pytest.mark.skipif(not onednn_bf16_available(), reason="no oneDNN bf16 on this CPU")
@@ -200,6 +198,7 @@ def test_cuda_graph_refuses_a_cpu_model():
         cuda_graph_inference(small(), torch.randn(1, 3, 32, 32))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_replays_the_model():
     model = small().cuda().eval()
@@ -236,17 +235,8 @@ def test_bench_command_reports_both_tasks(capsys):
         assert r["images_per_second"] > 0 and 0 < r["utilisation"]
 
 
-def _load_benchmark_script():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
-    spec = importlib.util.spec_from_file_location("throughput_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_rewrites_only_its_own_block(tmp_path):
-    bench = _load_benchmark_script()
+    bench = load_benchmark("throughput")
     md = tmp_path / "BENCHMARKS.md"
     md.write_text("# Benchmarks\n\n## Accuracy\nkeep me\n\n## Throughput\nnotes stay\n\n## Later\nme too\n")
     cpu = torch.device("cpu")

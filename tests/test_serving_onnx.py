@@ -95,3 +95,31 @@ def test_onnx_without_its_sidecar_is_refused_in_one_line(tmp_path, capsys):
     assert main(["serve", "--onnx", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "m.json: missing" in err and len(err.splitlines()) == 1
+
+
+def test_static_int8_runs_every_weight_matmul_in_int8_and_keeps_the_answers(tmp_path):
+    """export_onnx(..., quantize="int8", calibration=...): onnxruntime's static QDQ int8, 7-bit weights."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = load_pretrained(tiny_checkpoint(tmp_path / "ckpt", width=64, mlp_dim=128)).eval()
+    calibration = [torch.randn(16, 3, 16, 16) for _ in range(4)]
+    path = export_onnx(model, tmp_path / "static.onnx", quantize="int8", calibration=calibration)
+    graph = onnx.load(str(path)).graph
+    weights = {t.name: numpy_helper.to_array(t).astype(int) for t in graph.initializer}
+    quantised = [weights[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights
+                 and weights[n.input[0]].ndim == 2]
+    assert len(quantised) == 2 * 4 + 1 and all(abs(w).max() <= 64 for w in quantised)  # 7 bits: no saturation
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    assert ops["QLinearMatMul"] + ops["MatMulIntegerToFloat"] >= 2 * 4 and "MatMulNBits" not in ops, ops
+    x = torch.randn(16, 3, 16, 16)
+    with torch.no_grad():
+        want = model(x).softmax(1)
+    got = OnnxEngine(path).run(x).probabilities
+    assert abs(got - want).max() < 0.1 and (got.argmax(1) == want.argmax(1)).float().mean() >= 0.8

@@ -19,11 +19,15 @@ CPU kernels (the quantised graph no longer matches those patterns at load time).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -52,8 +56,11 @@ class _Logits(nn.Module):
 
 
 def export_onnx(model: nn.Module, destination: str | Path, *, quantize: str | None = None, opset: int = OPSET,
-                source: str | Path | None = None) -> Path:
-    """Write `model` as an ONNX file (and its sidecar JSON); returns the .onnx path."""
+                source: str | Path | None = None, calibration: Iterable[torch.Tensor] | None = None) -> Path:
+    """Write `model` as an ONNX file (and its sidecar JSON); returns the .onnx path.
+
+    quantize="int8" is dynamic int8, or static (QDQ) int8 when `calibration` gives batches of normalised pixels.
+    """
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}; got {quantize!r}")
     destination = Path(destination)
@@ -68,7 +75,9 @@ def export_onnx(model: nn.Module, destination: str | Path, *, quantize: str | No
         fp32 = Path(tmp) / "model.onnx"
         export_graph(_Logits(model), example, fp32, opset)
         with atomic_path(destination) as out:
-            if quantize == "int8":
+            if quantize == "int8" and calibration is not None:  # before the fusions: see quantize_int8_static
+                quantize_int8_static(fp32, Path(out), (b.numpy() for b in calibration))
+            elif quantize == "int8":
                 quantize_int8(fuse_for_cpu(fp32, cfg), Path(out))
             else:
                 os.replace(fp32, out)
@@ -95,8 +104,6 @@ def export_graph(module: nn.Module, example: torch.Tensor, path: Path, opset: in
 
 def fuse_for_cpu(path: Path, cfg) -> Path:
     """onnxruntime's transformer fusions (SkipLayerNormalization, BiasGelu), written beside `path`."""
-    import logging
-
     from onnxruntime.transformers import optimizer
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
@@ -108,18 +115,60 @@ def fuse_for_cpu(path: Path, cfg) -> Path:
 
 
 def quantize_int8(source: Path, destination: Path) -> None:
-    import logging
-
+    """onnxruntime's dynamic int8: weights quantised here, activations per batch at run time."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quiet its root-logger hint to "pre-process first" (fuse_for_cpu did)
-    try:
+    with _quiet_root_logger():
         quantize_dynamic(source, destination, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
                          per_channel=True, reduce_range=True,  # 7-bit weights: no int16 saturation (module doc)
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def quantize_int8_static(source: Path, destination: Path, calibration: Iterable[np.ndarray]) -> None:
+    """onnxruntime's static int8 in QDQ form: the same 7-bit per-channel weights as quantize_int8, and uint8
+    activations whose ranges are fixed from `calibration` (batches of normalised pixels), so that no
+    min/max is computed per call. Only the weight matmuls are quantised (as in the dynamic graph); the
+    attention's activation x activation matmuls stay fp32. `source` is the graph before fuse_for_cpu: after
+    it, the MatMuls fed by a fused SkipLayerNormalization get no activation range, and onnxruntime runs them
+    as weight-only int8 (MatMulNBits) with fp32 activations."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT: np.asarray(batch, dtype=np.float32)}
+
+    with _quiet_root_logger():
+        quantize_static(source, destination, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=activation_matmuls(source),
+                        calibrate_method=CalibrationMethod.MinMax,  # biases stay fp32, added after the matmul
+                        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "QuantizeBias": False})
+
+
+def activation_matmuls(path: Path) -> list[str]:
+    """The MatMul nodes that multiply two activations (attention's q k^T and weights x v): no weight input."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = {t.name for t in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and not constants.intersection(n.input)]
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """onnxruntime.quantization logs to the root logger (a hint to "pre-process first": fuse_for_cpu did)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
     finally:
         root.setLevel(level)
 
