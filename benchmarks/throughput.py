@@ -343,6 +343,7 @@ def parse_args(argv=None):
     p.add_argument("--no-memory-case", action="store_true", help="GPU: skip ViT-L/16 batch 128 checkpointing")
     p.add_argument("--json", type=Path, help="also save every timing here")
     p.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
+    p.add_argument("--markdown", type=Path, help="also write the table (and its notes) to this file")
     p.add_argument("--smoke", action="store_true", help="ViT-Ti/16 of one block at 32 px, eager, batch 2, one round, "
                    "a 256^3 matmul, no timm, no memory case: that it runs")
     args = p.parse_args(argv)
@@ -391,6 +392,8 @@ def main(argv=None) -> int:
             + ", ".join(f"{k} {v}" for k, v in memory_case.items()), ""] if memory_case else [])
         + [f"- {n}" for n in notes])
     print(block)
+    if args.markdown:
+        atomic_write_text(args.markdown, block + "\n")
     if args.write:
         write_benchmarks_md(ROOT / "BENCHMARKS.md", device, block)
     return 0

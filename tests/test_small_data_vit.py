@@ -210,6 +210,7 @@ def test_packed_bf16_inference_matches_the_fp32_model():
         assert_close_bf16(fast_inference(model, pack=True)(x), model(x))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_sdpa_with_the_locality_mask_matches_the_cpu():
     model = randomise(build(**BOTH, posemb="relative"), seed=1).eval()

@@ -26,8 +26,9 @@ from .training.losses import classification_loss
 from .training.optim import make_adamw
 from .training.step import clip_gradients, forward_backward
 
-# Dense bf16 tensor-core peaks from the datasheets (FLOP/s, without sparsity), matched against the device name.
-DATASHEET_BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12,
+# Dense bf16 tensor-core peaks from the datasheets (FLOP/s, without sparsity), matched against the device name
+# in this order (the PCIe and NVL cards before the SXM ones whose names they contain).
+DATASHEET_BF16_PEAK = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H200 NVL": 835e12, "H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12,
                        "L4": 121e12, "RTX 4090": 165e12}
 
 
