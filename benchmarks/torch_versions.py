@@ -121,8 +121,8 @@ def main(argv=None) -> int:
         return 0
     if args.tests:
         for version, python in pythons.items():
-            run_command([str(python), "-m", "pytest", "-q", "-x", "tests/test_models.py", "tests/test_fast_paths.py",
-                         "tests/test_model_pins.py", "tests/test_training.py"], args.dry_run)
+            run_command([str(python), "-m", "pytest", "-o", "addopts=", "-q", "-x", "tests/test_models.py",
+                         "tests/test_fast_paths.py", "tests/test_model_pins.py", "tests/test_training.py"], args.dry_run)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     throughput = Path(args.script).name == "throughput.py"

@@ -26,6 +26,15 @@ BF16_TOLERANCE = 0.05  # of the fp32 output's RMS, as in test_fast_paths.py
 ENTRY = Path(__file__).resolve().parent / "training_support.py"
 
 
+@pytest.fixture(autouse=True)
+def full_fp32():
+    """fp32 on the GPU as on the CPU: cuDNN's convolutions default to TF32 (a 10-bit mantissa)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def model_and_input(**overrides):
     """A small ViT with every weight random (heads included) and flash-attention-friendly heads (64 wide)."""
     torch.manual_seed(0)
