@@ -1,6 +1,7 @@
 """Which attention path is faster for vitlab in bf16 on this CPU and torch: explicit softmax(q k^T) v or SDPA.
 
     python benchmarks/attention_paths.py --threads 2 --rounds 5
+    python benchmarks/attention_paths.py --smoke    # seconds: ViT-Ti/16 at 32 px, batch 2, one round
     python benchmarks/torch_versions.py --versions 2.13.0 2.14.1 --script benchmarks/attention_paths.py -- --threads 2
 
 vitlab.models.vit.explicit_attention_is_faster picks the explicit path on CPU in bf16 for up to 256 tokens, a
@@ -55,7 +56,10 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--smoke", action="store_true", help="ViT-Ti/16 at 32 px, batch 2, one round: that it runs")
     args = p.parse_args(argv)
+    if args.smoke:
+        args.models, args.image_size, args.batch_size, args.rounds = ["ViT-Ti/16"], 32, 2, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")

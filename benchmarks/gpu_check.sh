@@ -9,6 +9,7 @@
 # On a machine without a CUDA GPU it says so in one line and exits 0.
 #
 #   bash benchmarks/gpu_check.sh [OUT.md]
+#   bash benchmarks/gpu_check.sh --smoke [OUT.md]     # the CUDA tests and throughput.py --smoke: that it runs
 #
 # Python: $GPU_CHECK_PYTHON, used as it is, when set. Otherwise .venv-gpu (made here the first time, seeing
 # the system's packages, so a torch installed there is used); if its torch does not see the GPU it installs
@@ -16,8 +17,11 @@
 # peer packages at constraints.txt's pins and timm. Without a reachable package index on a bare machine the
 # install fails, and so does the check, saying so. vitlab itself runs from this checkout.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+SMOKE=
+if [ "${1:-}" = "--smoke" ]; then SMOKE=1; shift; fi
 OUT=${1:-gpu_check.md}
+case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
+cd "$(dirname "$0")/.."
 TORCH=2.13.0 TORCHVISION=0.28.0 TIMM=1.0.31
 TESTS_S=${GPU_CHECK_TESTS_S:-180}
 EAGER_S=${GPU_CHECK_EAGER_S:-90}
@@ -73,8 +77,10 @@ tail -n 30 "$work/tests.log"
 # 2. the side-by-side throughput: eager first, so a slow compile still leaves a table
 throughput() {  # MODE SECONDS
     local t0=$SECONDS rc
-    timeout "$2" "$PY" benchmarks/throughput.py --models ViT-B/16 --precisions bf16 --modes "$1" --rounds 3 \
-        --no-memory-case --markdown "$work/$1.md" --json "$work/$1.json" > "$work/$1.log" 2>&1
+    local size=(--models ViT-B/16 --rounds 3)
+    [ -z "$SMOKE" ] || size=(--smoke)
+    timeout "$2" "$PY" benchmarks/throughput.py "${size[@]}" --precisions bf16 --modes "$1" --no-memory-case \
+        --markdown "$work/$1.md" --json "$work/$1.json" > "$work/$1.log" 2>&1
     rc=$?
     tail -n 5 "$work/$1.log"
     [ "$rc" -eq 0 ] || failures+=("throughput $1 (exit $rc$([ "$rc" -eq 124 ] && echo ", over ${2}s"))")

@@ -4,6 +4,7 @@
     python benchmarks/torch_versions.py --versions 2.13.0 2.14.1 --script benchmarks/attention_paths.py
     python benchmarks/torch_versions.py --versions 2.14.1 --tests      # the model and fast-path tests there
     python benchmarks/torch_versions.py --versions 2.14.1 --setup-only --dry-run   # what it would run
+    python benchmarks/torch_versions.py --smoke     # seconds: this interpreter as the one release, no venv
 
 Each release X gets .venv-torch-X beside the repository's .venv (made once, then reused): `pip install
 torch==X`, then this checkout with its test extra (transformers) under constraints.txt's pins, torch's
@@ -19,11 +20,13 @@ vitlab images/s and of its ratio to the fastest peer, one column per release.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,6 +110,8 @@ def parse_args(argv=None):
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("--out", type=Path, default=ROOT / "torch-versions", help="JSON files and the summary")
     p.add_argument("--python", default=sys.executable, help="the interpreter that makes the venvs")
+    p.add_argument("--smoke", action="store_true", help="no venv: this interpreter as the only release, "
+                   "throughput.py --smoke once, into a temporary folder, and the summary: that it runs")
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args = p.parse_args(argv[:split])
@@ -116,7 +121,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    pythons = {v: ensure_venv(v, args.python, args.dry_run) for v in args.versions}
+    if args.smoke:
+        args.script_args, args.repeats, args.out = ["--smoke"], 1, Path(tempfile.mkdtemp(prefix="torch-versions-"))
+        pythons = {importlib.metadata.version("torch"): Path(sys.executable)}
+    else:
+        pythons = {v: ensure_venv(v, args.python, args.dry_run) for v in args.versions}
     if args.setup_only:
         return 0
     if args.tests:
@@ -126,7 +135,7 @@ def main(argv=None) -> int:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     throughput = Path(args.script).name == "throughput.py"
-    runs: dict[str, list[Path]] = {v: [] for v in args.versions}
+    runs: dict[str, list[Path]] = {v: [] for v in pythons}
     for repeat in range(args.repeats):
         for version, python in pythons.items():
             command = [str(python), args.script, *args.script_args]
