@@ -123,3 +123,25 @@ def test_static_int8_runs_every_weight_matmul_in_int8_and_keeps_the_answers(tmp_
         want = model(x).softmax(1)
     got = OnnxEngine(path).run(x).probabilities
     assert abs(got - want).max() < 0.1 and (got.argmax(1) == want.argmax(1)).float().mean() >= 0.8
+
+
+def test_convert_with_calibration_writes_static_int8_and_refuses_bad_data_in_one_line(tmp_path, capsys):
+    import onnx
+
+    from training_support import DATA_ROOT, image_folder
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", width=64, mlp_dim=128)
+    data = f"folder:{image_folder(DATA_ROOT)}"
+    out = tmp_path / "static.onnx"
+    assert main(["convert", str(ckpt), str(out), "--to", "onnx", "--quantize", "int8", "--calibration", data]) == 0
+    assert "int8 static" in capsys.readouterr().out
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "DynamicQuantizeLinear" not in ops
+    x = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        want = load_pretrained(ckpt).eval()(x).softmax(1)
+    assert (OnnxEngine(out).run(x).probabilities.argmax(1) == want.argmax(1)).float().mean() >= 0.8
+    for bad in (["--quantize", "int8", "--calibration", f"folder:{tmp_path / 'absent'}"], ["--calibration", data]):
+        assert main(["convert", str(ckpt), str(tmp_path / "x.onnx"), "--to", "onnx", *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err

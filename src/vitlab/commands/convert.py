@@ -1,7 +1,8 @@
 """`vitlab convert --checkpoint SRC --out DST --to {vitlab,hf,timm,npz,onnx}`: any checkpoint vitlab reads,
 written in another format. (`vitlab convert SRC DST --to ...`, the old positional spelling, still works.)
 
-`--to onnx` writes a deployable graph (vitlab.serving.onnx; `--quantize int8` for onnxruntime's dynamic int8)."""
+`--to onnx` writes a deployable graph (vitlab.serving.onnx; `--quantize int8` for onnxruntime's dynamic int8, with
+`--calibration DATA` its static int8)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from ..checkpoints import convert, detect_format
 from ..checkpoints.export import WRITERS
 from ..checkpoints.remote import resolve
 from . import common
+
+CALIBRATION_IMAGES = 512  # a few hundred images fix min/max activation ranges (BENCHMARKS.md, "int8 candidates")
 
 
 def add_arguments(parser) -> None:
@@ -22,6 +25,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--to", required=True, choices=sorted(WRITERS) + ["onnx"], help="the format to write")
     parser.add_argument("--quantize", default=None, choices=["int8"],
                         help="with --to onnx: int8 weights for the MatMul/Gemm layers (onnxruntime dynamic)")
+    parser.add_argument("--calibration", default=None, metavar="DATA",
+                        help="with --quantize int8: a data set (fashion_mnist, folder:DIR, ...) whose first "
+                        f"{CALIBRATION_IMAGES} training images fix the activation ranges (onnxruntime static int8)")
     parser.add_argument("--num-heads", type=int, default=None,
                         help="attention heads, for a timm state dict of non-standard width (it does not store them)")
     parser.add_argument("--num-classes", type=int, default=None, help="replace the head (zero-initialised)")
@@ -49,10 +55,13 @@ def run(args) -> int:
         kwargs["image_size"] = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size[:2])
     if args.quantize and args.to != "onnx":
         raise common.UsageError("--quantize applies only to --to onnx")
+    if args.calibration and args.quantize != "int8":
+        raise common.UsageError("--calibration applies only to --to onnx --quantize int8")
     source = resolve(source)  # hf-hub:, a URL or an official name: fetched into the cache
     fmt = detect_format(source)
     if args.to == "onnx":
-        out, what = to_onnx(args, source, destination, kwargs), f"onnx{', int8' if args.quantize else ''}"
+        out = to_onnx(args, source, destination, kwargs)
+        what = "onnx" + (", int8" if args.quantize else "") + (" static" if args.calibration else "")
     else:
         out = convert(source, destination, args.to, num_classes=args.num_classes, posemb_method=args.posemb_method,
                       **kwargs)
@@ -74,4 +83,15 @@ def to_onnx(args, source: str, destination: str, kwargs: dict):
     from ..checkpoints import load_pretrained
 
     model = load_pretrained(source, num_classes=args.num_classes, posemb_method=args.posemb_method, **kwargs)
-    return export_onnx(model, destination, quantize=args.quantize, source=source)
+    calibration = calibration_batches(model, args.calibration) if args.calibration else None
+    return export_onnx(model, destination, quantize=args.quantize, source=source, calibration=calibration)
+
+
+def calibration_batches(model, spec: str, images: int = CALIBRATION_IMAGES) -> list:
+    """The first `images` training images of data set `spec`, preprocessed as the model's checkpoint says."""
+    from ..data import build_dataset
+    from ..evaluation import EvalBatches
+    from ..evaluation.batches import model_preprocessing
+
+    dataset = build_dataset(spec, f"train[:{images}]", in_chans=model.config.in_chans)
+    return [x for x, _, _ in EvalBatches(dataset, preprocessing=model_preprocessing(model), batch_size=64)]
