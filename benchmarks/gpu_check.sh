@@ -22,6 +22,7 @@ if [ "${1:-}" = "--smoke" ]; then SMOKE=1; shift; fi
 OUT=${1:-gpu_check.md}
 case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's vitlab, in child processes too
 TORCH=2.13.0 TORCHVISION=0.28.0 TIMM=1.0.31
 TESTS_S=${GPU_CHECK_TESTS_S:-180}
 EAGER_S=${GPU_CHECK_EAGER_S:-90}
