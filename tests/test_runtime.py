@@ -59,8 +59,24 @@ def test_the_library_uses_the_same_vocabulary():
         assert not torch.is_autocast_enabled("cpu")
     with runtime.autocast("cpu", "bf16"):
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16
-    assert runtime.resolve_precision("auto", "cpu") == "fp32"  # bf16 only where a GPU has it
     assert runtime.precision_dtype("fp16") == torch.float16
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, "fp32"), (True, False, "bf16"),
+                                                        (False, True, "bf16")])
+def test_auto_is_bf16_only_on_a_cpu_that_computes_it_natively(monkeypatch, avx512_bf16, amx, expected):
+    # An AVX2 CPU emulates bf16 (a small ViT's step ~10x slower than fp32): auto must mean fp32 there.
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert runtime.resolve_precision("auto", "cpu") == expected
+    assert runtime.resolve_precision("fp32", "cpu") == "fp32"
+
+
+def test_the_recipes_of_the_cpu_jobs_ask_for_auto_precision():
+    from vitlab.training.config import load_config  # noqa: PLC0415
+
+    for name in ("fashion-mnist", "fashion-mnist-mae", "fashion-mnist-mpp", "fashion-mnist-teacher"):
+        assert load_config(name).train.precision == "auto", name
 
 
 def test_devices():

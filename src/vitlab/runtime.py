@@ -47,13 +47,23 @@ def check_precision(value) -> str:
     return name
 
 
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether `device` computes in bf16 natively: a GPU with bf16, or a CPU with AVX-512 BF16 or AMX.
+
+    Elsewhere bf16 is emulated: on an AVX2 CPU a small ViT's training step is ~10x slower in bf16 than in fp32.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def resolve_precision(value, device: torch.device | str) -> str:
-    """The precision to run in: 'auto' (or None) is bf16 on a GPU that has it and fp32 elsewhere."""
+    """The precision to run in: 'auto' (or None) is bf16 where `device` has it natively and fp32 elsewhere."""
     name = check_precision("auto" if value is None else value)
     if name != "auto":
         return name
-    device = torch.device(device)
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def precision_dtype(precision: str) -> torch.dtype:

@@ -17,7 +17,7 @@ import torch
 from ..data.preprocessing import Preprocessing, eval_transform
 from ..evaluation.batches import model_preprocessing
 from ..evaluation.predict import label_names
-from ..runtime import check_precision, pick_device, resolve_precision
+from ..runtime import pick_device, resolve_precision
 
 @dataclass
 class Output:
@@ -51,17 +51,6 @@ class Engine:
         raise NotImplementedError
 
 
-def serving_precision(precision: str, device: torch.device) -> str:
-    """'auto' is the fast path: bf16 on a CPU with oneDNN bf16 kernels (and, as everywhere in vitlab, on a
-    GPU that has bf16); fp32 elsewhere."""
-    from ..models.fast import onednn_bf16_available
-
-    name = check_precision(precision)
-    if name == "auto" and device.type == "cpu":
-        return "bf16" if onednn_bf16_available() else "fp32"
-    return resolve_precision(name, device)
-
-
 class TorchEngine(Engine):
     """Any checkpoint vitlab loads; attention maps for a Vision Transformer (not for a BiT ResNet)."""
 
@@ -75,7 +64,7 @@ class TorchEngine(Engine):
         cfg = model.config
         self.checkpoint, self.model = Path(checkpoint), model
         self.device = pick_device(device)
-        self.precision = serving_precision(precision, self.device)
+        self.precision = resolve_precision(precision, self.device)
         self.labels, self.preprocessing = label_names(model), model_preprocessing(model).to_dict()
         size = cfg.image_size  # the model's, which differs from the record's after image_size= resampling
         self.in_chans, self.image_hw = cfg.in_chans, (size, size) if isinstance(size, int) else tuple(size)
