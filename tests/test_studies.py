@@ -145,11 +145,11 @@ def test_bench_sweeps_image_sizes_with_the_largest_batch(capsys):
 
 
 # ---- the runner keeps results honest ------------------------------------------------------------------------
-def tiny_study_with(steps: int, name: str = "tiny") -> Study:
+def tiny_study_with(steps: int, name: str = "tiny", runs: int = 1) -> Study:
     def grid(size):
-        return [Run("run-0", fashion_mnist_run(overrides=TINY_VIT, steps=steps, batch_size=32,
-                                               train_split="train[:64]", eval_split="test[:64]"),
-                    {"index": 0}, fewshot=False)]
+        return [Run(f"run-{i}", fashion_mnist_run(overrides=TINY_VIT, steps=steps, batch_size=32, seed=i,
+                                                  train_split="train[:64]", eval_split="test[:64]"),
+                    {"index": i}, fewshot=False) for i in range(runs)]
 
     return Study(name, name, "-", "-", grid, lambda rows, path: None, lambda rows: "", "")
 
@@ -227,6 +227,26 @@ def test_a_configuration_another_study_trained_is_reused_from_the_cache(tmp_path
     assert (tmp_path / "two" / rows[0]["run_dir"]).resolve() == (tmp_path / "one" / "runs" / "run-0").resolve()
     study_runner.run_study(tiny_study_with(3, "two"), "quick", tmp_path / "two", cache=cache, log=lambda m: None)
     assert trained == ["run-0"]  # another configuration: nothing to reuse
+
+
+def test_exported_results_are_taken_on_another_machine_and_only_the_rest_trains(tmp_path, monkeypatch):
+    study_runner.run_study(tiny_study_with(2, runs=2), "quick", tmp_path / "first", log=lambda m: None)
+    rows, _ = study_runner.finished_rows(tiny_study_with(2, runs=2), "quick", tmp_path / "first")
+    exported = tmp_path / "committed"
+    assert study_runner.export_results(rows[:1], tmp_path / "first", exported) == 1  # one run committed so far
+    assert sorted(p.name for p in (exported / "run-0").iterdir()) == sorted(study_runner.KEPT_FILES)
+    trained = []
+    real = study_runner.train_and_measure
+    monkeypatch.setattr(study_runner, "train_and_measure", lambda run, d: trained.append(run.name) or real(run, d))
+    messages = []
+    again = study_runner.run_study(tiny_study_with(2, runs=2), "quick", tmp_path / "second", known=exported,
+                                   log=messages.append, cache=None)
+    assert trained == ["run-1"] and any("taken from" in m for m in messages)
+    assert again[0]["test_top1"] == rows[0]["test_top1"]
+    assert (tmp_path / "second" / "runs" / "run-0" / "metrics.jsonl").is_file()  # curves can still be drawn
+    other = study_runner.run_study(tiny_study_with(3, runs=2), "quick", tmp_path / "third", known=exported, cache=None,
+                                   log=lambda m: None)
+    assert trained[1:] == ["run-0", "run-1"] and len(other) == 2  # another configuration: nothing taken
 
 
 def test_wall_time_sums_over_the_sessions_of_a_resumed_run(tmp_path):

@@ -46,6 +46,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cache", default=None,
                         help="results shared between studies, by configuration (default: study-cache beside --out)")
     parser.add_argument("--no-cache", action="store_true", help="neither reuse nor record shared results")
+    parser.add_argument("--known-results", metavar="DIR", default=None,
+                        help="finished runs exported by --export-results (docs/studies/NAME/runs for the default "
+                             "size): a run whose configuration matches is taken from there, not trained again")
+    parser.add_argument("--export-results", metavar="DIR", default=None,
+                        help="copy each finished run's results (config, metrics, summary, result; no checkpoints) "
+                             "to DIR/RUN/ and exit")
     parser.add_argument("--index", metavar="DIR", default=None,
                         help="write the table of every study's findings and verdicts into DIR/README.md, from the "
                              "reports in DIR/NAME/ (as docs/studies/ keeps them), and exit")
@@ -94,10 +100,15 @@ def run(args) -> int:
         return print_estimate(study, args, out)
     if args.report:
         return report(study, args, out)
+    if args.export_results:
+        return export(study, args, out)
     out.mkdir(parents=True, exist_ok=True)
     cache = None if args.no_cache else Path(args.cache) if args.cache else default_cache(out)
+    known = Path(args.known_results) if args.known_results else None
+    if known is not None and not known.is_dir():
+        raise UsageError(f"--known-results {known}: not a folder")
     rows = run_study(study, args.size, out, jobs=args.jobs, only=args.only, data=args.data, cache=cache,
-                     trackers=args.log, log=lambda m: print(m, file=sys.stderr))
+                     known=known, trackers=args.log, log=lambda m: print(m, file=sys.stderr))
     if args.only or args.no_report or os.environ.get("RANK", "0") != "0":
         return 0
     write(study, args, out, rows, planned=len(rows))
@@ -127,6 +138,15 @@ def report(study, args, out: Path) -> int:
     if not rows:
         raise UsageError(f"no run of study {study.name} ({args.size}) has finished in {out} yet")
     write(study, args, out, rows, planned=planned)
+    return 0
+
+
+def export(study, args, out: Path) -> int:
+    from ..studies.runner import export_results, finished_rows
+
+    rows, planned = finished_rows(study, args.size, out, args.data)
+    count = export_results(rows, out, Path(args.export_results))
+    print(f"exported {count} of {planned} runs to {args.export_results}")
     return 0
 
 

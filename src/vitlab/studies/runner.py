@@ -12,6 +12,10 @@ OUT/runs/.replaced/. Results are also kept in a cache shared by the studies writ
 (CACHE/HASH.json, by default OUT/../study-cache), so a configuration that another study already trained is
 not trained twice.
 
+A finished run's results travel without its checkpoints: `export_results` copies each run's KEPT_FILES to
+DIR/NAME/ (docs/studies/STUDY/runs/ keeps them for the default size), and `--known-results DIR` takes a run
+from there when its configuration hash matches, so another machine trains only the runs not yet finished.
+
 `--jobs N` runs N runs at once, longest first, each in its own process with the CPU threads split between them
 (or one GPU each where there are enough). Under torchrun every process takes its share of the runs, one per
 device.
@@ -38,6 +42,7 @@ from .tracking import with_tracking
 RESULT_FILE = "study_result.json"
 HASH_FILE = "study_run.json"
 CHILD_LOG = "study.log"  # what a child run printed (--jobs)
+KEPT_FILES = ("config.yaml", "metrics.jsonl", "summary.json", RESULT_FILE)  # a run without its checkpoints
 # What a run measures after training: bump it when a measurement changes, so that finished runs are measured
 # again (from their checkpoints, without training again) instead of keeping numbers made another way.
 MEASUREMENT_VERSION = 3  # 3: test and 5-shot accuracy in fp32
@@ -151,6 +156,32 @@ def claim_run_dir(out: Path, run: Run, log=print) -> Path:
     return run_dir
 
 
+def export_results(rows: list[dict], out: Path, dest: Path) -> int:
+    """Copy the KEPT_FILES of each finished run in `rows` to DEST/NAME/; returns how many runs were copied."""
+    for row in rows:
+        source, target = out / row["run_dir"], dest / row["run"]
+        target.mkdir(parents=True, exist_ok=True)
+        for name in KEPT_FILES:
+            if (source / name).is_file():
+                atomic_write_text(target / name, (source / name).read_text())
+    return len(rows)
+
+
+def restore_known(known: Path | None, run: Run, out: Path) -> bool:
+    """Take `run` from a folder of exported results when one there was trained with the same configuration."""
+    if known is None:
+        return False
+    found = _read_json(known / run.name / RESULT_FILE)
+    if found is None or found.get("config_hash") != config_hash(run) or not measured_now(found):
+        return False
+    run_dir = run_dir_of(out, run)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in KEPT_FILES:  # the result last: its presence means "done"
+        if (known / run.name / name).is_file():
+            atomic_write_text(run_dir / name, (known / run.name / name).read_text())
+    return True
+
+
 # ---- running one run ----------------------------------------------------------------------------------------
 def execute(run: Run, out: Path, *, cache: Path | None = None, log=print) -> dict:
     """Train (or resume) one run in this process, measure it, and record the result."""
@@ -211,12 +242,14 @@ def _with_data(runs: list[Run], data: str | None) -> list[Run]:
 
 
 def run_study(study: Study, size: str, out: Path, *, jobs: int = 1, only: str | None = None, data: str | None = None,
-              cache: Path | None = None, trackers: list[str] = (), log=print) -> list[dict]:
+              cache: Path | None = None, known: Path | None = None, trackers: list[str] = (),
+              log=print) -> list[dict]:
     """Run whatever of the grid is not done yet (extending learning-rate sweeps whose best rate is at an edge);
     return every run's result row, in grid order.
 
     `data` replaces the data set of every training run (the paper size's placeholder, for instance); each
-    training run also logs to `trackers` (studies/tracking.py).
+    training run also logs to `trackers` (studies/tracking.py); a run whose result `known` (a folder that
+    `export_results` wrote) holds for its configuration is taken from there.
     """
     for _ in range(MAX_EXTENSIONS + 1):
         runs = with_tracking(planned_runs(study, size, out, data), study.name, size, out, list(trackers))
@@ -224,7 +257,7 @@ def run_study(study: Study, size: str, out: Path, *, jobs: int = 1, only: str | 
             runs = [r for r in runs if r.name == only]
             if not runs:
                 raise StudyError(f"study {study.name} ({size}) has no run named {only!r}")
-        pending = pending_runs(runs, out, cache, log)
+        pending = pending_runs(runs, out, cache, log, known=known)
         if not pending:
             break
         if len(pending) < len(runs) and only is None:
@@ -239,11 +272,15 @@ def run_study(study: Study, size: str, out: Path, *, jobs: int = 1, only: str | 
     return [read_result(out, r) for r in runs]
 
 
-def pending_runs(runs: list[Run], out: Path, cache: Path | None, log=print) -> list[Run]:
-    """The runs without a result for their configuration; a result cached by another study is copied in."""
+def pending_runs(runs: list[Run], out: Path, cache: Path | None, log=print, known: Path | None = None) -> list[Run]:
+    """The runs without a result for their configuration; a result cached by another study, or exported to
+    `known`, is copied in."""
     pending = []
     for run in runs:
         if read_result(out, run) is not None:
+            continue
+        if restore_known(known, run, out):
+            log(f"{run.name}: finished before, with the same configuration; its result is taken from {known}")
             continue
         cached = from_cache(cache, run, out)
         if cached is not None and cached["reused_from"] != str(run_dir_of(out, run).resolve()):
