@@ -235,6 +235,7 @@ def test_exported_results_are_taken_on_another_machine_and_only_the_rest_trains(
     exported = tmp_path / "committed"
     assert study_runner.export_results(rows[:1], tmp_path / "first", exported) == 1  # one run committed so far
     assert sorted(p.name for p in (exported / "run-0").iterdir()) == sorted(study_runner.KEPT_FILES)
+    assert not any(str(tmp_path) in p.read_text() for p in (exported / "run-0").iterdir())  # no machine paths
     trained = []
     real = study_runner.train_and_measure
     monkeypatch.setattr(study_runner, "train_and_measure", lambda run, d: trained.append(run.name) or real(run, d))

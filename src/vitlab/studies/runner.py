@@ -161,9 +161,10 @@ def export_results(rows: list[dict], out: Path, dest: Path) -> int:
     for row in rows:
         source, target = out / row["run_dir"], dest / row["run"]
         target.mkdir(parents=True, exist_ok=True)
-        for name in KEPT_FILES:
+        for name in KEPT_FILES:  # paths inside them relative to the study's folder, not this machine's
             if (source / name).is_file():
-                atomic_write_text(target / name, (source / name).read_text())
+                text = (source / name).read_text().replace(str(source.resolve()), f"runs/{row['run']}")
+                atomic_write_text(target / name, text)
     return len(rows)
 
 
