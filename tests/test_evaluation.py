@@ -63,6 +63,36 @@ def test_accuracy_confusion_and_per_class_on_known_predictions():
     assert again == result
 
 
+class TwoHeads(FixedLogits):
+    """A distilled 'model': its class head's logits are the table, its distillation head's the table reversed."""
+
+    config = type("Config", (), {"distill_token": True})()
+
+    def forward_heads(self, x):
+        logits = super().forward(x)
+        return logits, logits.flip(-1)
+
+
+def test_training_evaluation_and_distillation_count_top1_with_one_loop():
+    """The trainer's accuracy, DeiT's per-head accuracies and `evaluate` come from the same loop: the same images
+    and labels (soft targets as their largest class), the same counts; ties go to the argmax's class."""
+    from types import SimpleNamespace
+
+    from vitlab.evaluation.metrics import top1_accuracy
+    from vitlab.training.objectives.distillation import evaluate_heads
+
+    logits = [[0.0, 0.0, 0.0], [0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5], [0.0, 0.0, 0.0]]
+    labels = [0, 1, 1, 2, 2]
+    model = FixedLogits(logits)
+    soft = [(x, torch.nn.functional.one_hot(y, 3).float() * 0.9 + 0.03) for x, y, _ in batches_of(labels, 2)]
+    assert top1_accuracy(model, soft, torch.device("cpu")) == pytest.approx(3 / 5)  # rows 0 and 4 tie: class 0
+    assert evaluate(model, batches_of(labels, 2), ks=(1,), progress=False)["num_samples"] == 5
+    heads = evaluate_heads(TwoHeads(logits), soft, SimpleNamespace(device=torch.device("cpu")))
+    # mean of the heads: ties for rows 0 and 4, row 1 [0.05, 0.9, 0.05], row 2 [0.45, 0.1, 0.45], row 3 [0.35, 0.3, 0.35]
+    assert heads == pytest.approx({"eval_accuracy": 2 / 5, "eval_accuracy_class_head": 3 / 5,
+                                   "eval_accuracy_dist_head": 2 / 5})
+
+
 def test_class_without_samples_is_nan_and_bad_label_is_refused():
     counts = ClassificationCounts(3)
     counts.update(torch.tensor([[1.0, 0, 0]]), torch.tensor([0]))

@@ -14,7 +14,7 @@ from vitlab.cli import main
 from vitlab.commands import evalargs
 from vitlab.evaluation.predict import imagenet1k_class_names, predict_files, read_image
 from vitlab.checkpoints.adapt import reset_head
-from vitlab.evaluation.vtab import VTAB_TASKS, VTABSettings, group_means, run_task, split_1k
+from vitlab.vtab import VTAB_TASKS, VTABSettings, group_means, run_task, split_1k
 
 NAMES = ["ant", "bee", "cat", "dog", "eel"]
 

@@ -157,6 +157,43 @@ def test_the_module_import_graph_is_acyclic():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+# The package's layers, lowest first: a module imports only from its own layer or lower ones (a deferred import
+# too). Evaluation is below training (which counts its top-1 with evaluation's loop) and VTAB's protocol, which
+# fine-tunes and then evaluates, above both; entry points (`__main__`) sit on top.
+LAYERS = [
+    ["vitlab.errors", "vitlab.fileio", "vitlab.runtime", "vitlab.download", "vitlab.recipes", "vitlab.resources"],
+    ["vitlab.models", "vitlab.data"],
+    ["vitlab.checkpoints", "vitlab.inspection"],
+    ["vitlab.evaluation"],
+    ["vitlab.training"],
+    ["vitlab.bench", "vitlab.vtab", "vitlab.serving"],
+    ["vitlab.studies"],
+    ["vitlab.commands"],
+    ["vitlab.cli", "vitlab.inspect", "vitlab"],
+]
+
+
+def layer_of(module: str) -> int:
+    if module.rpartition(".")[2] == "__main__":
+        return len(LAYERS)
+    for level, names in enumerate(LAYERS):  # a name covers its submodules, except the package itself ("vitlab")
+        if module in names or any(module.startswith(n + ".") for n in names if n != "vitlab"):
+            return level
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})"
+                  for a, targets in graph.items() for b in targets if layer_of(b) > layer_of(a))
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    files = {module_name(p): p for p in (SRC / "vitlab").rglob("*.py")}
+    graph = {name: imported_modules(path, set(files)) for name, path in files.items()}
+    assert upward_imports(graph) == []
+    assert upward_imports({"vitlab.evaluation.metrics": {"vitlab.training.trainer"}})  # the check can fail
+
+
 def test_the_cycle_finder_finds_a_cycle_through_a_deferred_import(tmp_path):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "a.py").write_text("from .b import x\n")

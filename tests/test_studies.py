@@ -144,6 +144,20 @@ def test_bench_sweeps_image_sizes_with_the_largest_batch(capsys):
     assert 0 < large["max_batch"] < small["max_batch"], rows
 
 
+def test_a_throughput_run_is_measured_by_the_bench_harness(tmp_path, monkeypatch):
+    """The study's points are vitlab.bench.size_point's: the runner passes a run's config to it unchanged."""
+    import vitlab.bench
+
+    run = next(r for r in get_study("throughput").runs("quick") if r.name.endswith("-1thread"))
+    seen = []
+    real = vitlab.bench.size_point
+    monkeypatch.setattr(vitlab.bench, "size_point", lambda **config: seen.append(config) or real(**config))
+    row = study_runner.execute(Run(run.name, {**run.config, "seconds": 0.01}, run.tags, kind="throughput",
+                                   fewshot=False), tmp_path, log=lambda m: None)
+    assert seen == [{**run.config, "seconds": 0.01}]
+    assert row["images_per_s"] > 0 and row["threads"] == 1 and "max_batch" not in row
+
+
 # ---- the runner keeps results honest ------------------------------------------------------------------------
 def tiny_study_with(steps: int, name: str = "tiny", runs: int = 1) -> Study:
     def grid(size):

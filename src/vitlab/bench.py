@@ -1,15 +1,19 @@
-"""The throughput harness: step functions, interleaved timing, peak memory, the device's peak FLOP/s.
+"""The throughput harness: step functions, interleaved timing, peak memory, the device's peak FLOP/s, and
+images/s with the largest batch that fits against input size (the paper's Figure 12).
 
-Shared by `vitlab bench` (vitlab alone) and benchmarks/throughput.py (vitlab beside its peers). Timings are
-interleaved across contenders (A B C A B C ...) after a warm-up, and reported as medians over rounds, so
-that drift in a shared machine's load falls on every contender alike.
+Shared by `vitlab bench` (vitlab alone), benchmarks/throughput.py (vitlab beside its peers) and the throughput
+study. Timings are interleaved across contenders (A B C A B C ...) after a warm-up, and reported as medians over
+rounds, so that drift in a shared machine's load falls on every contender alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
+import multiprocessing
 import os
+import resource
 import statistics
 import threading
 import time
@@ -19,9 +23,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .models import count_flops
+from .models import count_flops, create_model
 from .models.fast import compile_model, cuda_graph_inference, fast_inference
-from .runtime import autocast
+from .runtime import autocast, pick_device
 from .training.losses import classification_loss
 from .training.optim import make_adamw
 from .training.step import clip_gradients, forward_backward
@@ -238,3 +242,90 @@ def format_bytes(n: int | None) -> str:
     if n is None:
         return "-"
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+# ---- images/s and the largest batch against input size (Figure 12) --------------------------------------------
+PROBE_BATCHES = (4, 32, 256, 2048)
+MIN_GROWTH = 32 * 2**20  # the CPU's page-level peak needs a large difference to be read reliably
+
+
+def images_per_second(step: Callable, batch: int, device: torch.device, *, seconds: float = 2.0, warmup: int = 2,
+                      most: int = 50) -> float:
+    """Images/s of `step` on `batch` images: the median of timed calls after `warmup` untimed ones, timed until
+    `seconds` have passed (at least 3 calls, at most `most`)."""
+    times: list[float] = []
+    for i in range(warmup + most):
+        elapsed = time_call(step, device)
+        if i >= warmup:
+            times.append(elapsed)
+            if sum(times) > seconds and len(times) >= 3:
+                break
+    return batch / median(times)
+
+
+def activation_memory(model, image_size: int, in_chans: int, device: torch.device, precision: str,
+                      build: dict) -> tuple[float, float]:
+    """(bytes per image, fixed bytes) that one forward pass adds to the memory in use, weights excluded.
+
+    On a GPU: the allocator's peak statistics (peak_step_memory) at batch 4 and 32. On the CPU: the peak
+    resident memory of a fresh child process (spawned: a forked child of a process that has run OpenMP work can
+    hang) at batch 4 and then larger batches until the peak has grown by MIN_GROWTH, so that allocator slack
+    does not hide it.
+    """
+    if device.type == "cuda":
+        peaks = [(b, peak_step_memory(inference_step(model, random_batch(b, image_size, 1, device, in_chans)[0],
+                                                     precision), device)) for b in PROBE_BATCHES[:2]]
+    else:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            peaks = pool.apply(_fresh_process_peaks, (build, image_size, in_chans, precision))
+    (b0, p0), (b1, p1) = peaks[0], peaks[-1]
+    per_image = max((p1 - p0) / (b1 - b0), 1.0)
+    return per_image, max(p0 - b0 * per_image, 0.0)
+
+
+def _fresh_process_peaks(build: dict, image_size: int, in_chans: int, precision: str) -> list[tuple[int, int]]:
+    """(batch, peak resident bytes over the model's) for increasing batches, in a process of its own."""
+    model = create_model(**build).eval()
+    base, peaks = _rss_bytes(), []
+    for batch in PROBE_BATCHES:  # increasing, so each high-water mark is this batch's own
+        inference_step(model, random_batch(batch, image_size, 1, "cpu", in_chans)[0], precision)()
+        peaks.append((batch, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base))
+        if len(peaks) > 1 and peaks[-1][1] - peaks[0][1] >= MIN_GROWTH:
+            break
+    return peaks
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch's CPU threads set to `threads` meanwhile (None: left as they are)."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def size_point(*, model: str, overrides: dict | None = None, image_size: int, in_chans: int = 3, batch: int = 8,
+               memory_cap_gb: float = 4.0, precision: str = "bf16", seconds: float = 2.0, device: str | None = None,
+               max_batch: bool = True, threads: int | None = None) -> dict:
+    """One point of Figure 12: inference images/s at `batch`, and (max_batch) the largest batch whose weights and
+    activations fit `memory_cap_gb`, which follows from two measured points as memory grows linearly in the
+    batch. `threads`: torch's CPU threads meanwhile (the paper reports speed per core: threads=1)."""
+    with torch_threads(threads):
+        dev = pick_device(device)
+        build = dict(name=model, image_size=image_size, in_chans=in_chans, **(overrides or {}))
+        net = create_model(**build).eval().to(dev)
+        weights = sum(p.numel() * p.element_size() for p in net.parameters())
+        step = inference_step(net, random_batch(batch, image_size, 1, dev, in_chans)[0], precision)
+        row = {"image_size": image_size, "batch": batch,
+               "images_per_s": images_per_second(step, batch, dev, seconds=seconds),
+               "weights_mb": weights / 2**20, "precision": precision, "device": dev.type,
+               "threads": torch.get_num_threads(), "gflops_per_image": count_flops(net.config, image_size) / 1e9}
+        if not max_batch:
+            return row
+        per_image, fixed = activation_memory(net, image_size, in_chans, dev, precision, build)
+    largest = max(0, int((memory_cap_gb * 2**30 - weights - fixed) // per_image))
+    return {**row, "mb_per_image": per_image / 2**20, "fixed_mb": fixed / 2**20, "max_batch": largest,
+            "memory_cap_gb": memory_cap_gb}

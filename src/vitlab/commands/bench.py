@@ -15,7 +15,7 @@ import copy
 import torch
 
 from ..bench import (Result, Variant, datasheet_peak, format_bytes, interleave, matmul_step, model_flops,
-                          peak_step_memory, random_batch, vitlab_step)
+                     peak_step_memory, random_batch, size_point, vitlab_step)
 from ..runtime import precision_dtype, resolve_precision
 from . import common
 
@@ -119,22 +119,20 @@ def format_report(report: dict) -> str:
 def sweep_image_sizes(args) -> int:
     """Figure 12 for one model: images/s (and the largest batch under a memory cap) at each input size."""
     from ..errors import UsageError
-    from ..studies.throughput import measure
 
     if args.checkpoint:
         raise UsageError("--image-sizes sweeps a registered architecture: give --model, not --checkpoint")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = common.resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     if precision not in ("fp32", "bf16"):
         raise UsageError(f"--image-sizes measures fp32 or bf16, not {precision}")
-    rows = [measure(model=args.model, image_size=size, batch=args.batch_size, memory_cap_gb=args.memory_cap,
-                    precision=precision, device=str(device), max_batch=args.max_batch) for size in args.image_sizes]
+    rows = [size_point(model=args.model, image_size=size, batch=args.batch_size, memory_cap_gb=args.memory_cap,
+                       precision=precision, device=str(device), max_batch=args.max_batch, threads=args.threads)
+            for size in args.image_sizes]
     if args.json:
         common.print_json({"model": args.model, "results": rows})
         return 0
-    print(f"{args.model}: inference, batch {args.batch_size}, {precision}, {torch.get_num_threads()} threads, "
+    print(f"{args.model}: inference, batch {args.batch_size}, {precision}, {rows[0]['threads']} threads, "
           f"on {device}" + (f"; largest batch within {args.memory_cap:g} GiB" if args.max_batch else ""))
     print(f"{'px':>5} {'GFLOPs/img':>11} {'images/s':>10}" + (f" {'MiB/img':>9} {'max batch':>10}" if args.max_batch else ""))
     for r in rows:

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..checkpoints.adapt import reset_head
-from ..evaluation.vtab import VTAB_TASKS, VTABSettings, format_table, run_task, task_group
+from ..vtab import VTAB_TASKS, VTABSettings, format_table, run_task, task_group
 from . import common, evalargs
 
 DEFAULTS = VTABSettings()

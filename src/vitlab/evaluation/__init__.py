@@ -1,5 +1,6 @@
-"""Evaluation: accuracy (top-k, per class, ImageNet ReaL), few-shot linear and linear-probe accuracy, VTAB-1k,
-and prediction on image files. Commands: `vitlab eval`, `vitlab fewshot`, `vitlab vtab`, `vitlab predict`."""
+"""Evaluation: accuracy (top-k, per class, ImageNet ReaL), few-shot linear and linear-probe accuracy, and
+prediction on image files. Commands: `vitlab eval`, `vitlab fewshot`, `vitlab predict`. (VTAB-1k, which
+fine-tunes before it evaluates, is vitlab.vtab, above training.)"""
 
 from .batches import EvalBatches
 from .features import extract_features, representation

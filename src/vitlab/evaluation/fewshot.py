@@ -105,3 +105,49 @@ def format_fewshot(result: dict) -> str:
                      f"{100 * probe['accuracy']:.2f}%")
     return "\n".join(lines)
 
+
+
+def dataset_labels(dataset) -> np.ndarray:
+    """Every label of a map-style data set, in index order."""
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        labels = [dataset[i][1] for i in range(len(dataset))]
+    return np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64)
+
+
+def fewshot_evaluation(model, train, test, *, shots=DEFAULT_SHOTS, seeds=(0, 1, 2), l2: float = DEFAULT_L2,
+                       probe_l2: float | None = None, image_size: int | None = None, batch_size: int = 256,
+                       num_workers: int = 0, device="cpu", precision: str = "fp32", progress: bool = True,
+                       split_names=("train", "test")) -> dict | None:
+    """k-shot linear accuracy of `model`'s frozen representation: k images per class of `train` (for each seed)
+    against every image of `test`, both prepared as the checkpoint's preprocessing record says (at
+    `image_size`, if given). `probe_l2`: also a logistic-regression probe on the whole train split. Under
+    torchrun each rank extracts its share of the features; rank 0 fits and returns the result, the others None."""
+    from ..data.preprocessing import of_model
+    from ..runtime import rank_and_world
+    from .batches import EvalBatches
+    from .features import extract_features
+    from .probe import linear_probe
+
+    rank, world_size = rank_and_world()
+    labels, seeds = dataset_labels(train), list(seeds)
+
+    def features(dataset, indices, desc):
+        batches = EvalBatches(dataset, preprocessing=of_model(model), image_size=image_size, batch_size=batch_size,
+                              rank=rank, world_size=world_size, num_workers=num_workers, indices=indices)
+        return extract_features(model, batches, device=device, precision=precision, progress=progress, desc=desc)
+
+    if probe_l2 is not None:  # the probe needs every train image, which covers the few-shot sets too
+        train_x, train_y, train_idx = features(train, None, f"features {split_names[0]}")
+    else:
+        train_x, train_y, train_idx = features(train, shots_needed(labels, train.num_classes, shots, seeds),
+                                               f"features {split_names[0]} (few-shot images)")
+    test_x, test_y, _ = features(test, None, f"features {split_names[1]}")
+    if rank != 0:
+        return None
+    result = fewshot_results(labels, train_x, test_x, test_y, train.num_classes, train_indices=train_idx.numpy(),
+                             shots=shots, seeds=seeds, l2=l2)
+    if probe_l2 is not None:
+        result["linear_probe"] = linear_probe(train_x, train_y, test_x, test_y, train.num_classes, l2=probe_l2,
+                                              device=device)
+    return {**result, "feature_dim": int(train_x.shape[1])}

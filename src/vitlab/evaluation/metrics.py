@@ -7,7 +7,7 @@ torchrun processes are combined exactly by summing, and the order of samples nev
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -61,6 +61,11 @@ class ClassificationCounts:
         self.topk_hits = all_reduce_sum(self.topk_hits)
         self.real = all_reduce_sum(self.real)
 
+    def accuracy(self) -> float:
+        """The share of samples whose argmax prediction is their label (0 when none was counted). Top-1 from
+        `summary` counts a sample whose largest logit ties with others as topk orders them."""
+        return int(self.confusion.trace()) / max(int(self.confusion.sum()), 1)
+
     def summary(self) -> dict:
         confusion = self.confusion.cpu()
         n = int(confusion.sum())
@@ -87,6 +92,39 @@ def unpack(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     return images, labels, None
 
 
+def logits_of(model, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What a plain classifier predicts: its logits, under one name."""
+    return {"": model(images)}
+
+
+@torch.no_grad()
+def count_predictions(model, batches: Iterable, counts: dict[str, ClassificationCounts], *, device,
+                      precision: str = "fp32", predict: Callable = logits_of, progress: bool = False,
+                      desc: str = "eval") -> dict[str, ClassificationCounts]:
+    """The one evaluation loop: every batch through `model` (in eval mode meanwhile, under autocast for
+    `precision`), each of `predict(model, images)`'s logits counted in `counts` under its name, the counts summed
+    over torchrun ranks; returns `counts`. Batches are (images, labels[, indices]), labels as class
+    indices or soft (per-class) targets, whose largest entry is the class."""
+    was_training = getattr(model, "training", False)
+    model.eval()
+    rank, _ = rank_and_world()
+    try:  # disable=None: tqdm draws only on a terminal, so logs get no carriage-return redraws
+        for batch in tqdm(batches, desc=desc, unit="batch", disable=None if progress and rank == 0 else True):
+            images, labels, indices = unpack(batch)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if labels.is_floating_point():
+                labels = labels.argmax(-1)
+            with autocast(device, precision):
+                outputs = predict(model, images)
+            for name, logits in outputs.items():
+                counts[name].update(logits.float(), labels, indices)
+    finally:
+        model.train(was_training)
+    for one in counts.values():
+        one.all_reduce()
+    return counts
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Iterable, *, device="cpu", precision: str = "fp32",
              num_classes: int | None = None, ks: Sequence[int] = (1, 5), real_labels: list[list[int]] | None = None,
@@ -98,56 +136,25 @@ def evaluate(model: nn.Module, batches: Iterable, *, device="cpu", precision: st
     does). `real_labels[i]` lists the valid labels of data set sample i (see real.py).
     """
     device = torch.device(device)
-    model = model.eval().to(device)
-    num_classes = num_classes or model.num_classes
-    counts = ClassificationCounts(num_classes, ks, real_labels=real_labels, device=device)
-    rank, _ = rank_and_world()
-    # disable=None: tqdm draws only on a terminal, so logs get no carriage-return redraws
-    for batch in tqdm(batches, desc=desc, unit="batch", disable=None if progress and rank == 0 else True):
-        images, labels, indices = unpack(batch)
-        with autocast(device, precision):
-            logits = model(images.to(device, non_blocking=True))
-        counts.update(logits.float(), labels.to(device), indices)
-    counts.all_reduce()
-    return counts.summary()
+    model = model.to(device)
+    counts = ClassificationCounts(num_classes or model.num_classes, ks, real_labels=real_labels, device=device)
+    return count_predictions(model, batches, {"": counts}, device=device, precision=precision, progress=progress,
+                             desc=desc)[""].summary()
 
 
-def _predictions(model, loader: Iterable, device: torch.device, precision: str):
-    """(logits, class indices) per batch of a training run's evaluation loader, which yields (images, targets),
-    targets as class indices or soft (per-class) targets; the model is in eval mode meanwhile."""
-    was_training = getattr(model, "training", False)
-    model.eval()
-    try:
-        for images, targets in loader:
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with autocast(device, precision):
-                logits = model(images)
-            yield logits, targets.argmax(-1) if targets.is_floating_point() else targets
-    finally:
-        model.train(was_training)
-
-
-@torch.no_grad()
 def top1_accuracy(model, loader: Iterable, device: torch.device, precision: str = "fp32") -> float:
-    """Top-1 accuracy over a training run's evaluation loader (every rank sees its shard; the counts are summed)."""
-    correct = total = 0
-    for logits, targets in _predictions(model, loader, device, precision):
-        correct += (logits.argmax(-1) == targets).sum().item()
-        total += targets.numel()
-    correct, total = all_reduce_sum(torch.tensor([correct, total], dtype=torch.float64)).tolist()
-    return correct / max(total, 1)
+    """Accuracy of the argmax prediction over a training run's evaluation loader (every rank sees its shard; the
+    counts are summed)."""
+    counts = ClassificationCounts(model.num_classes, ks=(1,), device=device)
+    return count_predictions(model, loader, {"": counts}, device=device, precision=precision)[""].accuracy()
 
 
-@torch.no_grad()
 def classification_summary(model, loader: Iterable, device: torch.device, num_classes: int,
                            precision: str = "fp32") -> dict:
     """What `evaluate` reports (top-k, per-class accuracy, confusion matrix) over a training run's evaluation
     loader, with the model left as it is (it may be sharded across ranks). Collective."""
     counts = ClassificationCounts(num_classes, device=device)
-    for logits, targets in _predictions(model, loader, device, precision):
-        counts.update(logits.float(), targets)
-    counts.all_reduce()
-    return counts.summary()
+    return count_predictions(model, loader, {"": counts}, device=device, precision=precision)[""].summary()
 
 
 def format_summary(result: dict, class_names: list[str] | None = None, max_classes: int = 20) -> str:

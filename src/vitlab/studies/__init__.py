@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from . import axial, data_efficiency, dimensions, optimizers, pooling, posemb, scaling, throughput_study
+from . import axial, data_efficiency, dimensions, optimizers, pooling, posemb, scaling, throughput
 from .core import SIZES, Run, Study
 
 STUDIES: dict[str, Study] = {s.name: s for s in (
     data_efficiency.STUDY, scaling.STUDY, dimensions.STUDY, posemb.STUDY, pooling.STUDY, optimizers.STUDY,
-    axial.STUDY, throughput_study.STUDY)}
+    axial.STUDY, throughput.STUDY)}
 
 
 def get_study(name: str) -> Study:

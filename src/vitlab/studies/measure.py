@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from ..models import count_flops
 
 FEWSHOT_SEEDS = (0, 1, 2)
@@ -56,11 +54,11 @@ def test_accuracy(model, dataset: str, split: str, *, image_size: int) -> float:
     """Top-1 of `model` on a split, evaluated as `vitlab eval` does (the checkpoint's preprocessing), in fp32 as
     the studies train (bf16 is emulated, and slow, on CPUs without bf16 instructions)."""
     from ..data import build_dataset
+    from ..data.preprocessing import of_model
     from ..evaluation import EvalBatches, evaluate
-    from ..evaluation.batches import model_preprocessing
 
     data = build_dataset(dataset, split, in_chans=model.config.in_chans)
-    batches = EvalBatches(data, image_size=image_size, batch_size=256, preprocessing=model_preprocessing(model))
+    batches = EvalBatches(data, image_size=image_size, batch_size=256, preprocessing=of_model(model))
     return evaluate(model, batches, precision=MEASURE_PRECISION, ks=(1,), progress=False)["top1"]
 
 
@@ -68,25 +66,12 @@ def fewshot_accuracy(model, dataset: str, train_split: str, test_split: str, *, 
                      shots: int = 5, seeds=FEWSHOT_SEEDS) -> float:
     """Mean k-shot linear accuracy (the paper's closed-form ridge regression) of the frozen representation."""
     from ..data import build_dataset
-    from ..evaluation import EvalBatches, extract_features, fewshot_results
-    from ..evaluation.fewshot import shots_needed
-    from ..evaluation.batches import model_preprocessing
+    from ..evaluation.fewshot import fewshot_evaluation
 
-    in_chans = model.config.in_chans
-    train = build_dataset(dataset, train_split, in_chans=in_chans)
-    test = build_dataset(dataset, test_split, in_chans=in_chans)
-    labels = np.asarray(train.labels if hasattr(train, "labels") else [train[i][1] for i in range(len(train))])
-    picked = shots_needed(labels, train.num_classes, (shots,), seeds)
-
-    def features(ds, indices):
-        batches = EvalBatches(ds, image_size=image_size, batch_size=256, preprocessing=model_preprocessing(model),
-                              indices=indices)
-        return extract_features(model, batches, precision=MEASURE_PRECISION, progress=False)
-
-    train_x, _, train_idx = features(train, picked)
-    test_x, test_y, _ = features(test, None)
-    result = fewshot_results(labels, train_x, test_x, test_y, train.num_classes, train_indices=train_idx.numpy(),
-                             shots=(shots,), seeds=list(seeds))
+    train = build_dataset(dataset, train_split, in_chans=model.config.in_chans)
+    test = build_dataset(dataset, test_split, in_chans=model.config.in_chans)
+    result = fewshot_evaluation(model, train, test, shots=(shots,), seeds=seeds, image_size=image_size,
+                                precision=MEASURE_PRECISION, progress=False)
     return result["shots"][str(shots)]["mean"]
 
 

@@ -189,9 +189,9 @@ def execute(run: Run, out: Path, *, cache: Path | None = None, log=print) -> dic
     run_dir = claim_run_dir(out, run, log)
     start = time.perf_counter()
     if run.kind == "throughput":
-        from .throughput import measure
+        from ..bench import size_point
 
-        metrics = measure(**run.config)
+        metrics = size_point(**run.config)
         metrics["study_wall_s"] = time.perf_counter() - start
     else:
         metrics = train_and_measure(run, run_dir)

@@ -1,128 +1,109 @@
-"""Inference throughput and the largest batch that fits a memory cap, against input size (Figure 12).
+"""Figure 12 (Appendix D.5): inference speed and the largest batch that fits, against input size.
 
-Images/s: the median of timed batches after warm-up, in inference mode. Memory: the peak that one forward pass
-adds at two batch sizes (on a GPU torch's allocator statistics; on the CPU the peak resident memory of a fresh
-process); it grows linearly in the batch, so the largest batch whose weights + activations fit `memory_cap_gb`
-follows from the two points.
+The paper (TPUv3, per core): ViT is comparable in speed to similar ResNets, and ViTs' memory efficiency lets
+much larger batches fit at large inputs. Here images/s on this machine (torch threads as set) and the largest
+batch under a memory cap, for both families.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
+from .core import Finding, Run, Study
+from .plots import figure, lines_by, save
+from .report import markdown_table
 
-import torch
-
-
-def device_of(name: str | None = None) -> torch.device:
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-PROBE_BATCHES = (4, 32, 256, 2048)
-MIN_GROWTH = 32 * 2**20  # the CPU's page-level peak needs a large difference to be read reliably
-
-
-def activation_memory(model, image_size: int, in_chans: int, device: torch.device, dtype: torch.dtype,
-                      build: dict) -> tuple[float, float]:
-    """(bytes per image, fixed bytes) that one forward pass adds to the memory in use, weights excluded.
-
-    On a GPU: the allocator's peak statistics at batch 4 and 32. On the CPU: the peak resident memory of a
-    fresh child process (spawned: a forked child of a process that has run OpenMP work can hang) at batch 4 and
-    then larger batches until the peak has grown by MIN_GROWTH, so that allocator slack does not hide it.
-    """
-    if device.type == "cuda":
-        peaks = [(b, _cuda_peak(model, b, image_size, in_chans, device, dtype)) for b in PROBE_BATCHES[:2]]
-    else:
-        import multiprocessing
-
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            peaks = pool.apply(_cpu_peaks, (build, image_size, in_chans, dtype))
-    (b0, p0), (b1, p1) = peaks[0], peaks[-1]
-    per_image = max((p1 - p0) / (b1 - b0), 1.0)
-    return per_image, max(p0 - b0 * per_image, 0.0)
+MODELS = {
+    "quick": [("ViT", "ViT-Ti/16", {}), ("BiT", "BiT-R50x1", {"layers": [1, 1], "width_factor": 0.5})],
+    "default": [("ViT", "ViT-Ti/16", {}), ("ViT", "ViT-S/16", {}), ("ViT", "ViT-B/32", {}), ("ViT", "ViT-B/16", {}),
+                ("BiT", "BiT-R50x1", {}), ("BiT", "BiT-R101x1", {})],
+    "paper": [("ViT", n, {}) for n in ("ViT-B/32", "ViT-B/16", "ViT-L/32", "ViT-L/16", "ViT-H/14")]
+    + [("BiT", n, {}) for n in ("BiT-R50x1", "BiT-R50x3", "BiT-R101x1", "BiT-R101x3", "BiT-R152x2", "BiT-R152x4")],
+}
+IMAGE_SIZES = {"quick": [32, 64], "default": [64, 128, 224], "paper": [64, 128, 224, 384, 512]}
+MEMORY_CAP_GB = {"quick": 1.0, "default": 4.0, "paper": 16.0}  # paper: a TPUv3 core's 16 GiB
+PRECISION = "fp32"  # the same arithmetic on every CPU (bf16 is fast only where the CPU has bf16 instructions)
 
 
-def _cuda_peak(model, batch: int, image_size: int, in_chans: int, device: torch.device, dtype: torch.dtype) -> int:
-    x = torch.randn(batch, in_chans, image_size, image_size, device=device)
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-        model(x)
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - base
+def grid(size: str) -> list[Run]:
+    """Every model at every size with all the threads (speed and the largest batch), then with one thread (speed
+    per core, as the paper reports it)."""
+    timing = dict(batch=4 if size == "quick" else 8, seconds=0.5 if size == "quick" else 3.0,
+                  precision=PRECISION)
+    runs = [Run(f"{name.replace('/', '').lower()}-{px}px",
+                dict(model=name, overrides=overrides, image_size=px, memory_cap_gb=MEMORY_CAP_GB[size], **timing),
+                {"family": family, "model": name, "threads": "all"}, kind="throughput", fewshot=False)
+            for family, name, overrides in MODELS[size] for px in IMAGE_SIZES[size]]
+    if size != "paper":
+        runs += [Run(f"{name.replace('/', '').lower()}-{px}px-1thread",
+                     dict(model=name, overrides=overrides, image_size=px, max_batch=False, threads=1, **timing),
+                     {"family": family, "model": name, "threads": 1}, kind="throughput", fewshot=False)
+                 for family, name, overrides in MODELS[size] for px in IMAGE_SIZES[size]]
+    return runs
 
 
-def _cpu_peaks(build: dict, image_size: int, in_chans: int, dtype: torch.dtype) -> list[tuple[int, int]]:
-    import os
-    import resource
-
-    from ..models import create_model
-
-    def resident() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    model = create_model(**build).eval()
-    base, peaks = resident(), []
-    for batch in PROBE_BATCHES:  # increasing, so each high-water mark is this batch's own
-        x = torch.randn(batch, in_chans, image_size, image_size)
-        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-            model(x)
-        del x
-        peaks.append((batch, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base))
-        if len(peaks) > 1 and peaks[-1][1] - peaks[0][1] >= MIN_GROWTH:
-            break
-    return peaks
+def split_rows(rows: list[dict]) -> tuple[list[dict], dict]:
+    """(the rows timed with every thread, {(model, px): images/s with one thread})."""
+    per_core = {(r["model"], r["image_size"]): r["images_per_s"] for r in rows if r["run"].endswith("-1thread")}
+    return [r for r in rows if not r["run"].endswith("-1thread")], per_core
 
 
-def images_per_second(model, batch: int, image_size: int, in_chans: int, device: torch.device, dtype: torch.dtype,
-                      *, seconds: float = 2.0, warmup: int = 2) -> float:
-    x = torch.randn(batch, in_chans, image_size, image_size, device=device)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    times = []
-    with torch.inference_mode(), autocast:
-        for i in range(warmup + 50):
-            start = time.perf_counter()
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-                if sum(times) > seconds and len(times) >= 3:
-                    break
-    return batch / statistics.median(times)
+def draw(rows: list[dict], path) -> None:
+    fig, (left, middle, right) = figure(3, width=4.6)
+    full, _ = split_rows(rows)
+    single = [r for r in rows if r["run"].endswith("-1thread")]
+    styles = {}
+    for r in rows:
+        styles.setdefault(r["model"], dict(marker="o" if r["family"] == "ViT" else "s",
+                                           ls="-" if r["family"] == "ViT" else "--"))
+    for ax, subset, title in ((left, full, f"{full[0]['threads'] if full else '?'} threads"),
+                              (middle, single, "one thread (per core)")):
+        lines_by(ax, subset, group="model", x="image_size", y="images_per_s", percent=False, styles=styles)
+        ax.set(xlabel="input size (px)", ylabel="images/s", yscale="log", title=title)
+    lines_by(right, full, group="model", x="image_size", y="max_batch", percent=False, styles=styles)
+    cap = full[0]["memory_cap_gb"] if full else 0
+    right.set(xlabel="input size (px)", ylabel=f"largest batch in {cap:g} GiB", yscale="log")
+    save(fig, path, "Inference throughput and largest batch against input size (cf. the paper's Figure 12)")
 
 
-def measure(*, model: str, overrides: dict | None = None, image_size: int, in_chans: int = 3, batch: int = 8,
-            memory_cap_gb: float = 4.0, precision: str = "bf16", seconds: float = 2.0, device: str | None = None,
-            max_batch: bool = True, threads: int | None = None) -> dict:
-    """One point of Figure 12: images/s at `batch`, and the largest batch under `memory_cap_gb`.
+def summarise(rows: list[dict]) -> str:
+    full, per_core = split_rows(rows)
+    lines = [[r["model"], r["image_size"], f"{r['gflops_per_image']:.2f}", f"{r['images_per_s']:.1f}",
+              f"{per_core[(r['model'], r['image_size'])]:.1f}" if (r["model"], r["image_size"]) in per_core else "-",
+              f"{r['mb_per_image']:.2f}", f"{r['max_batch']:,}"] for r in full]
+    first = full[0] if full else {}
+    return markdown_table(["model", "input px", "GFLOPs / image", f"images/s ({first.get('threads', '?')} threads)",
+                           "images/s (1 thread)", "MiB / image", "largest batch"], lines) + \
+        f"\n\nMeasured on {first.get('device', '?')}, {first.get('precision', '?')}, batch {first.get('batch', '?')} " \
+        "for images/s (median of timed batches after warm-up), on an otherwise idle machine."
 
-    `threads`: torch's CPU threads for this measurement (the paper reports speed per core: threads=1)."""
-    if threads is not None:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return measure(model=model, overrides=overrides, image_size=image_size, in_chans=in_chans, batch=batch,
-                           memory_cap_gb=memory_cap_gb, precision=precision, seconds=seconds, device=device,
-                           max_batch=max_batch)
-        finally:
-            torch.set_num_threads(previous)
-    from ..models import count_flops, create_model
 
-    dev = device_of(device)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-    build = dict(name=model, image_size=image_size, in_chans=in_chans, **(overrides or {}))
-    net = create_model(**build).eval().to(dev)
-    weights = sum(p.numel() * p.element_size() for p in net.parameters())
-    row = {"image_size": image_size, "batch": batch,
-           "images_per_s": images_per_second(net, batch, image_size, in_chans, dev, dtype, seconds=seconds),
-           "weights_mb": weights / 2**20, "precision": precision, "device": dev.type,
-           "threads": torch.get_num_threads(), "gflops_per_image": count_flops(net.config, image_size) / 1e9}
-    if not max_batch:
-        return row
-    per_image, fixed = activation_memory(net, image_size, in_chans, dev, dtype, build)
-    largest = max(0, int((memory_cap_gb * 2**30 - weights - fixed) // per_image))
-    return {**row, "mb_per_image": per_image / 2**20, "fixed_mb": fixed / 2**20, "max_batch": largest,
-            "memory_cap_gb": memory_cap_gb}
+def findings(rows: list[dict]) -> list[Finding]:
+    full, _ = split_rows(rows)
+    largest = max((r["image_size"] for r in full), default=None)
+    at = {r["model"]: r for r in full if r["image_size"] == largest}
+    if "ViT-B/16" not in at or "BiT-R50x1" not in at:
+        return []
+    vit, bit = at["ViT-B/16"], at["BiT-R50x1"]
+    ratio = vit["images_per_s"] / bit["images_per_s"]
+    return [Finding(f"ViTs fit larger batches than ResNets of similar speed at large inputs ({largest} px)",
+                    f"largest batch: ViT-B/16 {vit['max_batch']:,}, BiT-R50x1 {bit['max_batch']:,}",
+                    "reproduced" if vit["max_batch"] > bit["max_batch"] else "not reproduced"),
+            Finding(f"ViT is comparable in speed to similar ResNets ({largest} px)",
+                    f"ViT-B/16 {vit['images_per_s']:.1f} images/s, BiT-R50x1 {bit['images_per_s']:.1f} "
+                    f"({ratio:.2f}x); a timing, one measurement per point", "see the table: a ratio, not a verdict")]
+
+
+STUDY = Study(
+    name="throughput",
+    title="Inference throughput and memory against input size",
+    paper="Figure 12 (Appendix D.5)",
+    question="How do speed and the largest batch that fits scale with the input size for ViTs and ResNets?",
+    grid=grid, draw=draw, summarise=summarise, findings=findings,
+    budget={"quick": "two tiny models at 32 and 64 px, 0.5 s of timing each.",
+            "default": "3 s of timing per point after warm-up, fp32, with every thread and with one; memory cap "
+                       "4 GiB. Needs an idle machine.",
+            "paper": "the paper's models at 64-512 px; memory cap 16 GiB (one TPUv3 core)."},
+    paper_numbers="""
+Figure 12 (TPUv3, per core, input sizes up to 512 px): ViT models are comparable in speed to similar ResNets,
+and the largest batch per core that fits is larger for the ViTs, most of all at large inputs: large ViT models
+are more memory-efficient than ResNet models. (The paper gives this as a figure only.)
+""")

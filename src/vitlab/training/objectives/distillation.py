@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...runtime import all_reduce_floats, autocast
+from ...evaluation.metrics import ClassificationCounts, count_predictions, top1_accuracy
+from ...runtime import autocast
 from ..losses import classification_loss
 from .base import Objective
 from .settings import DISTILL_MODES, DistillConfig
@@ -104,33 +105,22 @@ def has_distill_token(model: nn.Module) -> bool:
     return bool(getattr(getattr(model, "config", None), "distill_token", False))
 
 
-@torch.no_grad()
+def head_logits(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A distilled ViT's predictions: the mean of its two heads (as DeiT evaluates) and each head alone."""
+    class_logits, dist_logits = (h.float() for h in model.forward_heads(images))
+    return {"eval_accuracy": (class_logits + dist_logits) / 2, "eval_accuracy_class_head": class_logits,
+            "eval_accuracy_dist_head": dist_logits}
+
+
 def evaluate_heads(model: nn.Module, loader, d, *, precision: str = "fp32") -> dict[str, float]:
-    """Top-1 of the model as it predicts (a distilled ViT: the mean of its two heads, as DeiT evaluates), and
-    of each head alone when it has two."""
-    two_heads = has_distill_token(model)
-    was_training = model.training
-    model.eval()
-    correct = {"eval_accuracy": 0, "eval_accuracy_class_head": 0, "eval_accuracy_dist_head": 0}
-    total = 0
-    for images, targets in loader:
-        images, targets = images.to(d.device, non_blocking=True), targets.to(d.device, non_blocking=True)
-        if targets.is_floating_point():
-            targets = targets.argmax(-1)
-        with autocast(d.device, precision):
-            if two_heads:
-                class_logits, dist_logits = (h.float() for h in model.forward_heads(images))
-                predictions = {"eval_accuracy": (class_logits + dist_logits) / 2,
-                               "eval_accuracy_class_head": class_logits, "eval_accuracy_dist_head": dist_logits}
-            else:
-                predictions = {"eval_accuracy": model(images)}
-        for key, logits in predictions.items():
-            correct[key] += (logits.argmax(-1) == targets).sum().item()
-        total += targets.numel()
-    model.train(was_training)
-    keys = list(correct) if two_heads else ["eval_accuracy"]
-    *counts, total = all_reduce_floats([correct[k] for k in keys] + [total])
-    return {k: c / max(total, 1) for k, c in zip(keys, counts)}
+    """Top-1 of the model as it predicts (a distilled ViT: the mean of its two heads), and of each head alone when
+    it has two."""
+    if not has_distill_token(model):
+        return {"eval_accuracy": top1_accuracy(model, loader, d.device, precision)}
+    counts = {name: ClassificationCounts(model.num_classes, ks=(1,), device=d.device)
+              for name in ("eval_accuracy", "eval_accuracy_class_head", "eval_accuracy_dist_head")}
+    counts = count_predictions(model, loader, counts, device=d.device, precision=precision, predict=head_logits)
+    return {name: one.accuracy() for name, one in counts.items()}
 
 
 # ---- the teacher ----------------------------------------------------------------------------------------------

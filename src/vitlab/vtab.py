@@ -1,4 +1,5 @@
-"""The VTAB-1k transfer protocol (Zhai et al. 2019) as the ViT paper runs it.
+"""The VTAB-1k transfer protocol (Zhai et al. 2019) as the ViT paper runs it: fine-tuning through the Trainer,
+then evaluation, so it sits above both.
 
 For each task: 1000 training images (a seeded random choice from the task's training split), of which 800
 train and 200 validate; fine-tune the whole model for 2,500 steps at learning rate 0.01 with the paper's
@@ -19,14 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import DataConfig
-from ..data.errors import DataError
-from ..errors import UsageError
-from ..training.config import DistributedConfig, OptimConfig, ScheduleConfig, TrainConfig, TrainSettings
-from ..training.trainer import TrainResult, train
-from ..data.preprocessing import Preprocessing
-from .batches import EvalBatches, model_preprocessing
-from .metrics import evaluate
+from .data import DataConfig
+from .data.errors import DataError
+from .data.preprocessing import Preprocessing, of_model
+from .errors import UsageError
+from .evaluation import EvalBatches, evaluate
+from .training.config import DistributedConfig, OptimConfig, ScheduleConfig, TrainConfig, TrainSettings
+from .training.trainer import TrainResult, train
 
 GROUPS = ("natural", "specialized", "structured")
 
@@ -162,7 +162,7 @@ def finetune(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_i
 def run_task(model: nn.Module, train_dataset, test_dataset, settings: VTABSettings, *, device="cpu",
              precision: str = "fp32", eval_batch_size: int = 256, progress: bool = True, work_dir=None) -> dict:
     """Fine-tune `model` (already given a head for the task's classes) on the 800 and report val/test accuracy."""
-    preprocessing = model_preprocessing(model)
+    preprocessing = of_model(model)
     if settings.image_size:
         preprocessing = preprocessing.replace(image_size=settings.image_size)
     train_idx, val_idx = split_1k(len(train_dataset), settings.train_images, settings.val_images, settings.seed)
