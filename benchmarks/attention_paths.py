@@ -5,7 +5,7 @@
     python benchmarks/torch_versions.py --versions 2.13.0 2.14.1 --script benchmarks/attention_paths.py -- --threads 2
 
 vitlab.models.vit.explicit_attention_is_faster picks the explicit path on CPU in bf16 for up to 256 tokens, a
-choice measured on torch 2.13 (BENCHMARKS.md, "What was tried for bf16 on CPU"): torch's fused bf16 CPU
+choice measured on torch 2.13 (BENCHMARKS.md, "bf16 on CPU: what each change gives"): torch's fused bf16 CPU
 kernel was the slower one. A newer torch may have changed that. This times the whole model both ways (the
 choice forced each way), interleaved, in inference (autocast and the fast path) and in a training step.
 """
