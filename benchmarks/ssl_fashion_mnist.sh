@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Self-supervised pre-training on Fashion-MNIST (issue 14), every run of BENCHMARKS.md "Self-supervised
+# Self-supervised pre-training on Fashion-MNIST, every run of BENCHMARKS.md "Self-supervised
 # pre-training": (a) from scratch, (b) MPP then fine-tuning, (c) MAE then fine-tuning, at equal total
 # training time; 5- and 10-shot linear accuracy of the frozen encoders against a random one; fine-tuning on
 # train[:1000] after pre-training on all 60,000 images (no labels) against training on the 1,000 alone.

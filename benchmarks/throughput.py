@@ -252,7 +252,7 @@ def fastest_peer(case: Case) -> Result | None:
 
 
 def target(case: Case, device: torch.device) -> float:
-    """Issue 8's targets: CPU fp32 >= 1.0x, bf16 >= 1.1x; GPU bf16 training 1.2x eager / 1.0x compiled, inference 1.1x."""
+    """The targets: CPU fp32 >= 1.0x, bf16 >= 1.1x; GPU bf16 training 1.2x eager / 1.0x compiled, inference 1.1x."""
     if device.type == "cuda":
         if case.task == "inference":
             return 1.1
