@@ -149,7 +149,7 @@ def test_old_spellings_still_work(checkpoint):
     old = p.parse_args(["--checkpoint", "c", "--data", "d", "--root", "r", "--output-dir", "o", "--amp", "none"])
     assert (old.data_root, old.out, old.precision) == (new.data_root, new.out, new.precision) == ("r", "o", "fp32")
     assert new.device == "auto" and _parser("bench").parse_args([]).device == "auto"
-    assert _parser("inspect").parse_args(["--model", "m", "--out", "o"]).device == "auto"
+    assert _parser("inspect").parse_args(["--model", "ViT-Ti/16", "--out", "o"]).device == "auto"
     assert _parser("bench").parse_args(["--task", "train"]).measure == "train"
     assert "--task" not in _parser("bench").format_help()
     assert _parser("bench").parse_args(["--precision", "auto"]).precision == "auto"

@@ -71,7 +71,7 @@ def test_predict_command_text_json_and_imagenet_names(checkpoint, tmp_path, caps
     text = capsys.readouterr().out
     assert text.startswith(str(png)) and len(text.strip().splitlines()) == 6 and "%" in text
     assert main(["predict", "--checkpoint", str(checkpoint), "--json", "--top-k", "2", str(png),
-                 str(tmp_path / "broken.jpg")]) == 1  # an unreadable file is reported and fails the command
+                 str(tmp_path / "broken.jpg")]) == 2  # an unreadable file is reported and fails the command
     out = json.loads(capsys.readouterr().out)["predictions"]
     assert len(out[0]["predictions"]) == 2 and "error" in out[1]
     names = imagenet1k_class_names()

@@ -2,7 +2,8 @@
 
 Every expected failure (a `vitlab.errors.VitlabError`, a missing or unwritable file, ...) reaches the user as
 one line on stderr, `vitlab COMMAND: error: ...`, and exit code 2; `VITLAB_DEBUG=1` adds the traceback for a
-bug report. Ctrl-C exits with 130. Anything else is a bug and shows its traceback.
+bug report. Ctrl-C exits with 130. Anything else is a bug and shows its traceback. An argument argparse refuses
+(an unknown option, a value its type refuses) is the same one line, naming the option.
 """
 
 from __future__ import annotations
@@ -38,8 +39,15 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose refusal of a bad argument is one line (not the usage text first), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser(command: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitlab", description="The Vision Transformer, whole.")
+    parser = Parser(prog="vitlab", description="The Vision Transformer, whole.")
     parser.add_argument("--version", action="version", version=f"vitlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():

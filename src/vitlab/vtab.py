@@ -56,6 +56,11 @@ class VTABSettings:
     flip: bool = False  # random horizontal flips (harmful for orientation tasks, so off by default)
     seed: int = 0
 
+    def __post_init__(self):
+        if self.batch_size % (self.micro_batch_size or self.batch_size):
+            raise UsageError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
+                             f"({self.micro_batch_size})")
+
 
 def task_group(name: str) -> str:
     try:
@@ -126,8 +131,6 @@ def finetune_config(settings: VTABSettings, run_dir, *, device="cpu", precision:
     """The paper's fine-tuning recipe as a training config: SGD with momentum, no weight decay, linear
     warm-up then cosine decay to zero, the global gradient norm clipped, micro-batches accumulated."""
     micro = settings.micro_batch_size or settings.batch_size
-    if settings.batch_size % micro:
-        raise UsageError(f"the batch ({settings.batch_size}) must be a multiple of the micro-batch ({micro})")
     return TrainConfig(
         run_dir=str(run_dir), seed=settings.seed,
         data=DataConfig(batch_size=settings.batch_size),

@@ -17,7 +17,10 @@ def adapt_model(model: nn.Module, *, num_classes: int | None = None, image_size=
     if patch_size is not None and patch_size != getattr(cfg, "patch_size", patch_size):
         set_patch_size(model, patch_size)
     if image_size is not None and isinstance(cfg, ViTConfig):
-        set_image_size(model, image_size, posemb_method)
+        try:
+            set_image_size(model, image_size, posemb_method)
+        except ValueError as e:  # a size the patch size does not divide
+            raise CheckpointError(f"image_size={image_size}: {e}") from None
     elif image_size is not None:
         cfg.image_size = image_size
     if num_classes is not None and num_classes != cfg.num_classes:

@@ -11,6 +11,7 @@ measurements beside Hugging Face transformers and timm.
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 
@@ -19,31 +20,36 @@ from ..bench import (Result, Variant, datasheet_peak, format_bytes, interleave, 
 from ..runtime import precision_dtype, resolve_precision
 from . import common
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="ViT-B/16", help="registered model name (see `vitlab models`)")
+    parser.add_argument("--model", default="ViT-B/16", type=common.model_name,
+                        help="registered model name (see `vitlab models`)")
     common.add_checkpoint_args(parser, required=False)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--image-size", type=int, default=None, help="default: the model's own")
+    parser.add_argument("--batch-size", type=common.integer(1), default=8)
+    parser.add_argument("--image-size", type=common.image_size, default=None, help="default: the model's own")
     parser.add_argument("--measure", choices=("inference", "train", "both"), default="both",
                         help="what to time (default both)")
     common.add_alias(parser, "--task", "--measure", "measure", choices=("inference", "train", "both"))
     common.add_runtime_args(parser, precision="fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (one graph)")
-    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
+    parser.add_argument("--compile-mode", default=None, choices=COMPILE_MODES, help="torch.compile mode")
     parser.add_argument("--fast", action="store_true",
                         help="inference: vitlab.models.fast.fast_inference (weights cast once; packed on CPU)")
     parser.add_argument("--cuda-graph", action="store_true", help="inference on CUDA: replay a CUDA graph")
     parser.add_argument("--grad-checkpointing", action="store_true", help="training: recompute activations")
-    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (the median is reported)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    parser.add_argument("--repeats", type=int, default=None, help="steps per round (default: 1 CPU, 10 GPU)")
-    parser.add_argument("--image-sizes", type=int, nargs="+", metavar="PX",
+    parser.add_argument("--threads", type=common.integer(1, os.cpu_count() or 1),
+                        help="CPU threads (torch.set_num_threads); default: torch's")
+    parser.add_argument("--rounds", type=common.integer(1), default=3, help="timed rounds (the median is reported)")
+    parser.add_argument("--warmup", type=common.integer(0), default=1, help="untimed rounds first")
+    parser.add_argument("--repeats", type=common.integer(1), default=None,
+                        help="steps per round (default: 1 CPU, 10 GPU)")
+    parser.add_argument("--image-sizes", type=common.image_size, nargs="+", metavar="PX",
                         help="sweep input sizes (the paper's Figure 12): inference images/s at each size")
     parser.add_argument("--max-batch", action="store_true",
                         help="with --image-sizes: also the largest batch whose weights and activations fit --memory-cap")
-    parser.add_argument("--memory-cap", type=float, default=16.0, metavar="GIB",
+    parser.add_argument("--memory-cap", type=common.number(0, above=True), default=16.0, metavar="GIB",
                         help="memory for --max-batch, in GiB (default 16: one TPUv3 core, as in the paper)")
     common.add_output_args(parser, out=None, json_help="print the results as JSON")
 
@@ -52,9 +58,8 @@ def build(args):
     if args.checkpoint:
         from ..checkpoints import load_pretrained
         return load_pretrained(args.checkpoint)
-    from ..models import create_model
     overrides = {"image_size": args.image_size} if args.image_size else {}
-    return create_model(args.model, **overrides)
+    return common.named_model(args.model, **overrides)
 
 
 def run(args) -> int:
@@ -68,6 +73,7 @@ def run(args) -> int:
     repeats = args.repeats or (10 if device.type == "cuda" else 1)
     model = build(args).to(device)
     image_size = model.config.image_hw[0]
+    common.check_batch_fits(args.batch_size, model.config.in_chans, image_size)
     x, y = random_batch(args.batch_size, image_size, max(model.num_classes, 1), device, model.config.in_chans)
     steps, results = {}, {}
     for task in tasks:
@@ -126,6 +132,9 @@ def sweep_image_sizes(args) -> int:
     precision = resolve_precision(args.precision, device)
     if precision not in ("fp32", "bf16"):
         raise UsageError(f"--image-sizes measures fp32 or bf16, not {precision}")
+    for size in args.image_sizes:  # every size checked before the first is timed
+        common.named_config(args.model, {"image_size": "--image-sizes"}, image_size=size)
+        common.check_batch_fits(args.batch_size, 3, size)
     rows = [size_point(model=args.model, image_size=size, batch=args.batch_size, memory_cap_gb=args.memory_cap,
                        precision=precision, device=str(device), max_batch=args.max_batch, threads=args.threads)
             for size in args.image_sizes]

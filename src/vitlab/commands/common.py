@@ -10,6 +10,9 @@
 
 Old spellings (--root, --output-dir, --amp) are hidden aliases for one release: they still work, with a
 note on stderr naming the new flag.
+
+Values are checked where they are parsed: the argparse types below (integer, number, image_size, port,
+model_name, device_name) refuse a value out of range, so argparse names the option in its one-line refusal.
 """
 
 from __future__ import annotations
@@ -22,27 +25,34 @@ import sys
 from ..errors import UsageError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # vitlab.runtime.CHOICES, listed here for --help
+# Far above any resolution a ViT is run at (the paper's largest is 518 px); beyond it the position embeddings
+# alone outgrow memory.
+MAX_IMAGE_SIZE = 8192
+MAX_CLASSES = 1_000_000  # far above the largest label sets in use (ImageNet-21k: 21,843; JFT: ~18k)
+MAX_WORKERS = 256  # data-loading processes
+IN_CHANS = (1, 3)  # images are read as grey or RGB
 
 
 class DeprecatedAlias(argparse.Action):
     """An old flag spelling: stores into the new flag's destination and says once on stderr what to use."""
 
-    def __init__(self, option_strings, dest, new_flag: str, convert=None, **kwargs):
-        self.new_flag, self.convert = new_flag, convert
+    def __init__(self, option_strings, dest, new_flag: str, **kwargs):
+        self.new_flag = new_flag
         super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
         print(f"note: {option_string} is now {self.new_flag} (the old spelling goes in the next release)",
               file=sys.stderr)
-        setattr(namespace, self.dest, self.convert(values) if self.convert else values)
+        setattr(namespace, self.dest, values)
 
 
-def add_alias(parser, old: str, new: str, dest: str, convert=None, **kwargs) -> None:
-    parser.add_argument(old, dest=dest, action=DeprecatedAlias, new_flag=new, convert=convert, **kwargs)
+def add_alias(parser, old: str, new: str, dest: str, **kwargs) -> None:
+    """`old` as a hidden spelling of `new` (same destination; kwargs such as type= and choices= as `new` has)."""
+    parser.add_argument(old, dest=dest, action=DeprecatedAlias, new_flag=new, **kwargs)
 
 
 def add_checkpoint_args(parser, *, required: bool = True, group=None) -> None:
-    (group or parser).add_argument("--checkpoint", required=required,
+    (group or parser).add_argument("--checkpoint", required=required, type=non_empty,
                                    help="checkpoint: a vitlab run or folder, official .npz, timm or Hugging Face; "
                                         "or hf-hub:ORG/NAME, an http(s) URL, an official name (vitlab models --pretrained)")
 
@@ -66,11 +76,12 @@ def add_runtime_args(parser, *, precision: str = "auto", precision_help: str | N
     parser.add_argument("--precision", default=precision, type=precision_name, metavar="{" + ",".join(PRECISIONS) + "}",
                         help=precision_help or f"autocast precision; weights stay fp32 (auto: bf16 on a GPU that "
                                                f"has it; default {precision})")
-    add_alias(parser, "--amp", "--precision", "precision", convert=precision_name)
+    add_alias(parser, "--amp", "--precision", "precision", type=precision_name)
 
 
 def add_device_arg(parser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", default="auto", type=device_name,
+                        help="auto (a GPU when there is one), cpu, cuda, cuda:1, ...")
 
 
 def add_output_args(parser, *, out: str | None = "", out_help: str = "where to write the files",
@@ -130,3 +141,108 @@ def resolve_device(name: str | None):
     from ..runtime import pick_device
 
     return pick_device(name)
+
+
+# ---- argparse types: a bad value is refused while parsing, in one line that names the option --------------
+def integer(minimum: int, maximum: int | None = None):
+    """argparse type: a whole number in [minimum, maximum]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(minimum: float, maximum: float = math.inf, *, above: bool = False):
+    """argparse type: a finite real number in [minimum, maximum] (minimum itself excluded with above=True)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+        if not math.isfinite(value) or value < minimum or value > maximum or (above and value == minimum):
+            bound = f"{'>' if above else '>='} {minimum:g}" + (f" and <= {maximum:g}" if maximum < math.inf else "")
+            raise argparse.ArgumentTypeError(f"must be a number {bound}, not {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+image_size = integer(1, MAX_IMAGE_SIZE)
+port = integer(0, 65535)
+seed = integer(0, 2**32 - 1)  # numpy's generators take seeds below 2**32
+workers = integer(0, MAX_WORKERS)
+num_classes = integer(0, MAX_CLASSES)  # 0: no head, the model gives its features
+
+
+def non_empty(text: str) -> str:
+    """argparse type for a path or name that must be given (an empty one would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a path or a name")
+    return text
+
+
+def model_name(text: str) -> str:
+    """argparse type for --model: a registered name (`vitlab models`), in its registered spelling."""
+    from ..models.registry import canonical_name
+
+    try:
+        return canonical_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def device_name(text: str) -> str:
+    """argparse type for --device: auto, cpu, cuda or cuda:N, present on this machine."""
+    from ..runtime import RuntimeSettingError, pick_device
+
+    try:
+        pick_device(text)
+    except RuntimeSettingError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def named_config(name: str, flags: dict | None = None, **overrides):
+    """The config of a command's --model with its size options (allocates nothing); an impossible combination
+    (an --image-size the patch size does not divide) is a usage error naming the options (`flags`: the option
+    that gave an override, when it is not --KEY)."""
+    from ..models.registry import model_config
+
+    try:
+        return model_config(name, **overrides)
+    except ValueError as e:
+        flags = flags or {}
+        given = "".join(f" {flags.get(k, '--' + k.replace('_', '-'))} {v}" for k, v in overrides.items())
+        raise UsageError(f"--model {name}{given}: {e}") from None
+
+
+def named_model(name: str, **overrides):
+    """The model of a command's --model with its size options, freshly initialised (see named_config)."""
+    from ..models.registry import build_model
+
+    return build_model(named_config(name, **overrides))
+
+
+def check_batch_fits(batch_size: int, in_chans: int, image_size) -> None:
+    """Refuse a --batch-size whose input images (of image_size, or (height, width)) alone would not fit in this
+    machine's memory."""
+    from ..training.config import machine_memory
+
+    height, width = image_size if isinstance(image_size, (tuple, list)) else (image_size, image_size)
+    need = batch_size * in_chans * height * width * 4
+    available = machine_memory("cpu")
+    if available is not None and need > available[0]:
+        raise UsageError(f"--batch-size {batch_size} at --image-size {image_size}: the input alone needs "
+                         f"{need / 2**30:,.0f} GiB and this machine has {available[0] / 2**30:,.0f} GiB; "
+                         "give a smaller --batch-size")

@@ -28,10 +28,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--calibration", default=None, metavar="DATA",
                         help="with --quantize int8: a data set (fashion_mnist, folder:DIR, ...) whose first "
                         f"{CALIBRATION_IMAGES} training images fix the activation ranges (onnxruntime static int8)")
-    parser.add_argument("--num-heads", type=int, default=None,
+    parser.add_argument("--num-heads", type=common.integer(1), default=None,
                         help="attention heads, for a timm state dict of non-standard width (it does not store them)")
-    parser.add_argument("--num-classes", type=int, default=None, help="replace the head (zero-initialised)")
-    parser.add_argument("--image-size", type=int, nargs="+", default=None,
+    parser.add_argument("--num-classes", type=common.num_classes, default=None,
+                        help="replace the head (zero-initialised)")
+    parser.add_argument("--image-size", type=common.image_size, nargs="+", default=None,
                         help="resample the position embeddings to this size (one number, or height width)")
     parser.add_argument("--posemb-method", default="official", choices=["official", "bilinear", "bicubic"])
 

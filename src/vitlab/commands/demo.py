@@ -6,18 +6,20 @@ import time
 
 import torch
 
-from ..models import count_parameters, create_model
+from ..models import count_parameters
+from . import common
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="ViT-Ti/16")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--model", default="ViT-Ti/16", type=common.model_name)
+    parser.add_argument("--batch-size", type=common.integer(1), default=4)
+    parser.add_argument("--image-size", type=common.image_size, default=224)
 
 
 def run(args) -> int:
     torch.manual_seed(0)
-    model = create_model(args.model, image_size=args.image_size).eval()
+    model = common.named_model(args.model, image_size=args.image_size).eval()
+    common.check_batch_fits(args.batch_size, 3, args.image_size)
     images = torch.rand(args.batch_size, 3, args.image_size, args.image_size) * 2 - 1
     start = time.perf_counter()
     with torch.inference_mode():

@@ -12,14 +12,15 @@ from . import common
 
 def add_model_arguments(parser) -> None:
     common.add_checkpoint_args(parser)
-    parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the checkpoint's)")
+    parser.add_argument("--image-size", type=common.image_size, default=None,
+                        help="input resolution (default: the checkpoint's)")
     common.add_runtime_args(parser, precision="auto")
 
 
 def add_data_arguments(parser, *, split: str | None = "test") -> None:
     common.add_data_args(parser, split=split)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--num-workers", type=int, default=2, help="image-decoding worker processes")
+    parser.add_argument("--batch-size", type=common.integer(1), default=256)
+    parser.add_argument("--num-workers", type=common.workers, default=2, help="image-decoding worker processes")
 
 
 def runtime_of(args) -> tuple[Dist, str]:

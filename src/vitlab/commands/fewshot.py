@@ -14,12 +14,14 @@ def add_arguments(parser) -> None:
     evalargs.add_data_arguments(parser, split=None)
     parser.add_argument("--train-split", default="train", help="split the few-shot images come from")
     parser.add_argument("--test-split", default="test", help="split accuracy is measured on")
-    parser.add_argument("--shots", type=int, nargs="+", default=list(DEFAULT_SHOTS), help="images per class")
-    parser.add_argument("--seeds", type=int, default=3, help="number of random few-shot draws")
-    parser.add_argument("--l2", type=float, default=DEFAULT_L2, help="ridge regularisation (default 2^10)")
+    parser.add_argument("--shots", type=common.integer(1), nargs="+", default=list(DEFAULT_SHOTS),
+                        help="images per class")
+    parser.add_argument("--seeds", type=common.integer(1), default=3, help="number of random few-shot draws")
+    parser.add_argument("--l2", type=common.number(0, above=True), default=DEFAULT_L2,
+                        help="ridge regularisation (default 2^10)")
     parser.add_argument("--linear-probe", action=argparse.BooleanOptionalAction, default=True,
                         help="also fit a logistic regression on the features of the whole train split")
-    parser.add_argument("--probe-l2", type=float, default=DEFAULT_PROBE_L2)
+    parser.add_argument("--probe-l2", type=common.number(0, above=True), default=DEFAULT_PROBE_L2)
     common.add_output_args(parser, out_help="where to write fewshot.json (default: CHECKPOINT/fewshot)")
 
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -18,22 +19,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("images", nargs="*", help="image files to draw attention maps for")
     which = parser.add_mutually_exclusive_group(required=True)
     common.add_checkpoint_args(parser, required=False, group=which)
-    which.add_argument("--model", help="a randomly initialised named model instead (e.g. ViT-B/16), for a smoke test")
+    which.add_argument("--model", type=common.model_name,
+                       help="a randomly initialised named model instead (e.g. ViT-B/16), for a smoke test")
     common.add_output_args(parser, out="required", out_help="directory for the figures",
                            json_help="print the written files as JSON")
     common.add_data_args(parser, required=False, split="test",
                          spec_help="data set spec (fashion_mnist, cifar10, folder:/dir, ...) to take images from: "
                                    "the first --show are drawn when no image files are given, and --num-images are "
                                    "streamed for the mean attention distance")
-    parser.add_argument("--num-images", type=int, default=8,
+    parser.add_argument("--num-images", type=common.integer(1), default=8,
                         help="images of --data to average the mean attention distance over (default: 8)")
-    parser.add_argument("--show", type=int, default=8, help="images of --data to draw (default: 8)")
-    parser.add_argument("--figures", default=",".join(_figures()),
+    parser.add_argument("--show", type=common.integer(1), default=8, help="images of --data to draw (default: 8)")
+    parser.add_argument("--figures", default=list(_figures()), type=figure_list,
                         help="comma-separated subset of rollout,distance,posemb,filters (default: all)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, help="run at this resolution (resamples position embeddings)")
-    parser.add_argument("--in-chans", type=int, help="input channels, with --model (default 3)")
-    parser.add_argument("--num-heads", type=int, help="head count, for checkpoint formats that do not store it")
+    parser.add_argument("--batch-size", type=common.integer(1), default=32)
+    parser.add_argument("--image-size", type=common.image_size,
+                        help="run at this resolution (resamples position embeddings)")
+    parser.add_argument("--in-chans", type=int, choices=common.IN_CHANS,
+                        help="input channels, with --model (default 3)")
+    parser.add_argument("--num-heads", type=common.integer(1),
+                        help="head count, for checkpoint formats that do not store it")
     common.add_device_arg(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -43,8 +48,17 @@ def _figures():
     return FIGURES
 
 
+def figure_list(text: str) -> list[str]:
+    """argparse type for --figures: comma-separated names from FIGURES, at least one."""
+    wanted = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in wanted if f not in _figures()]
+    if unknown or not wanted:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or repr(text)}: choose from {','.join(_figures())}")
+    return wanted
+
+
 def load_model(args):
-    from .. import create_model, load_pretrained
+    from .. import load_pretrained
     overrides = {"num_heads": args.num_heads} if args.num_heads else {}
     if args.checkpoint:
         return load_pretrained(args.checkpoint, image_size=args.image_size, **overrides)
@@ -53,14 +67,12 @@ def load_model(args):
     if args.image_size:
         overrides["image_size"] = args.image_size
     torch.manual_seed(0)
-    return create_model(args.model, **overrides)
+    return common.named_model(args.model, **overrides)
 
 
 def run(args) -> int:
     if not args.images and not args.data:
         raise common.UsageError("give image files, or --data SPEC to take images from a data set")
-    if args.num_images < 1 or args.show < 1:
-        raise common.UsageError("--num-images and --show must be at least 1")
     return inspect(args)
 
 
@@ -86,9 +98,8 @@ def inspect(args) -> int:
             raise common.UsageError(f"--data {args.data} split {args.split!r} has no images")
         images, captions = shown
     total = min(args.num_images, len(dataset)) if hasattr(dataset, "__len__") else None
-    wanted = [f.strip() for f in args.figures.split(",") if f.strip()]
     written = inspect_model(model, args.out, images, captions, distance_batches=distance_batches,
-                            distance_total=total, figures_wanted=wanted, batch_size=args.batch_size, label=label,
+                            distance_total=total, figures_wanted=args.figures, batch_size=args.batch_size, label=label,
                             progress=not args.no_progress)
     written.update(draw_objective(args, model, images, captions, label))
     main = [p for k, p in written.items() if "/" not in k]

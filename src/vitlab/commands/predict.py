@@ -9,8 +9,8 @@ from . import common, evalargs
 def add_arguments(parser) -> None:
     evalargs.add_model_arguments(parser)
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, BMP, GIF, TIFF, ...)")
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--top-k", type=common.integer(1), default=5)
+    parser.add_argument("--batch-size", type=common.integer(1), default=32)
     common.add_output_args(parser, out=None)
 
 
@@ -23,4 +23,8 @@ def run(args) -> int:
         common.print_json({"predictions": results})
     else:
         print(format_predictions(results))
-    return 1 if any("error" in r for r in results) else 0
+    unread = [r for r in results if "error" in r]
+    if unread:  # the others were predicted and printed; the exit status says some input was bad
+        raise common.UsageError(f"{len(unread)} of {len(results)} images could not be read; the first: "
+                                f"{unread[0]['error']}")
+    return 0

@@ -13,20 +13,25 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 def add_arguments(parser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     common.add_checkpoint_args(parser, required=False, group=source)
-    source.add_argument("--onnx", help="an ONNX file written by `vitlab convert C out.onnx --to onnx` "
-                                       "(labels and preprocessing from its .json sidecar)")
+    source.add_argument("--onnx", type=common.non_empty,
+                        help="an ONNX file written by `vitlab convert C out.onnx --to onnx` "
+                             "(labels and preprocessing from its .json sidecar)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free)")
+    parser.add_argument("--port", type=common.port, default=DEFAULT_PORT,
+                        help=f"port (default {DEFAULT_PORT}; 0: any free)")
     common.add_runtime_args(parser, precision="auto",
                             precision_help="fp32, bf16, fp16 (weights cast once) or auto: the fast path, bf16 on a "
                                            "CPU with oneDNN bf16 kernels or a GPU that has it, else fp32")
-    parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the checkpoint's)")
-    parser.add_argument("--max-batch", type=int, default=32, help="largest batch of concurrent requests")
-    parser.add_argument("--window-ms", type=float, default=5.0,
+    parser.add_argument("--image-size", type=common.image_size, default=None,
+                        help="input resolution (default: the checkpoint's)")
+    parser.add_argument("--max-batch", type=common.integer(1), default=32, help="largest batch of concurrent requests")
+    parser.add_argument("--window-ms", type=common.number(0, 60_000), default=5.0,
                         help="how long the first request of a batch waits for others (ms)")
-    parser.add_argument("--max-body-mb", type=float, default=25.0, help="largest request body (MiB)")
-    parser.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image (width x height)")
-    parser.add_argument("--max-images", type=int, default=16, help="most images in one request")
+    parser.add_argument("--max-body-mb", type=common.number(0, above=True), default=25.0,
+                        help="largest request body (MiB)")
+    parser.add_argument("--max-pixels", type=common.integer(1), default=40_000_000,
+                        help="largest image (width x height)")
+    parser.add_argument("--max-images", type=common.integer(1), default=16, help="most images in one request")
 
 
 def settings_from(args):
@@ -51,8 +56,6 @@ def run(args) -> int:
         from ..serving.engine import OnnxEngine, TorchEngine
     except ImportError as e:
         return fail(f"{e.name or e} is not installed; install the serving extras: pip install 'vitlab[serve]'")
-    if args.max_batch < 1 or args.window_ms < 0 or args.max_body_mb <= 0:
-        return fail("--max-batch must be >= 1, --window-ms >= 0 and --max-body-mb > 0")
     try:
         if args.onnx:
             engine = OnnxEngine(args.onnx)
@@ -66,7 +69,7 @@ def run(args) -> int:
     try:
         sock = listening_socket(args.host, args.port)
     except OSError as e:
-        return fail(f"cannot listen on {args.host}:{args.port} ({e.strerror or e})")
+        return fail(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e})")
     app = create_app(engine, settings_from(args))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=5))
     host, port = sock.getsockname()[:2]

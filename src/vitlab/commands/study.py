@@ -33,7 +33,8 @@ def add_arguments(parser) -> None:
                         help="quick: minutes, for tests; default: at most ~75 minutes on an idle 2-core CPU; paper: "
                              "the paper's own grid (needs its data and accelerators)")
     parser.add_argument("--quick", dest="size", action="store_const", const="quick", help="same as --size quick")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (threads, or GPUs, split between them)")
+    parser.add_argument("--jobs", type=common.integer(1), default=1,
+                        help="runs at once (threads, or GPUs, split between them)")
     parser.add_argument("--data", default=None, help="with --size paper: your copy of the upstream data set")
     parser.add_argument("--dry-run", action="store_true", help="print the grid of runs and exit")
     parser.add_argument("--log", action="append", default=[], choices=["tensorboard", "mlflow", "wandb"],
@@ -80,8 +81,6 @@ def run(args) -> int:
     if not args.name:
         raise UsageError(f"name a study ({', '.join(STUDIES)}), or --list")
     study = get_study(args.name)
-    if args.jobs < 1:
-        raise UsageError(f"--jobs must be >= 1, not {args.jobs}")
     args.log = list(dict.fromkeys(args.log))
     missing = not_installed(args.log)
     if missing:  # before any work

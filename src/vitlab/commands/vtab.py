@@ -25,15 +25,15 @@ def add_arguments(parser) -> None:
     common.add_data_root(parser)
     parser.add_argument("--train-split", default="train", help="split the 1000 training images come from")
     parser.add_argument("--test-split", default="test")
-    parser.add_argument("--steps", type=int, default=DEFAULTS.steps)
-    parser.add_argument("--lr", type=float, default=DEFAULTS.lr)
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    parser.add_argument("--micro-batch-size", type=int, default=None,
+    parser.add_argument("--steps", type=common.integer(1), default=DEFAULTS.steps)
+    parser.add_argument("--lr", type=common.number(0, above=True), default=DEFAULTS.lr)
+    parser.add_argument("--batch-size", type=common.integer(1), default=DEFAULTS.batch_size)
+    parser.add_argument("--micro-batch-size", type=common.integer(1), default=None,
                         help="accumulate gradients over micro-batches of this size (to fit memory)")
-    parser.add_argument("--warmup-steps", type=int, default=DEFAULTS.warmup_steps)
+    parser.add_argument("--warmup-steps", type=common.integer(0), default=DEFAULTS.warmup_steps)
     parser.add_argument("--flip", action="store_true", help="random horizontal flips while fine-tuning")
-    parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    parser.add_argument("--eval-batch-size", type=int, default=256)
+    parser.add_argument("--seed", type=common.seed, default=DEFAULTS.seed)
+    parser.add_argument("--eval-batch-size", type=common.integer(1), default=256)
     common.add_output_args(parser, out_help="where to write vtab.json (default: CHECKPOINT/vtab)")
 
 
@@ -87,6 +87,7 @@ def run(args) -> int:
         print(f"{name} ({task_group(name)}): {spec['data']}")
         model = evalargs.load_model(args.checkpoint, image_size=args.image_size)
         in_chans = model.config.in_chans
+        common.check_batch_fits(args.batch_size, in_chans, model.config.image_size)  # drawn whole each step
         train = evalargs.build_dataset(spec["data"], spec["train_split"], root=args.data_root, in_chans=in_chans)
         test = evalargs.build_dataset(spec["data"], spec["test_split"], root=args.data_root, in_chans=in_chans)
         reset_head(model, train.num_classes)
