@@ -112,14 +112,14 @@ def teacher_dir(tmp_path_factory):
     return run
 
 
-def student_config(tmp_path, teacher, **sections):
+def student_config(tmp_path, teacher, distillation=None, **sections):
     raw = ts.tiny_config(tmp_path / "student", **sections)
-    raw.setdefault("distill", {}).setdefault("teacher", str(teacher))
+    raw["objective"] = {"name": "distillation", "distillation": {"teacher": str(teacher), **(distillation or {})}}
     return validate(from_dict(raw))
 
 
 def test_a_distillation_run_trains_the_student_and_never_the_teacher(tmp_path, teacher_dir):
-    cfg = student_config(tmp_path, teacher_dir, distill={"mode": "soft"}, train={"steps": 6, "ema_decay": 0.9})
+    cfg = student_config(tmp_path, teacher_dir, {"mode": "soft"}, train={"steps": 6, "ema_decay": 0.9})
     trainer = Trainer(cfg)
     teacher = trainer.objective.teacher
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -148,14 +148,14 @@ def test_a_distillation_run_resumes_exactly(tmp_path, teacher_dir):
     newer = teacher_dir / "checkpoints/step-00000099"
     shutil.copytree(teacher_dir / "checkpoints/step-00000008", newer)
     try:
-        with pytest.raises(ConfigError, match="set distill.teacher=.*step-00000008 to resume it exactly"):
+        with pytest.raises(ConfigError, match="set objective.distillation.teacher=.*step-00000008 to resume it exactly"):
             Trainer(student_config(tmp_path, teacher_dir, train={"steps": 16}))
     finally:
         shutil.rmtree(newer)
 
 
 def test_a_teacher_that_cannot_teach_this_data_is_refused_before_training(tmp_path, teacher_dir, capsys):
-    with pytest.raises(ConfigError, match="distill.teacher: checkpoint not found"):
+    with pytest.raises(ConfigError, match="objective.distillation.teacher: checkpoint not found"):
         student_config(tmp_path, tmp_path / "missing")
     other = tmp_path / "other"
     import vitlab
@@ -164,12 +164,12 @@ def test_a_teacher_that_cannot_teach_this_data_is_refused_before_training(tmp_pa
     with pytest.raises(ConfigError, match="predicts 7 classes, but the data has 4"):
         Trainer(student_config(tmp_path, other))
     assert not (tmp_path / "student/checkpoints").exists()
-    with pytest.raises(ConfigError, match="distill.mode = 'medium' is not one of hard, soft"):
-        student_config(tmp_path, teacher_dir, distill={"mode": "medium"})
-    with pytest.raises(ConfigError, match="needs objective.name = 'classification'"):
-        student_config(tmp_path, teacher_dir, objective={"name": "mpp"})
-    config_file = ts.write_config(tmp_path / "student.yaml", ts.tiny_config(tmp_path / "student",
-                                                                         distill={"teacher": str(other)}))
+    with pytest.raises(ConfigError, match="objective.distillation.mode = 'medium' is not one of hard, soft"):
+        student_config(tmp_path, teacher_dir, {"mode": "medium"})
+    with pytest.raises(ConfigError, match="needs objective.distillation.teacher"):
+        validate(from_dict(ts.tiny_config(tmp_path / "student", objective={"name": "distillation"})))
+    config_file = ts.write_config(tmp_path / "student.yaml", ts.tiny_config(
+        tmp_path / "student", objective={"name": "distillation", "distillation": {"teacher": str(other)}}))
     assert cli_main(["train", str(config_file)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "predicts 7 classes" in err[0], err
@@ -207,7 +207,7 @@ def test_evaluation_averages_the_two_heads_and_reports_each(tmp_path):
 def test_a_distilled_student_trains_both_heads_and_its_checkpoint_keeps_the_token(tmp_path, teacher_dir):
     import vitlab
 
-    cfg = student_config(tmp_path, teacher_dir, model={"overrides": STUDENT}, distill={"mode": "hard"},
+    cfg = student_config(tmp_path, teacher_dir, {"mode": "hard"}, model={"overrides": STUDENT},
                          train={"steps": 6})
     trainer = Trainer(cfg)
     start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -232,9 +232,28 @@ def test_recipes_name_a_teacher_and_a_student_with_a_distillation_token():
     root = recipes.FOLDER
     for name, mode in (("deit-s16-distilled-imagenet1k.toml", "hard"), ("fashion-mnist-distilled.toml", "hard")):
         cfg = load_config(root / name, check_paths=False)
-        assert cfg.distill.teacher and cfg.distill.mode == mode and cfg.distill.weight == 0.5, name
+        settings = cfg.objective.distillation
+        assert cfg.objective.name == "distillation" and settings.teacher and settings.mode == mode, name
+        assert settings.weight == 0.5, name
         assert cfg.model.overrides["distill_token"] and cfg.model.overrides.get("classifier", "token") == "token"
         assert cfg.run_dir == f"runs/{name[:-len('.toml')]}"  # never its base's run directory
     teacher = load_config(root / "fashion-mnist-teacher.toml", check_paths=False)
     assert teacher.model.name.startswith("BiT-") and teacher.data.in_chans == 1 and teacher.run_dir == \
-        load_config(root / "fashion-mnist-distilled.toml", check_paths=False).distill.teacher
+        load_config(root / "fashion-mnist-distilled.toml", check_paths=False).objective.distillation.teacher
+
+
+def test_the_old_distill_table_still_reads_with_a_note(tmp_path, teacher_dir, capsys):
+    """`[distill]` (one more release): the same config as `[objective] name = "distillation"`, and one line on
+    stderr saying so; without a teacher it distils nothing, as it did; beside a self-supervised objective it is
+    refused."""
+    new = student_config(tmp_path, teacher_dir, {"mode": "soft", "tau": 2.0})
+    capsys.readouterr()
+    old = validate(from_dict(ts.tiny_config(tmp_path / "student", distill={"teacher": str(teacher_dir),
+                                                                              "mode": "soft", "tau": 2.0})))
+    assert old == new
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and note[0].startswith("note: [distill] is now [objective] name = \"distillation\"")
+    plain = validate(from_dict(ts.tiny_config(tmp_path / "student", distill={"mode": "soft"})))
+    assert plain.objective.name == "classification"
+    with pytest.raises(ConfigError, match="distill.teacher needs objective.name = 'classification'"):
+        from_dict(ts.tiny_config(tmp_path / "student", distill={"teacher": "t"}, objective={"name": "mpp"}))

@@ -12,6 +12,7 @@ import difflib
 import json
 import math
 import os
+import sys
 import tomllib
 import types
 import typing
@@ -22,17 +23,12 @@ from typing import Any, Optional, Union
 import yaml
 
 from ..data import DataConfig, DataError
-from ..errors import VitlabError
 from ..runtime import RuntimeSettingError, check_precision
-from .objectives.settings import DistillConfig, ObjectiveConfig
+from .errors import ConfigError
+from .objectives.settings import ObjectiveConfig
 from .objectives.settings import check as check_objective
-from .objectives.settings import check_distill
 from .tracking import LogConfig
 from .tracking import check as check_log
-
-
-class ConfigError(VitlabError, ValueError):
-    """A training config that cannot run; the message names the key and what is wrong with it."""
 
 
 @dataclass
@@ -108,9 +104,8 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
-    distill: DistillConfig = field(default_factory=DistillConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # classification, mpp or mae
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # classification, mpp, mae, distillation
     log: LogConfig = field(default_factory=LogConfig)  # experiment trackers (training/tracking.py)
 
     def to_dict(self) -> dict:
@@ -244,7 +239,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), *, wo
 
 # ---- typed construction -------------------------------------------------------------------------------
 def from_dict(raw: dict) -> TrainConfig:
-    return _build(TrainConfig, raw, "")
+    return _build(TrainConfig, read_old_distill(raw), "")
+
+
+def read_old_distill(raw: dict) -> dict:
+    """A config with the old `[distill]` table, as `[objective] name = "distillation"` with its settings in
+    `[objective.distillation]` (a table without a teacher distilled nothing, as before). Read for one release."""
+    if "distill" not in raw:
+        return raw
+    raw = dict(raw)
+    old = raw.pop("distill")
+    print('note: [distill] is now [objective] name = "distillation" with [objective.distillation] (the old table '
+          "goes in the next release)", file=sys.stderr)
+    if not isinstance(old, dict):
+        raise ConfigError(f"distill must be a table, not {old!r}")
+    if old.get("teacher") is None:
+        return raw
+    objective = dict(raw.get("objective") or {})
+    if objective.get("name", "classification") != "classification":
+        raise ConfigError(f"distill.teacher needs objective.name = 'classification' (a teacher predicts classes), "
+                          f"not {objective['name']!r}")
+    settings = objective.get("distillation")
+    objective.update(name="distillation", distillation={**(settings if isinstance(settings, dict) else {}), **old})
+    return {**raw, "objective": objective}
 
 
 def _build(cls, raw: dict, prefix: str):
@@ -357,7 +374,6 @@ def validate(cfg: TrainConfig, *, world_size: int = 1, check_paths: bool = True)
         raise ConfigError(f"loss.label_smoothing must be in [0, 1), not {cfg.loss.label_smoothing}")
     if cfg.loss.label_smoothing > 0 and cfg.data.label_smoothing > 0:
         raise ConfigError("set label smoothing once: loss.label_smoothing or data.label_smoothing, not both")
-    _check_distill(cfg)
     problems = check_log(cfg.log)  # a tracker that is not installed is refused here, before any work
     if problems:
         raise ConfigError(problems[0])
@@ -472,15 +488,9 @@ def _check_optim(cfg: TrainConfig) -> None:
         raise ConfigError(f"optim.betas must be in [0, 1), not {list(o.betas)}")
 
 
-def _check_distill(cfg: TrainConfig) -> None:
-    problems = check_distill(cfg.distill, cfg.objective.name)
-    if problems:
-        raise ConfigError(problems[0])
-
-
 def _check_paths(cfg: TrainConfig) -> None:
-    if cfg.distill.teacher is not None:
-        _check_checkpoint("distill.teacher", cfg.distill.teacher)
+    if cfg.objective.name == "distillation":
+        _check_checkpoint("objective.distillation.teacher", cfg.objective.distillation.teacher)
     init_meta = _check_checkpoint("model.init", cfg.model.init) if cfg.model.init is not None else None
     spec = cfg.data.dataset
     kind, _, location = spec.partition(":")

@@ -32,7 +32,6 @@ from .distributed import unwrap, wrap
 from .ema import EMA
 from .metrics import MetricsLog, Progress, format_duration, format_metric, metric_label, plot_curves
 from .objectives import TrainingModule, build_objective, head_classes
-from .objectives.distillation import build_distillation, check_same_teacher
 from .optim import build_optimizer
 from .schedule import lr_factor, set_learning_rate
 from .step import TrainingDiverged, clip_gradients, forward_backward
@@ -146,13 +145,8 @@ class Trainer:
             model = initial_model(cfg, classes)
         elif model.num_classes != classes:
             raise ValueError(f"the model has {model.num_classes} outputs; the objective needs {classes}")
-        if cfg.distill.teacher is not None:  # DeiT: classification with a teacher (objectives/distillation.py)
-            objective = build_distillation(cfg.distill, cfg.loss, num_classes=self.num_classes,
-                                           in_chans=cfg.data.in_chans, device=self.d.device,
-                                           precision=self.precision, preprocessing=self.preprocessing)
-        else:
-            objective = build_objective(cfg.objective, model_config=model.config, preprocessing=self.preprocessing,
-                                        loss=cfg.loss)
+        objective = build_objective(cfg.objective, model_config=model.config, preprocessing=self.preprocessing,
+                                    loss=cfg.loss, device=self.d.device, precision=self.precision)
         self.model_config = model.config
         self.label_names = getattr(self.train_loader, "class_names", None) if objective.reads_labels else None
         self.preprocessing["label_names"] = self.label_names
@@ -179,9 +173,7 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.tracking = Tracking()  # fit() starts the trackers of cfg.log.to on rank 0
         self.state = {"best_accuracy": None, "last_accuracy": None, "last_accuracy_ema": None,
-                      "skipped_steps": 0, "train_time_s": 0.0}
-        if getattr(self.objective, "teacher", None) is not None:  # which checkpoint taught this run
-            self.state["teacher"] = str(self.objective.teacher.source)
+                      "skipped_steps": 0, "train_time_s": 0.0, **self.objective.run_state()}
         self.step = 0
         self.window_logs: dict[str, float] = {}  # an objective's extra logs, summed since the last metric line
         self.session_start = time.perf_counter()  # fit() sets it again when training starts
@@ -191,7 +183,7 @@ class Trainer:
                                           ema=self.ema, loader=self.train_loader, d=self.d)
             self.step = saved.pop("step")
             saved.pop("world_size", None)
-            check_same_teacher(saved.get("teacher"), self.objective, self.resume_path)
+            self.objective.check_resume(saved, self.resume_path)
             self.state.update(saved)
         else:
             torch.manual_seed(cfg.seed + self.d.rank)  # dropout and stochastic depth differ across ranks

@@ -2,7 +2,8 @@
 
 - classification (default): cross-entropy of the model's logits against the labels;
 - mpp: the paper's masked patch prediction (Section 4.6, Appendix B.1.2), self-supervised;
-- mae: the masked autoencoder (He et al., 2021), self-supervised.
+- mae: the masked autoencoder (He et al., 2021), self-supervised;
+- distillation: DeiT's (Touvron et al., 2021), classification with a frozen teacher's predictions as a second target.
 
 An objective is an `nn.Module` (see `base.Objective`): `loss = objective(model, images, targets)`,
 `objective.evaluate(model, loader, d)` for the validation metrics, and its own trainable parts, which the
@@ -27,13 +28,20 @@ def head_classes(cfg: ObjectiveConfig, num_classes: int) -> int:
 
 
 def build_objective(cfg: ObjectiveConfig, *, model_config=None, preprocessing: dict | None = None,
-                    loss=None) -> Objective:
+                    loss=None, device="cpu", precision: str = "fp32") -> Objective:
     """The objective `cfg` names. `model_config` (the encoder's ViTConfig) and `preprocessing` (the
-    input normalisation) size and feed the self-supervised targets; `loss` is the classification settings."""
+    input normalisation) size and feed the self-supervised targets and the teacher; `loss` is the classification
+    settings; `device` and `precision` are where and how a teacher runs."""
     if cfg.name == "classification":
         from .classification import Classification
 
         return Classification(loss.kind, loss.label_smoothing) if loss is not None else Classification()
+    if cfg.name == "distillation":
+        from .distillation import build_distillation
+
+        return build_distillation(cfg.distillation, loss, num_classes=model_config.num_classes,
+                                  in_chans=model_config.in_chans, device=device, precision=precision,
+                                  preprocessing=preprocessing)
     if cfg.name == "mpp":
         from .mpp import MaskedPatchPrediction
 

@@ -55,6 +55,14 @@ class Objective(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return set()
 
+    def run_state(self) -> dict:
+        """What the run's checkpoint keeps (beside the trainer's state) to check a resume against."""
+        return {}
+
+    def check_resume(self, saved: dict, checkpoint) -> None:
+        """Refuse (ConfigError) to resume from `checkpoint`, whose saved state is `saved`, if this objective would
+        not continue the same training."""
+
 
 class TrainingModule(nn.Module):
     """The model and its objective as one module: forward(images, targets) is the loss."""

@@ -22,9 +22,12 @@ from torch import nn
 
 from ...evaluation.metrics import ClassificationCounts, count_predictions, top1_accuracy
 from ...runtime import autocast
+from ..errors import ConfigError
 from ..losses import classification_loss
 from .base import Objective
 from .settings import DISTILL_MODES, DistillConfig
+
+TEACHER_KEY = "objective.distillation.teacher"
 
 
 def split_heads(outputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,6 +102,17 @@ class Distillation(Objective):
 
     def record(self) -> dict:
         return {**super().record(), "teacher_checkpoint": str(self.teacher.source)}
+
+    def run_state(self) -> dict:
+        return {"teacher": str(self.teacher.source)}  # which checkpoint taught this run
+
+    def check_resume(self, saved: dict, checkpoint: Path) -> None:
+        """A resumed distillation run must be taught by the checkpoint that started it (a teacher's run directory
+        may have a newer checkpoint by now), or the resumed run would not continue the same training."""
+        before, now = saved.get("teacher"), str(self.teacher.source)
+        if before is not None and before != now:
+            raise ConfigError(f"{TEACHER_KEY}: {checkpoint} was taught by {before}, which is not {now}; "
+                              f"set {TEACHER_KEY}={before} to resume it exactly")
 
 
 def has_distill_token(model: nn.Module) -> bool:
@@ -196,21 +210,20 @@ def load_teacher(path: str | Path, *, num_classes: int, in_chans: int, device: t
     """Any checkpoint `load_pretrained` reads (a `vitlab train` run directory too) as a frozen teacher.
 
     A teacher that cannot teach this data (another number of classes or of input channels) is refused with a
-    ConfigError naming `distill.teacher`."""
+    ConfigError naming `objective.distillation.teacher`."""
     from ...checkpoints import load_pretrained
     from ...checkpoints.load import latest_run_checkpoint
     from ...checkpoints.mapping import CheckpointError
-    from ..config import ConfigError
 
     try:
         model = load_pretrained(path)  # as given: a name or URL would not survive Path()
     except (CheckpointError, FileNotFoundError, ValueError) as e:
-        raise ConfigError(f"distill.teacher: {e}") from None
+        raise ConfigError(f"{TEACHER_KEY}: {e}") from None
     teacher_classes, teacher_chans = int(model.config.num_classes), int(model.config.in_chans)
     if teacher_classes != num_classes:
-        raise ConfigError(f"distill.teacher {path}: predicts {teacher_classes} classes, but the data has {num_classes}")
+        raise ConfigError(f"{TEACHER_KEY} {path}: predicts {teacher_classes} classes, but the data has {num_classes}")
     if teacher_chans != in_chans:
-        raise ConfigError(f"distill.teacher {path}: reads {teacher_chans}-channel images, but data.in_chans is "
+        raise ConfigError(f"{TEACHER_KEY} {path}: reads {teacher_chans}-channel images, but data.in_chans is "
                           f"{in_chans}")
     teacher = Teacher(model, student_preprocessing=student_preprocessing, precision=precision).to(device)
     local = Path(path)
@@ -220,19 +233,7 @@ def load_teacher(path: str | Path, *, num_classes: int, in_chans: int, device: t
 
 def build_distillation(settings: DistillConfig, loss, *, num_classes: int, in_chans: int, device: torch.device,
                        precision: str, preprocessing: dict | None) -> Distillation:
-    """The objective of the `[distill]` table; `loss` is the config's `[loss]` (the class head's settings)."""
+    """The objective of `[objective.distillation]`; `loss` is the config's `[loss]` (the class head's settings)."""
     teacher = load_teacher(settings.teacher, num_classes=num_classes, in_chans=in_chans, device=device,
                            precision=precision, student_preprocessing=preprocessing)
     return Distillation(settings, teacher, loss.kind, loss.label_smoothing)
-
-
-def check_same_teacher(saved: str | None, objective, checkpoint: Path) -> None:
-    """A resumed distillation run must be taught by the checkpoint that started it (a teacher's run directory
-    may have a newer checkpoint by now), or the resumed run would not continue the same training."""
-    teacher = getattr(objective, "teacher", None)
-    current = str(teacher.source) if teacher is not None else None
-    if saved is not None and current is not None and saved != current:
-        from ..config import ConfigError
-
-        raise ConfigError(f"distill.teacher: {checkpoint} was taught by {saved}, which is not {current}; "
-                          f"set distill.teacher={saved} to resume it exactly")

@@ -1,7 +1,7 @@
 """The `[objective]` table of a training config: which objective, and each objective's settings.
 
     [objective]
-    name = "mpp"            # classification (default) | mpp | mae
+    name = "mpp"            # classification (default) | mpp | mae | distillation
     [objective.mpp]
     corrupt_rate = 0.5
 
@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-NAMES = ("classification", "mpp", "mae")
+NAMES = ("classification", "mpp", "mae", "distillation")
 SELF_SUPERVISED = ("mpp", "mae")  # read no labels
 
 
@@ -47,15 +47,8 @@ class MAEConfig:
 
 
 @dataclass
-class ObjectiveConfig:
-    name: str = "classification"  # classification | mpp | mae
-    mpp: MPPConfig = field(default_factory=MPPConfig)
-    mae: MAEConfig = field(default_factory=MAEConfig)
-
-
-@dataclass
 class DistillConfig:
-    """DeiT distillation (objectives/distillation.py): the `[distill]` table; off unless a teacher is given."""
+    """DeiT distillation (objectives/distillation.py): classification with a teacher, which must be given."""
 
     teacher: Optional[str] = None  # any checkpoint load_pretrained reads, a `vitlab train` run directory too
     mode: str = "hard"  # hard: the teacher's argmax as a label | soft: KL to its softened distribution
@@ -71,18 +64,27 @@ DISTILL_MODES = ("hard", "soft")
 DISTILL_ALPHA = {"hard": 0.5, "soft": 0.1}  # DeiT's
 
 
-def check_distill(cfg: DistillConfig, objective: str) -> list[str]:
-    """Problems with the `[distill]` table, each naming its key (the teacher itself is checked on loading)."""
+@dataclass
+class ObjectiveConfig:
+    name: str = "classification"  # classification | mpp | mae | distillation
+    mpp: MPPConfig = field(default_factory=MPPConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    distillation: DistillConfig = field(default_factory=DistillConfig)
+
+
+def check_distillation(cfg: DistillConfig, chosen: bool) -> list[str]:
+    """Problems with `[objective.distillation]`, each naming its key (the teacher itself is checked on loading);
+    `chosen`: whether it is the run's objective (which needs a teacher)."""
     problems = []
+    if chosen and cfg.teacher is None:
+        problems.append("objective.name = 'distillation' needs objective.distillation.teacher: the teacher's "
+                        "checkpoint")
     if cfg.mode not in DISTILL_MODES:
-        problems.append(f"distill.mode = {cfg.mode!r} is not one of {', '.join(DISTILL_MODES)}")
+        problems.append(f"objective.distillation.mode = {cfg.mode!r} is not one of {', '.join(DISTILL_MODES)}")
     if not cfg.tau > 0 or not math.isfinite(cfg.tau):
-        problems.append(f"distill.tau must be a positive number, not {cfg.tau}")
+        problems.append(f"objective.distillation.tau must be a positive number, not {cfg.tau}")
     if cfg.alpha is not None and not 0.0 <= cfg.alpha <= 1.0:
-        problems.append(f"distill.alpha must be in [0, 1], not {cfg.alpha}")
-    if cfg.teacher is not None and objective != "classification":
-        problems.append(f"distill.teacher needs objective.name = 'classification' (a teacher predicts classes), "
-                        f"not {objective!r}")
+        problems.append(f"objective.distillation.alpha must be in [0, 1], not {cfg.alpha}")
     return problems
 
 
@@ -93,7 +95,7 @@ def check(cfg: ObjectiveConfig, model_overrides: dict, architecture=None) -> lis
     patch = getattr(architecture, "stride", None)  # the pixels one token sees (a BiT ResNet has no tokens)
     if cfg.name not in NAMES:
         return [f"objective.name = {cfg.name!r} is not one of {', '.join(NAMES)}"]
-    if cfg.name != "classification" and model_overrides.get("patch_dropout", 0.0):
+    if cfg.name in SELF_SUPERVISED and model_overrides.get("patch_dropout", 0.0):
         problems.append(f"objective.name = {cfg.name!r} chooses its own patches: set model.overrides.patch_dropout "
                         "to 0")
     m = cfg.mpp
@@ -123,4 +125,4 @@ def check(cfg: ObjectiveConfig, model_overrides: dict, architecture=None) -> lis
     if a.decoder_heads >= 1 and a.decoder_width % a.decoder_heads:
         problems.append(f"objective.mae.decoder_width {a.decoder_width} is not divisible by decoder_heads "
                         f"{a.decoder_heads}")
-    return problems
+    return problems + check_distillation(cfg.distillation, cfg.name == "distillation")
