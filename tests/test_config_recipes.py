@@ -109,7 +109,7 @@ def test_finetune_recipes_resolve_to_what_they_were(name):
     assert (cfg.optim.name, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 0.9, 0.0)
     assert (cfg.data.image_size, cfg.data.batch_size, cfg.data.num_workers) == (384, 512, 8)
     assert cfg.data.inception_crop and cfg.data.flip and cfg.schedule.decay == "cosine"
-    assert (cfg.train.clip_grad_norm, cfg.train.precision, cfg.train.log_every, cfg.seed) == (1.0, "bf16", 50, 0)
+    assert (cfg.train.clip_grad_norm, cfg.train.precision, cfg.train.log_every, cfg.seed) == (1.0, "auto", 50, 0)
 
 
 # ---- base = "..." -------------------------------------------------------------------------------------
