@@ -13,7 +13,8 @@ import training_support as ts
 from vitlab.cli import main as cli_main
 from vitlab.training import Trainer, from_dict, train
 from vitlab.training.config import ConfigError, validate
-from vitlab.training.objectives.distillation import Teacher, distillation_loss, renormalize
+from vitlab.data.preprocessing import Preprocessing
+from vitlab.training.objectives.distillation import Teacher, distillation_loss
 
 CLASS = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 DIST = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
@@ -87,17 +88,21 @@ def test_teacher_stays_frozen_in_eval_mode_inside_a_training_module():
     assert torch.equal(out, teacher(x))  # dropout is off: the same batch gives the same targets
 
 
-def test_renormalize_maps_one_records_pixels_to_anothers():
-    pixels = torch.rand(2, 3, 4, 4)
-    minus_one_one = {"normalisation": "minus_one_one"}
+def test_the_teacher_gets_the_batch_normalised_as_its_own_record_says():
+    """The student's inputs (x / 127.5 - 1) reach a teacher trained on ImageNet mean/std normalised its way; a
+    teacher without a record gets them as they are."""
     mean_std = {"normalisation": "mean_std", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    mean, std = torch.tensor(mean_std["mean"]).view(1, 3, 1, 1), torch.tensor(mean_std["std"]).view(1, 3, 1, 1)
-    got = renormalize(pixels * 2 - 1, minus_one_one, mean_std)
-    assert torch.allclose(got, (pixels - mean) / std, atol=1e-5)
-    assert renormalize(pixels, None, mean_std) is pixels  # unknown: unchanged
-    grey = {"normalisation": "mean_std", "mean": [0.25, 0.25, 0.25], "std": [0.5, 0.5, 0.5]}
-    assert torch.allclose(renormalize(pixels[:, :1] * 2 - 1, minus_one_one, grey), (pixels[:, :1] - 0.25) / 0.5,
-                          atol=1e-5)
+    seen = []
+    model = torch.nn.Module()
+    model.config = type("Config", (), {"num_classes": 2, "image_size": 4})()
+    model.forward = lambda x: seen.append(x) or x.mean((2, 3))[:, :2]
+    pixels = torch.rand(2, 3, 4, 4)
+    for record, expected in ((mean_std, Preprocessing(normalisation="mean_std", mean=mean_std["mean"],
+                                                      std=mean_std["std"]).normalise(pixels * 255)),
+                             (None, pixels * 2 - 1)):
+        model.preprocessing = record
+        Teacher(model, student_preprocessing={"normalisation": "minus_one_one"})(pixels * 2 - 1)
+        assert torch.allclose(seen.pop(), expected, atol=1e-5)
 
 
 # ---- through the Trainer ----------------------------------------------------------------------------------------

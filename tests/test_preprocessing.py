@@ -48,6 +48,22 @@ def test_the_record_round_trips_and_reads_older_spellings():
         Preprocessing(interpolation="nearest")
 
 
+def test_the_record_owns_normalise_its_inverse_and_the_way_to_another_record():
+    """denormalise undoes normalise; renormalise maps one record's inputs to another's (a grey model's record may
+    list three equal values) as normalising the pixels that way would."""
+    pixels = torch.randint(0, 256, (2, 3, 4, 4)).float()
+    imagenet = Preprocessing(normalisation="mean_std", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    plain = Preprocessing()
+    for record in (plain, imagenet):
+        assert torch.allclose(record.denormalise(record.normalise(pixels)), pixels, atol=1e-3)
+    assert torch.allclose(plain.renormalise(plain.normalise(pixels), imagenet), imagenet.normalise(pixels), atol=1e-5)
+    assert plain.renormalise(pixels, Preprocessing()) is pixels  # the same normalisation: untouched
+    grey = Preprocessing(normalisation="mean_std", mean=(0.25,) * 3, std=(0.5,) * 3, channels=1)
+    one = pixels[:, :1]
+    assert torch.allclose(plain.renormalise(plain.normalise(one), grey), grey.normalise(one), atol=1e-5)
+    assert torch.allclose(grey.denormalise(grey.normalise(one)), one, atol=1e-3)  # one channel's mean, not three
+
+
 def test_eval_transform_crops_the_centre_then_resizes_then_normalises():
     image = torch.arange(64, dtype=torch.uint8).view(1, 8, 8) * 3
     record = Preprocessing(image_size=4, resize_crop=True, crop_fraction=0.5, channels=1)

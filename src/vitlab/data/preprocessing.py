@@ -85,6 +85,11 @@ class Preprocessing:
             values.pop("label_names", None)
         return cls(**values)
 
+    @classmethod
+    def coerce(cls, record: "Preprocessing | dict | None") -> "Preprocessing":
+        """A record as given, or read from a checkpoint's dict (None: the paper's plain resize, x / 127.5 - 1)."""
+        return record if isinstance(record, cls) else cls.from_dict(record)
+
     def replace(self, **changes) -> "Preprocessing":
         return dataclasses.replace(self, **changes)
 
@@ -113,6 +118,40 @@ class Preprocessing:
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)[:channels].view(-1, 1, 1) * 255
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device)[:channels].view(-1, 1, 1) * 255
         return (x - mean) / std
+
+    def denormalise(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The inverse of `normalise`: model inputs back to float pixels in [0, 255] (unrounded, unclipped)."""
+        x = inputs.float()
+        if self.normalisation == "minus_one_one":
+            return (x + 1.0) * 127.5
+        channels = x.shape[-3]
+        mean = torch.tensor(self.mean, device=x.device)[:channels].view(-1, 1, 1)
+        std = torch.tensor(self.std, device=x.device)[:channels].view(-1, 1, 1)
+        return (x * std + mean) * 255.0
+
+    def unit_affine(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) per channel with normalise(pixels) = pixels / 255 * scale + shift (a grey model's record
+        may list three equal values; a record with fewer values than channels repeats its first)."""
+        if self.normalisation == "mean_std":
+            mean, std = (per_channel(values, channels) for values in (self.mean, self.std))
+            return 1.0 / std, -mean / std
+        return torch.full((channels,), 2.0), torch.full((channels,), -1.0)
+
+    def renormalise(self, inputs: torch.Tensor, target: "Preprocessing") -> torch.Tensor:
+        """(N, C, H, W) inputs normalised as this record says, normalised as `target` says instead."""
+        channels = inputs.shape[1]
+        (a_scale, a_shift), (b_scale, b_shift) = self.unit_affine(channels), target.unit_affine(channels)
+        if torch.equal(a_scale, b_scale) and torch.equal(a_shift, b_shift):
+            return inputs
+        scale = (b_scale / a_scale).to(inputs).view(1, -1, 1, 1)
+        shift = (b_shift - a_shift * b_scale / a_scale).to(inputs).view(1, -1, 1, 1)
+        return inputs * scale + shift
+
+
+def per_channel(values, channels: int) -> torch.Tensor:
+    """A record's mean or std for `channels` channels."""
+    values = torch.tensor(values, dtype=torch.float32).flatten()
+    return values[:channels] if values.numel() >= channels else values[:1].expand(channels)
 
 
 def eval_transform(record: Preprocessing):

@@ -85,7 +85,7 @@ class EvalBatches:
     def __init__(self, dataset, *, preprocessing: Preprocessing | dict | None = None, image_size=None,
                  batch_size: int = 256, rank: int = 0, world_size: int = 1, num_workers: int = 0, indices=None,
                  raw: bool = False):
-        record = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.from_dict(preprocessing)
+        record = Preprocessing.coerce(preprocessing)
         if image_size is not None:
             record = record.replace(image_size=image_size)
         if isinstance(dataset, IterableDataset):

@@ -22,6 +22,7 @@ from torch import nn
 
 from ...evaluation.metrics import ClassificationCounts, count_predictions, top1_accuracy
 from ...runtime import autocast
+from ...data.preprocessing import Preprocessing
 from ..errors import ConfigError
 from ..losses import classification_loss
 from .base import Objective
@@ -147,13 +148,15 @@ class Teacher(nn.Module):
     another resolution.
     """
 
-    def __init__(self, model: nn.Module, *, student_preprocessing: dict | None = None, precision: str = "fp32"):
+    def __init__(self, model: nn.Module, *, student_preprocessing: Preprocessing | dict | None = None,
+                 precision: str = "fp32"):
         super().__init__()
         self.model = model.requires_grad_(False)
         self.train(False)
         self.precision = precision
-        self.student_preprocessing = student_preprocessing
-        self.teacher_preprocessing = getattr(model, "preprocessing", None)
+        # None where a record is unknown: the batch is then passed on as it is
+        self.student_preprocessing = known_record(student_preprocessing)
+        self.teacher_preprocessing = known_record(getattr(model, "preprocessing", None))
         size = getattr(model.config, "image_size", None)
         self.image_hw = (size, size) if isinstance(size, int) else tuple(size) if size else None
         self.source: Path | None = None  # the checkpoint it was read from
@@ -166,7 +169,8 @@ class Teacher(nn.Module):
         return int(self.model.config.num_classes)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        images = renormalize(images, self.student_preprocessing, self.teacher_preprocessing)
+        if self.student_preprocessing is not None and self.teacher_preprocessing is not None:
+            images = self.student_preprocessing.renormalise(images, self.teacher_preprocessing)
         if self.image_hw is not None and tuple(images.shape[-2:]) != self.image_hw:
             images = F.interpolate(images, size=self.image_hw, mode="bilinear", antialias=True, align_corners=False)
         return images
@@ -178,31 +182,9 @@ class Teacher(nn.Module):
         return logits.float()
 
 
-def pixel_transform(record: dict | None, channels: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(scale, shift) with normalised = pixels_in_0_1 * scale + shift, from a preprocessing record."""
-    if not record:
-        return None
-    if record.get("normalisation") == "mean_std":
-        mean, std = (per_channel(record[k], channels) for k in ("mean", "std"))
-        return 1.0 / std, -mean / std
-    return torch.full((channels,), 2.0), torch.full((channels,), -1.0)  # minus_one_one
-
-
-def per_channel(values, channels: int) -> torch.Tensor:
-    """A record's mean or std for `channels` channels (records of grey models may list three equal values)."""
-    values = torch.tensor(values, dtype=torch.float32).flatten()
-    return values[:channels] if values.numel() >= channels else values[:1].expand(channels)
-
-
-def renormalize(images: torch.Tensor, source: dict | None, target: dict | None) -> torch.Tensor:
-    """Images normalised as `source` describes, normalised as `target` does instead (unknown: unchanged)."""
-    channels = images.shape[1]
-    a, b = pixel_transform(source, channels), pixel_transform(target, channels)
-    if a is None or b is None or (torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])):
-        return images
-    scale = (b[0] / a[0]).to(images).view(1, -1, 1, 1)
-    shift = (b[1] - a[1] * b[0] / a[0]).to(images).view(1, -1, 1, 1)
-    return images * scale + shift
+def known_record(record: Preprocessing | dict | None) -> Preprocessing | None:
+    """A preprocessing record, or None where there is none (an empty one says nothing either)."""
+    return Preprocessing.coerce(record) if record else None
 
 
 def load_teacher(path: str | Path, *, num_classes: int, in_chans: int, device: torch.device, precision: str,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...data.preprocessing import Preprocessing
 from ...models.posemb import sincos_2d
 from ...models.vit import EncoderBlock, random_patch_subset
 from ...models.vit_config import ViTConfig
@@ -47,9 +48,9 @@ class MaskedAutoencoder(Objective):
     higher_is_better = False
     reads_labels = False
 
-    def __init__(self, settings: MAEConfig, model_config, preprocessing: dict | None = None):
+    def __init__(self, settings: MAEConfig, model_config, preprocessing: Preprocessing | dict | None = None):
         super().__init__(settings)
-        self.preprocessing = preprocessing
+        self.preprocessing = Preprocessing.coerce(preprocessing)  # the inputs' normalisation
         self.patch, self.channels = model_config.stride, model_config.in_chans
         self.grid_hw = model_config.grid_size
         self.num_patches = self.grid_hw[0] * self.grid_hw[1]

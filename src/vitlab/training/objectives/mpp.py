@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...data.preprocessing import Preprocessing
 from .base import MaskedLoss, Objective, evaluate_masked
 from .patches import cell_colour_classes, colour_pixels, patchify, to_pixels, unpatchify
 from .settings import MPPConfig
@@ -58,10 +59,10 @@ class MaskedPatchPrediction(Objective):
     name = "mpp"
     reads_labels = False
 
-    def __init__(self, settings: MPPConfig, model_config, preprocessing: dict | None):
+    def __init__(self, settings: MPPConfig, model_config, preprocessing: Preprocessing | dict | None):
         super().__init__(settings)
         self.patch, self.channels = model_config.stride, model_config.in_chans
-        self.preprocessing = preprocessing
+        self.preprocessing = Preprocessing.coerce(preprocessing)  # the inputs' normalisation
         self.cells = settings.downsized_size if settings.target == "downsized" else 1
         if settings.target != "pixels" and self.patch % self.cells:
             raise ValueError(f"objective.mpp.downsized_size {self.cells} does not divide the patch size {self.patch}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...data.preprocessing import Preprocessing
+
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, N, patch * patch * C), each patch's pixels row by row, channels last."""
@@ -26,16 +28,9 @@ def unpatchify(patches: torch.Tensor, patch: int, grid_hw: tuple[int, int], chan
     return x.reshape(B, channels, gh * patch, gw * patch)
 
 
-def to_pixels(images: torch.Tensor, preprocessing: dict | None) -> torch.Tensor:
+def to_pixels(images: torch.Tensor, record: Preprocessing) -> torch.Tensor:
     """Model inputs back to pixel values in 0..255 (rounded: the loader normalised uint8 pixels)."""
-    x = images.float()
-    if preprocessing and preprocessing.get("normalisation") == "mean_std":
-        mean = torch.tensor(preprocessing["mean"], device=x.device).view(-1, 1, 1)
-        std = torch.tensor(preprocessing["std"], device=x.device).view(-1, 1, 1)
-        x = (x * std + mean) * 255.0
-    else:  # minus_one_one
-        x = (x + 1.0) * 127.5
-    return x.round().clamp(0, 255)
+    return record.denormalise(images).round().clamp(0, 255)
 
 
 def colour_classes(pixels: torch.Tensor, bits: int) -> torch.Tensor:
