@@ -130,3 +130,47 @@ def test_two_gloo_processes_equal_one_and_resume_under_fsdp(tmp_path):
     assert torch.allclose(torch.tensor(resumed), torch.tensor(two), rtol=1e-5, atol=1e-6), (resumed, two)
     # the same TensorBoard run continues: steps 5-8 of the first session are replaced by the resumed ones
     tks.assert_same_series(tks.tensorboard_scalars(tks.tensorboard_run(events)), tmp_path / "double")
+
+
+# (where the signal arrives, which signal): each leaves a run that the same command finishes without training
+# it again; SIGTERM/SIGINT are held until the run's end is written, SIGKILL finds the checkpoint written before
+# the final evaluation
+END_SIGNALS = [("during-final-eval", "SIGTERM"), ("before-final-save", "SIGKILL"), ("during-final-save", "SIGINT"),
+               ("after-final-save", "SIGTERM")]
+END_STEPS = 6
+
+
+def end_config(tmp_path: Path, name: str) -> Path:
+    raw = ts.tiny_config(tmp_path / name, train={"steps": END_STEPS, "checkpoint_every": 100})
+    return ts.write_config(tmp_path / f"{name}.yaml", raw)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    from vitlab.training import load_config, train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("uninterrupted")
+    return train(load_config(end_config(root, "run"))), losses_in(root / "run")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point,signame", END_SIGNALS)
+def test_a_signal_at_the_end_of_a_run_loses_no_training(tmp_path, point, signame, uninterrupted):
+    from vitlab.training import load_config, train
+
+    config, run_dir = end_config(tmp_path, "run"), tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(ENTRY.with_name("signal_at_end.py")), point, signame, str(config)],
+                          env=env(), capture_output=True, text=True, timeout=300)
+    if signame != "SIGKILL":  # held: the run writes its end, then stops
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    torch.set_num_threads(1)
+    again = train(load_config(config))
+    reference, reference_losses = uninterrupted
+    assert again.resumed_from == END_STEPS, proc.stdout[-2000:] + proc.stderr[-4000:]  # not step 1 again
+    assert again.last_accuracy == reference.last_accuracy
+    assert losses_in(run_dir) == reference_losses
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in records if "eval_accuracy" in r]) == 1  # the final evaluation, recorded once
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == END_STEPS
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [f"step-{END_STEPS:08d}"]

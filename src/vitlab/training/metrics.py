@@ -16,9 +16,10 @@ class MetricsLog:
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    def truncate_after(self, step: int) -> None:
-        """On resume: forget records past the checkpoint, they will be written again."""
-        kept = [r for r in self.read() if r.get("step", 0) <= step]
+    def truncate_after(self, step: int, unevaluated: str | None = None) -> None:
+        """On resume: forget records past the checkpoint, they will be written again; so is the evaluation of
+        the checkpoint's own step when it was saved before it (the record holding metric `unevaluated`)."""
+        kept = [r for r in self.read() if r.get("step", 0) < step or r.get("step", 0) == step and unevaluated not in r]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict) -> None:

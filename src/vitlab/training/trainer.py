@@ -2,8 +2,9 @@
 
 The step (training/step.py): for each of `accumulation_steps` micro-batches, the objective's loss under the
 run's precision and backward (gradients synchronised across ranks only on the last); clip the global gradient
-norm; check the loss is finite; step the optimiser; update the EMA. Every `checkpoint_every` steps, at the end, and on SIGTERM/SIGINT
-the whole state is saved; running the same command again continues exactly where it stopped.
+norm; check the loss is finite; step the optimiser; update the EMA. Every `checkpoint_every` steps, on
+SIGTERM/SIGINT, and at the end both before and after the final evaluation the whole state is saved (a signal
+during the end waits until it is written); running the same command again continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -274,7 +275,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", to_yaml(cfg))
             if self.resume_path is not None:
-                self.metrics.truncate_after(self.step)
+                evaluated = self.state.get("evaluated_step") == self.step
+                self.metrics.truncate_after(self.step, unevaluated=None if evaluated else self.objective.metric)
             if cfg.log.to:
                 self.tracking = Tracking.start(cfg, self.run_dir, metric=self.objective.metric,
                                                resume_step=self.step if self.resume_path is not None else None)
@@ -293,13 +295,30 @@ class Trainer:
             progress.message(f"resuming from {self.resume_path} (step {self.step}/{self.total_steps})")
         self.model.train()
         self.session_start = start = time.perf_counter()
-        images_seen = self.train_steps(result, progress)
-        progress.close()
-        if result.interrupted_by is None:
-            self.evaluate(progress)
-            self.final_evaluation()
-        self.save()
-        wall = time.perf_counter() - start
+        with SignalFlag() as self.signals:  # a signal during the run's end waits until its checkpoint is written
+            images_seen = self.train_steps(result, progress)
+            progress.close()
+            if result.interrupted_by is None:
+                self.finish_training(result, progress)
+            self.save()
+            wall = time.perf_counter() - start
+            self.report(result, images_seen, wall)
+            if d.is_main:
+                self.finish(result)
+        return result
+
+    def finish_training(self, result: TrainResult, progress: Progress) -> None:
+        """The run's end: its last step saved first (a run stopped while evaluating resumes here and only
+        evaluates), then the evaluation; the caller saves again with the evaluation in the checkpoint."""
+        if result.resumed_from != self.step:
+            self.save()
+        self.evaluate(progress)
+        self.final_evaluation()
+        if self.signals.received is not None and self.d.is_main:
+            print(f"signal {self.signals.received} received while the run was ending: finishing its last "
+                  "checkpoint first", flush=True)
+
+    def report(self, result: TrainResult, images_seen: int, wall: float) -> None:
         result.steps = self.step
         result.wall_time_s = wall
         result.train_time_s = self.state["train_time_s"] + wall
@@ -310,9 +329,6 @@ class Trainer:
         result.skipped_steps = self.state["skipped_steps"]
         result.metric = self.objective.metric
         result.skipped_images = int(all_reduce_floats([getattr(self.train_loader, "skipped", 0)])[0])
-        if d.is_main:
-            self.finish(result)
-        return result
 
     def train_steps(self, result: TrainResult, progress: Progress) -> int:
         """The optimiser steps of this session; returns the images they saw (all ranks)."""
@@ -320,40 +336,39 @@ class Trainer:
         batches = self.micro_batches()
         start = time.perf_counter()
         images_seen, window_images, window_first, window_start = 0, 0, 0, start
-        with SignalFlag() as self.signals:
-            while self.step < self.total_steps:
-                lr = set_learning_rate(self.optimizer, cfg.optim.lr, lr_factor(
-                    self.step, self.total_steps, cfg.schedule.warmup_steps, cfg.schedule.decay,
-                    cfg.schedule.end_factor))
-                loss, grad_norm, images = self.train_step(batches)
-                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                    self.handle_bad_step(loss, progress)
-                else:
-                    self.optimizer.step()
-                    if self.ema is not None:
-                        self.ema.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                images_seen += images
-                window_images += images
-                result.losses.append(loss)
-                if self.step % settings.log_every == 0 or self.step == self.total_steps:
-                    now = time.perf_counter()
-                    rate = window_images / max(now - window_start, 1e-9)
-                    self.log_window(result.losses[window_first:], lr, grad_norm, rate)
-                    window_images, window_first, window_start = 0, len(result.losses), now
-                progress.update(self.step, loss, images_seen / max(time.perf_counter() - start, 1e-9), lr)
-                if settings.eval_every and self.step % settings.eval_every == 0 and self.step < self.total_steps:
-                    self.evaluate(progress)
-                if self.stop_requested:
-                    result.interrupted_by = self.signals.received or signal.SIGTERM
-                    break
-                if self.out_of_time:
-                    progress.message(f"train.max_minutes = {settings.max_minutes} reached at step {self.step}")
-                    result.out_of_time = True
-                    break
-                if self.step % settings.checkpoint_every == 0 and self.step < self.total_steps:
-                    self.save()
+        while self.step < self.total_steps:
+            lr = set_learning_rate(self.optimizer, cfg.optim.lr, lr_factor(
+                self.step, self.total_steps, cfg.schedule.warmup_steps, cfg.schedule.decay,
+                cfg.schedule.end_factor))
+            loss, grad_norm, images = self.train_step(batches)
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                self.handle_bad_step(loss, progress)
+            else:
+                self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            images_seen += images
+            window_images += images
+            result.losses.append(loss)
+            if self.step % settings.log_every == 0 or self.step == self.total_steps:
+                now = time.perf_counter()
+                rate = window_images / max(now - window_start, 1e-9)
+                self.log_window(result.losses[window_first:], lr, grad_norm, rate)
+                window_images, window_first, window_start = 0, len(result.losses), now
+            progress.update(self.step, loss, images_seen / max(time.perf_counter() - start, 1e-9), lr)
+            if settings.eval_every and self.step % settings.eval_every == 0 and self.step < self.total_steps:
+                self.evaluate(progress)
+            if self.stop_requested:
+                result.interrupted_by = self.signals.received or signal.SIGTERM
+                break
+            if self.out_of_time:
+                progress.message(f"train.max_minutes = {settings.max_minutes} reached at step {self.step}")
+                result.out_of_time = True
+                break
+            if self.step % settings.checkpoint_every == 0 and self.step < self.total_steps:
+                self.save()
         return images_seen
 
     def log_window(self, losses: list[float], lr: float, grad_norm: float, images_per_s: float) -> None:
