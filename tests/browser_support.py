@@ -32,18 +32,25 @@ def browser_missing() -> str | None:
 
 @contextlib.contextmanager
 def vitlab_serve(*args: str, timeout_s: float = 120.0, program: tuple[str, ...] = (sys.executable, "-m", "vitlab"),
-                 env: dict | None = None, cwd=None):
+                 env: dict | None = None, cwd=None, log: Path | None = None):
     """`vitlab serve ARGS --port 0` in a subprocess (`program` is the `vitlab` command; `env` its environment, by
-    default this one's); yields (its base URL, its pid); stops it afterwards."""
+    default this one's); yields (its base URL, its pid); stops it afterwards. With `log`, its stderr goes to that
+    file (a pipe nobody reads would stall a server that logs much)."""
     env = dict(env if env is not None else os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
+    sink = subprocess.PIPE if log is None else open(log, "w")
     proc = subprocess.Popen([*program, "serve", *args, "--host", "127.0.0.1", "--port", "0"],
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+                            stderr=sink, text=True, env=env, cwd=cwd)
+    if log is not None:
+        sink.close()  # the child has its own copy
+    lines = proc.stderr if log is None else open(log)
     try:
         deadline = time.monotonic() + timeout_s
         url = None
         while url is None:
-            line = proc.stderr.readline()
+            line = lines.readline()
+            if not line and log is not None:
+                time.sleep(0.05)
             if not line and proc.poll() is not None:
                 raise RuntimeError(f"vitlab serve exited with {proc.returncode}")
             if time.monotonic() > deadline:
@@ -59,7 +66,7 @@ def vitlab_serve(*args: str, timeout_s: float = 120.0, program: tuple[str, ...] 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        proc.stderr.close()
+        lines.close()
 
 
 def wait_healthy(url: str, deadline: float) -> None:

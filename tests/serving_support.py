@@ -27,6 +27,14 @@ def tiny_checkpoint(directory, **overrides):
     return save_pretrained(model, directory, label_names=NAMES[:model.num_classes])
 
 
+def assert_same_predictions(got, want, abs=1e-5):
+    import pytest
+
+    assert [p["index"] for p in got] == [p["index"] for p in want]
+    assert [p["label"] for p in got] == [p["label"] for p in want]
+    assert [p["probability"] for p in got] == pytest.approx([p["probability"] for p in want], abs=abs)
+
+
 def image_bytes(seed: int, size=(30, 24), fmt="PNG", mode="RGB") -> bytes:
     rgb = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     buffer = io.BytesIO()

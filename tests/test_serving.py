@@ -17,7 +17,8 @@ from PIL import Image
 pytest.importorskip("fastapi")
 
 from eval_fixtures import one_thread  # noqa: F401  (autouse)
-from serving_support import NAMES, call, image_bytes, multipart, predict_raw, serving, tiny_checkpoint
+from serving_support import (NAMES, assert_same_predictions, call, image_bytes, multipart, predict_raw, serving,
+                             tiny_checkpoint)
 from vitlab import load_pretrained
 from vitlab.cli import main
 from vitlab.evaluation.predict import predict_files
@@ -60,12 +61,6 @@ def test_api_answers_what_predict_prints(engine, checkpoint, tmp_path, capsys):
             assert_same_predictions(g["predictions"], want["predictions"][:3])
         status, _, health = call(port, "GET", "/healthz")
         assert status == 200 and health["status"] == "ok" and health["batching"]["images"] == 2 * len(files)
-
-
-def assert_same_predictions(got, want, abs=1e-5):
-    assert [p["index"] for p in got] == [p["index"] for p in want]
-    assert [p["label"] for p in got] == [p["label"] for p in want]
-    assert [p["probability"] for p in got] == pytest.approx([p["probability"] for p in want], abs=abs)
 
 
 def png_bomb(width: int, height: int) -> bytes:
@@ -143,7 +138,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_result(engine, ch
         results[i] = predict_raw(port, images[i], f"?filename={i}.png")
 
     # a long window so that the concurrent requests surely meet in one batch
-    with serving(create_app(engine, Settings(max_batch=8, window_ms=300))) as port:
+    with serving(create_app(engine, Settings(max_batch=8, window_ms=300, max_in_flight=len(images)))) as port:
         threads = [threading.Thread(target=client, args=(i,)) for i in range(len(images))]
         for t in threads:
             t.start()
@@ -328,3 +323,28 @@ def test_a_bit_resnet_is_served_without_attention(tmp_path):
         assert status == 200 and len(body[0]["predictions"]) == 3
         status, _, body = predict_raw(port, image_bytes(0), "?rollout=base64")
         assert status == 400 and "cannot show attention" in body["error"]
+
+
+def test_a_large_upload_is_decoded_small_and_answered_as_predict_answers(engine, checkpoint, tmp_path):
+    """Decoded at a reduced scale (what the model needs, twice over): the answer is `predict`'s, nearly."""
+    path = tmp_path / "large.png"
+    smooth = Image.open(io.BytesIO(image_bytes(3, size=(9, 7)))).resize((1800, 1300), Image.BICUBIC)
+    smooth.save(path)
+    expected = predict_files(load_pretrained(checkpoint), [path])[0]["predictions"]
+    with serving(create_app(engine)) as port:
+        status, _, got = predict_raw(port, path.read_bytes())
+    assert status == 200
+    by_index = {p["index"]: p["probability"] for p in got[0]["predictions"]}
+    assert got[0]["predictions"][0]["index"] == expected[0]["index"]
+    assert [by_index[p["index"]] for p in expected] == pytest.approx([p["probability"] for p in expected], abs=0.01)
+
+
+@pytest.mark.parametrize("option,value", [("--max-in-flight", "0"), ("--header-timeout", "-1"),
+                                          ("--decode-threads", "0"), ("--max-request-pixels", "1000")])
+def test_serve_command_refuses_a_bad_limit_in_one_line(checkpoint, capsys, option, value):
+    try:  # argparse refuses most values itself (SystemExit), run() the ones that depend on each other
+        code = main(["serve", "--checkpoint", str(checkpoint), option, value])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("vitlab serve: error:") and option in err and len(err.splitlines()) == 1

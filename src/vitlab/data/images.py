@@ -108,7 +108,7 @@ def convert(img: Image.Image, in_chans: int) -> Image.Image:
     if img.mode == target:
         return img
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        a = np.asarray(img).astype(np.int64)
+        a = np.asarray(img)  # 16-bit stays 16-bit while shifted: a large image's copies stay small
         shift = 8 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 0
         img = Image.fromarray(np.clip(a >> shift, 0, 255).astype(np.uint8), "L")
     elif img.mode == "F":
@@ -135,14 +135,36 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(a.copy()).permute(2, 0, 1)
 
 
-def to_pixels(img: Image.Image, in_chans: int) -> torch.Tensor:
-    """An opened image, whole and at full resolution, as the model sees it: uint8 C x H x W, C = `in_chans`.
+def to_pixels(img: Image.Image, in_chans: int, min_side: int | None = None) -> torch.Tensor:
+    """An opened image, whole, as the model sees it: uint8 C x H x W, C = `in_chans`; at full resolution unless
+    `min_side` is given: then smaller by the largest whole factor that keeps both sides >= `min_side` (libjpeg
+    decodes a JPEG at 1/2, 1/4 or 1/8 scale; other formats are box-averaged right after decoding), so a large
+    image costs one decoded copy, not several.
 
     Raises ValueError for a channel count other than 1 or 3; Pillow's errors (truncated or corrupt data) pass."""
     if in_chans not in (1, 3):
         raise ValueError(f"the model takes {in_chans}-channel input; images are read as grey (1) or RGB (3)")
+    if min_side is not None and img.format == "JPEG":
+        factor = reduction(img.size, min_side)
+        img.draft(None, (img.size[0] // factor, img.size[1] // factor))
     img.load()
-    return to_tensor(convert(oriented(img), in_chans))
+    if min_side is not None and img.mode in REDUCIBLE_MODES:
+        img = shrunk(img, min_side)
+    img = convert(oriented(img), in_chans)
+    return to_tensor(shrunk(img, min_side) if min_side is not None else img)  # palette, 1- and 16-bit: converted first
+
+
+REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F")  # pixels Pillow's reduce() can average
+
+
+def reduction(size: tuple[int, int], min_side: int) -> int:
+    return max(1, min(size) // max(1, min_side))
+
+
+def shrunk(img: Image.Image, min_side: int) -> Image.Image:
+    """`img` box-averaged by `reduction` (its EXIF data kept); the same image when that is 1."""
+    factor = reduction(img.size, min_side)
+    return img.reduce(factor) if factor > 1 else img
 
 
 def decode(source, name: str, in_chans: int, max_pixels: int) -> torch.Tensor:

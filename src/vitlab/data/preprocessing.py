@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,13 @@ class Preprocessing:
         if self.interpolation == "bicubic":  # cubic overshoots; Pillow clips to the pixel range
             out = out.clamp(0, 255)
         return out if x.ndim == 4 else out[0]
+
+    def decode_side(self) -> int:
+        """A side that an image reduced while decoding (`to_pixels(min_side=)`) keeps, for `geometry` to give
+        nearly what it gives from the full image (within a pixel value): four times the side its crop is resized
+        to, so that the antialiased resize still does the averaging."""
+        side = max(self.image_size) / (self.crop_fraction if self.resize_crop else 1)
+        return 4 * math.ceil(side)
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels in [0, 255] (any float or uint8 tensor, channels third from last) to the model's input range."""

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
+import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,8 +33,9 @@ from .batching import Batcher
 from .card import curves_path
 from .engine import Engine, TorchEngine
 from .errors import RequestError
-from .images import ImageLimits, decode_image
-from .overlays import data_url, head_maps, rollout_overlay
+from .images import ImageLimits, check_request_pixels, decode_upload, open_upload
+from .limits import BodyLimit, InFlightLimit
+from .overlays import DISPLAY_SIDE, data_url, display_copy, head_maps, rollout_overlay
 from .page import page_html
 
 
@@ -45,7 +47,8 @@ class Settings:
     max_batch: int = 32
     window_ms: float = 5.0
     body_timeout_s: float = 30.0  # a client that sends nothing for this long is answered 408
-    decode_threads: int = 4  # images decoded at once (each can take width x height x 3 bytes)
+    max_in_flight: int = 8  # predictions being read, decoded or run at once; more are answered 503
+    decode_threads: int = 2  # images decoded at once, all requests together (each up to images.max_pixels)
 
 
 @dataclass
@@ -59,16 +62,21 @@ class _Job:
 def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
     batcher = Batcher(lambda jobs: run_jobs(engine, jobs), max_batch=settings.max_batch,
                       window_ms=settings.window_ms)
-    decoding = threading.BoundedSemaphore(settings.decode_threads)
+    # its own few threads, not the shared pool: each thread's allocator keeps the memory of the largest image
+    # it decoded, so the number of threads bounds the memory that decoding holds
+    decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="vitlab-decode")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        asyncio.get_running_loop().set_exception_handler(log_one_line)
         await batcher.start()
         yield
         await batcher.stop()
+        decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="vitlab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(InFlightLimit, max_in_flight=settings.max_in_flight)  # the outer one: refuses first
     app.state.batcher, app.state.engine = batcher, engine
     card = engine.card()
 
@@ -112,12 +120,14 @@ def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
             raise RequestError(400, "this model cannot show attention (a ResNet, or an ONNX export, which has "
                                     "logits only); ask without rollout")
 
-        def decode(name, data):
-            with decoding:
-                return decode_image(data, name, engine.in_chans, settings.images)
-
-        images = [await run_in_threadpool(decode, name, data) for name, data in uploads]
-        pixels = await run_in_threadpool(lambda: [engine.prepare(img) for img in images])
+        opened = await run_in_threadpool(lambda: [open_upload(data, name, settings.images) for name, data in uploads])
+        check_request_pixels(opened, settings.images)
+        loop = asyncio.get_running_loop()
+        pixels, images = [], []
+        for (name, _), img in zip(uploads, opened):  # one at a time: a request holds one decoded image at most
+            x, display = await loop.run_in_executor(decoder, prepare_upload, engine, img, name, want_attention)
+            pixels.append(x)
+            images.append(display)
         outputs = await asyncio.gather(*(batcher.submit(_Job(x, want_attention)) for x in pixels))
         if rollout == "png":
             png = await run_in_threadpool(rollout_overlay, images[0], outputs[0]["rollout"])
@@ -129,6 +139,21 @@ def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
                      for (name, _), image, out in zip(uploads, images, outputs)])
 
     return app
+
+
+def prepare_upload(engine: Engine, img, name: str, attention: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's input and, for the attention pictures, the image at display size: decoded no larger than
+    they need (no full-size copy outlives the call)."""
+    side = engine.record().decode_side()
+    image = decode_upload(img, name, engine.in_chans, max(side, DISPLAY_SIDE) if attention else side)
+    return engine.prepare(image), display_copy(image) if attention else None
+
+
+def log_one_line(loop, context: dict) -> None:
+    """asyncio's own errors (e.g. out of file descriptors) as one log line each, not a traceback each."""
+    error = context.get("exception")
+    detail = f": {type(error).__name__}: {error}" if error is not None else ""
+    logging.getLogger("uvicorn.error").error("%s%s", context.get("message", "asyncio error"), detail)
 
 
 def run_jobs(engine: Engine, jobs: list[_Job]) -> list[dict]:
@@ -169,45 +194,3 @@ async def read_uploads(request: Request, max_images: int) -> list[tuple[str, byt
 
 def error_response(status: int, message: str, close: bool = False) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"} if close else None)
-
-
-class BodyLimit:
-    """ASGI middleware: refuses a body over `max_bytes` (413, by Content-Length before reading a byte, or
-    as soon as a chunked upload passes it) and a client that stalls mid-upload for `timeout_s` (408)."""
-
-    def __init__(self, app, max_bytes: int, timeout_s: float):
-        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await send_error(send, 413, f"the request body ({declared.decode(errors='replace')} bytes) "
-                                               f"is more than the limit of {self.max_bytes:,} bytes")
-        received, body_done = 0, False
-
-        async def limited_receive():
-            nonlocal received, body_done
-            if body_done:
-                return await receive()  # after the body: waiting for a disconnect is not a stall
-            try:
-                message = await asyncio.wait_for(receive(), self.timeout_s)
-            except asyncio.TimeoutError:
-                raise RequestError(408, f"the upload stalled: nothing received for {self.timeout_s:g} s") from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                body_done = not message.get("more_body", False)
-                if received > self.max_bytes:
-                    raise RequestError(413, f"the request body is more than the limit of {self.max_bytes:,} bytes")
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
-async def send_error(send, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})

@@ -38,11 +38,14 @@ class Engine:
     preprocessing: dict  # the checkpoint's preprocessing record (vitlab.data.preprocessing), as saved
     has_attention: bool = False
 
+    def record(self) -> Preprocessing:
+        """The checkpoint's preprocessing record at the size and channel count the model takes."""
+        return Preprocessing.from_dict(self.preprocessing).replace(image_size=self.image_hw, channels=self.in_chans)
+
     def prepare(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 (C, H, W) -> the model's float input (C, h, w): cropped, resized and normalised by the
         checkpoint's preprocessing record, as `predict` and `eval` do."""
-        record = Preprocessing.from_dict(self.preprocessing).replace(image_size=self.image_hw, channels=self.in_chans)
-        return eval_transform(record)(image)
+        return eval_transform(self.record())(image)
 
     def run(self, x: torch.Tensor, attention: bool = False) -> Output:
         raise NotImplementedError

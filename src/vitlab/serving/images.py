@@ -26,10 +26,11 @@ BOMB_PIXELS_PER_BYTE = 500
 class ImageLimits:
     max_bytes: int = 20 * 2**20  # one upload
     max_pixels: int = 40_000_000  # width x height as the header declares it
+    max_request_pixels: int = 100_000_000  # all the images of one request together
 
 
-def decode_image(data: bytes, name: str, in_chans: int, limits: ImageLimits) -> torch.Tensor:
-    """uint8 (C, H, W), as every command reads a file (`vitlab.data.images.to_pixels`); RequestError (400/413/415) for anything else."""
+def open_upload(data: bytes, name: str, limits: ImageLimits) -> Image.Image:
+    """The upload opened lazily (its header read, nothing decoded); RequestError (400/413/415) for anything else."""
     if not data:
         raise RequestError(400, f"{name}: empty body (no image bytes)")
     if len(data) > limits.max_bytes:
@@ -42,12 +43,31 @@ def decode_image(data: bytes, name: str, in_chans: int, limits: ImageLimits) -> 
         raise RequestError(413, f"{name}: a decompression bomb ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise RequestError(415, f"{name}: not an image Pillow can read ({len(data):,} bytes)") from None
-    with img:
-        check_size(img, len(data), name, limits)
-        try:
-            return to_pixels(img, in_chans)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise RequestError(415, f"{name}: cannot decode the {img.format} image ({e})") from None
+    check_size(img, len(data), name, limits)
+    return img
+
+
+def check_request_pixels(images: list[Image.Image], limits: ImageLimits) -> None:
+    total = sum(img.size[0] * img.size[1] for img in images)
+    if total > limits.max_request_pixels:
+        raise RequestError(413, f"the {len(images)} images of this request have {total:,} pixels in all, more "
+                                f"than the limit of {limits.max_request_pixels:,}; send fewer or smaller images")
+
+
+def decode_upload(img: Image.Image, name: str, in_chans: int, min_side: int | None = None) -> torch.Tensor:
+    """uint8 (C, H, W), as every command reads a file (`vitlab.data.images.to_pixels`, at a reduced scale where
+    `min_side` allows); RequestError 415 for data Pillow cannot decode."""
+    try:
+        return to_pixels(img, in_chans, min_side)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise RequestError(415, f"{name}: cannot decode the {img.format} image ({e})") from None
+    finally:
+        img.close()  # frees its decoded pixels too, which `with img` would leave to whoever holds `img`
+
+
+def decode_image(data: bytes, name: str, in_chans: int, limits: ImageLimits) -> torch.Tensor:
+    """One upload, opened and decoded at full resolution."""
+    return decode_upload(open_upload(data, name, limits), name, in_chans)
 
 
 def check_size(img: Image.Image, num_bytes: int, name: str, limits: ImageLimits) -> None:
