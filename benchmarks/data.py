@@ -50,7 +50,7 @@ def plain_pillow(path: Path, rng: np.random.Generator, size: int = 224) -> torch
     return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous().float().div(255)
 
 
-def vitlab_crop(path: Path, rng: np.random.Generator, transform=CropResize(224, 3, train=True)) -> torch.Tensor:
+def vitlab_crop(path: Path, rng: np.random.Generator, transform=CropResize(224, 3)) -> torch.Tensor:
     return transform(Image.open(io.BytesIO(path.read_bytes())), rng, str(path))  # as FolderDataset.open
 
 

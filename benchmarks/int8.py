@@ -255,10 +255,10 @@ def random_batches(model, batch_size: int, images: int) -> list[torch.Tensor]:
 def data_batches(model, spec: str, split: str, batch_size: int):
     from vitlab.data import build_dataset
     from vitlab.evaluation import EvalBatches
-    from vitlab.evaluation.batches import model_preprocessing
+    from vitlab.data.preprocessing import of_model
 
     dataset = build_dataset(spec, split, in_chans=model.config.in_chans)
-    return EvalBatches(dataset, preprocessing=model_preprocessing(model), batch_size=batch_size)
+    return EvalBatches(dataset, preprocessing=of_model(model), batch_size=batch_size)
 
 
 def calibration_from(batches, batch_size: int, images: int) -> list[torch.Tensor]:

@@ -74,11 +74,11 @@ def gradient_jpeg(tmp_path, size=(300, 200)):
 
 def test_crop_resize_shapes_dtype_and_flip(tmp_path):
     path = gradient_jpeg(tmp_path)
-    eval_t = CropResize(64, 3, train=False)
+    eval_t = CropResize(64, 3, inception_crop=False, flip=False)
     out = eval_t(Image.open(path), np.random.default_rng(0))
     assert out.shape == (3, 64, 64) and out.dtype == torch.uint8
     assert out[0, 32, 5] < 40 and out[0, 32, -5] > 215  # red rises left to right
-    train_t = CropResize(64, 3, train=True, area=(1.0, 1.0), aspect=(1.5, 1.5))  # whole image: only flips vary
+    train_t = CropResize(64, 3, area=(1.0, 1.0), aspect=(1.5, 1.5))  # whole image: only flips vary
     flips = []
     for seed in range(20):
         x = train_t(Image.open(path), np.random.default_rng(seed))
@@ -87,17 +87,17 @@ def test_crop_resize_shapes_dtype_and_flip(tmp_path):
         ref = eval_t(Image.open(path), np.random.default_rng(0))
         assert torch.allclose((x.flip(-1) if flips[-1] else x).float(), ref.float(), atol=6)
     assert 3 <= sum(flips) <= 17
-    grey = CropResize(32, 1, train=True)(Image.open(path), np.random.default_rng(0))
+    grey = CropResize(32, 1)(Image.open(path), np.random.default_rng(0))
     assert grey.shape == (1, 32, 32)
 
 
 def test_jpeg_draft_decodes_at_reduced_scale(tmp_path):
     path = gradient_jpeg(tmp_path, (800, 800))
     img = Image.open(path)
-    out = CropResize(100, 3, train=False)(img, np.random.default_rng(0))
+    out = CropResize(100, 3, inception_crop=False, flip=False)(img, np.random.default_rng(0))
     assert img.size == (100, 100)  # libjpeg decoded at 1/8: the 800 px box still covers >= 100 px
     img = Image.open(path)
-    CropResize(150, 3, train=False)(img, np.random.default_rng(0))
+    CropResize(150, 3, inception_crop=False, flip=False)(img, np.random.default_rng(0))
     assert img.size == (200, 200)  # 1/4 scale: 1/8 would leave fewer than 150 px
     ref = torch.from_numpy(np.array(Image.open(path).convert("RGB").resize((100, 100), Image.BILINEAR)))
     assert (out.permute(1, 2, 0).float() - ref.float()).abs().mean() < 3
@@ -231,7 +231,7 @@ def test_truncated_jpeg_is_always_bad(tmp_path):
     from vitlab.data.errors import BadImage
 
     data = noisy_jpeg_bytes((300, 200))[:-2000]
-    t = CropResize(32, 3, train=True)
+    t = CropResize(32, 3)
     for seed in range(10):  # whatever the crop, even one above the missing rows
         with pytest.raises(BadImage, match="truncated"):
             t(Image.open(io.BytesIO(data)), np.random.default_rng(seed), "t.jpg")

@@ -123,7 +123,7 @@ def test_training_crops_an_exif_rotated_photo_as_shown(tricky, tmp_path):
     from vitlab.data.transforms import CropResize, resize_uint8
 
     dataset = build_dataset(f"folder:{tmp_path / 'data'}", "test")
-    whole = CropResize(24, 3, train=False, resize_crop=False)(dataset.open(0), np.random.default_rng(0))
+    whole = CropResize(24, 3, inception_crop=False, flip=False)(dataset.open(0), np.random.default_rng(0))
     shown = decode(dataset.files[0], dataset.files[0], 3, 10**8)
     assert shown.shape == (3, HEIGHT, WIDTH)
     assert torch.equal(whole, resize_uint8(shown[None], 24)[0])

@@ -169,7 +169,7 @@ LAYERS = [
     ["vitlab.bench", "vitlab.vtab", "vitlab.serving"],
     ["vitlab.studies"],
     ["vitlab.commands"],
-    ["vitlab.cli", "vitlab.inspect", "vitlab"],
+    ["vitlab.cli", "vitlab"],
 ]
 
 

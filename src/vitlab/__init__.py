@@ -14,8 +14,8 @@ from .models import (ViTConfig, VisionTransformer, count_flops, count_parameters
 
 
 def __getattr__(name):
-    # `vitlab.inspect` (the paper's figures) pulls in matplotlib, so it is imported on first use only
-    if name in ("inspect", "inspection"):
+    # `vitlab.inspection` (the paper's figures) pulls in matplotlib, so it is imported on first use only
+    if name == "inspection":
         import importlib
         return importlib.import_module(f"vitlab.{name}")
     raise AttributeError(f"module 'vitlab' has no attribute {name!r}")

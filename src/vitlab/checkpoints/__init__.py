@@ -2,7 +2,7 @@
 
 from .export import convert, export_checkpoint
 from .load import detect_format, load_checkpoint, load_pretrained
-from .mapping import CheckpointError
+from .errors import CheckpointError
 from .vitlab_format import save_pretrained
 
 __all__ = ["CheckpointError", "convert", "detect_format", "export_checkpoint", "load_checkpoint", "load_pretrained",

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import ViTConfig
-from .mapping import CheckpointError
+from .errors import CheckpointError
 
 
 def adapt_model(model: nn.Module, *, num_classes: int | None = None, image_size=None,

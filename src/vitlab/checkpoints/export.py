@@ -8,7 +8,7 @@ from torch import nn
 
 from .hf import save_hf
 from .load import load_pretrained
-from .mapping import CheckpointError
+from .errors import CheckpointError
 from .npz_official import save_official_npz
 from .timm import save_timm
 from .vitlab_format import save_pretrained

@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .mapping import CheckpointError
+from .errors import CheckpointError
 
 
 def sniff(path: Path) -> str:

@@ -28,10 +28,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from .errors import CheckpointError
 from ..fileio import atomic_write, atomic_write_text
 from ..models import ViTConfig
 from .files import read_json, read_tensors
-from .mapping import CheckpointError, Pair, as_float32, config_with_overrides, export_tensors, load_into_model
+from .mapping import Pair, as_float32, config_with_overrides, export_tensors, load_into_model
 
 CONFIG_FILE, WEIGHTS_FILES = "config.json", ("model.safetensors", "pytorch_model.bin")
 GELU = {"gelu": "exact", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh"}

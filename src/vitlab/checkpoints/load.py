@@ -20,7 +20,7 @@ from ..data import preprocessing
 from .adapt import adapt_model
 from .files import read_json, read_tensors, sniff
 from .hf import is_hf_folder, load_hf
-from .mapping import CheckpointError
+from .errors import CheckpointError
 from .npz_official import load_official_npz
 from .remote import resolve
 from .timm import is_timm_folder, is_timm_state_dict, load_timm, load_timm_folder

@@ -19,13 +19,10 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from ..errors import VitlabError
 from ..models import ViTConfig, VisionTransformer
+from ..models.registry import VIT_SIZES
 from ..models.resnet import resnet_stride
-
-
-class CheckpointError(VitlabError, ValueError):
-    """A checkpoint that cannot be loaded as it is; the message names the file, the key and the shapes."""
+from .errors import CheckpointError
 
 
 def _same(t: torch.Tensor) -> torch.Tensor:
@@ -107,15 +104,13 @@ def load_into_model(cfg: ViTConfig, tensors: Mapping[str, torch.Tensor], pairs: 
 
 
 # ---- facts several formats need -------------------------------------------------------------------------
-HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # Ti, S, B, L, H
-
-
 def heads_for_width(width: int, source: str | Path) -> int:
-    if width not in HEADS_BY_WIDTH:
+    heads = {size["width"]: size["num_heads"] for size in VIT_SIZES.values()}  # Table 1: Ti, S, B, L, H
+    if width not in heads:
         raise CheckpointError(
             f"{source}: the file does not store the number of attention heads and width {width} is not a standard "
-            f"ViT width ({', '.join(f'{w}: {h}' for w, h in HEADS_BY_WIDTH.items())}); pass num_heads=")
-    return HEADS_BY_WIDTH[width]
+            f"ViT width ({', '.join(f'{w}: {h}' for w, h in heads.items())}); pass num_heads=")
+    return heads[width]
 
 
 def checkpoint_image_size(rows: int, stride: int, source: str | Path, key: str, hint=None):

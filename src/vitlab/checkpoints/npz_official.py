@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import CheckpointError
 from ..fileio import atomic_write
 from ..models import ViTConfig
 from .big_vision import is_big_vision, to_official_names  # big_vision is the same Flax model, renamed
 from .files import read_npz
-from .mapping import (CheckpointError, Pair, checkpoint_image_size, config_with_overrides, count_indexed,
+from .mapping import (Pair, checkpoint_image_size, config_with_overrides, count_indexed,
                       export_tensors, load_into_model, token_stride, width_factor)
 
 BLOCK = "Transformer/encoderblock_{}/"

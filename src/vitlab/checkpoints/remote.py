@@ -17,7 +17,7 @@ import urllib.parse
 from pathlib import Path
 
 from ..download import DownloadError, cache_dir, download, is_offline
-from .mapping import CheckpointError
+from .errors import CheckpointError
 from .pretrained import find_pretrained
 
 HF_PREFIX = "hf-hub:"

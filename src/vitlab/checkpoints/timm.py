@@ -22,10 +22,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from .errors import CheckpointError
 from ..fileio import atomic_write
 from ..models import ViTConfig, VisionTransformer
 from .files import read_json, read_tensors
-from .mapping import (CheckpointError, Pair, add_class_slot, as_float32, checkpoint_image_size, config_with_overrides,
+from .mapping import (Pair, add_class_slot, as_float32, checkpoint_image_size, config_with_overrides,
                       count_indexed, export_tensors, heads_for_width, is_square, load_into_model,
                       token_stride, width_factor)
 

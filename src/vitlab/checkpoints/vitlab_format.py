@@ -9,12 +9,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from .errors import CheckpointError
 from ..fileio import atomic_write, atomic_write_text
 from ..data.preprocessing import of_model
 from ..models import BiTConfig, ViTConfig
 from ..models.registry import build_model
 from .files import read_json, read_safetensors
-from .mapping import CheckpointError, check_contents
+from .mapping import check_contents
 from .model_card import current_command, model_card
 
 FORMAT = "vitlab"

@@ -91,8 +91,8 @@ def to_onnx(args, source: str, destination: str, kwargs: dict):
 def calibration_batches(model, spec: str, images: int = CALIBRATION_IMAGES) -> list:
     """The first `images` training images of data set `spec`, preprocessed as the model's checkpoint says."""
     from ..data import build_dataset
+    from ..data.preprocessing import of_model
     from ..evaluation import EvalBatches
-    from ..evaluation.batches import model_preprocessing
 
     dataset = build_dataset(spec, f"train[:{images}]", in_chans=model.config.in_chans)
-    return [x for x, _, _ in EvalBatches(dataset, preprocessing=model_preprocessing(model), batch_size=64)]
+    return [x for x, _, _ in EvalBatches(dataset, preprocessing=of_model(model), batch_size=64)]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from ..data.preprocessing import of_model
 from ..evaluation import EvalBatches, align_to_dataset, evaluate, load_real_labels, save_confusion_png
 from ..evaluation.metrics import format_summary
-from ..evaluation.batches import model_preprocessing
 from . import common, evalargs
 
 
@@ -24,7 +24,7 @@ def run(args) -> int:
         raise common.UsageError(f"--data {args.data} has {dataset.num_classes} classes but {args.checkpoint} predicts "
                          f"{model.num_classes}; evaluate a checkpoint fine-tuned on this data set")
     real = align_to_dataset(load_real_labels(args.real), dataset) if args.real else None
-    batches = EvalBatches(dataset, preprocessing=model_preprocessing(model), batch_size=args.batch_size,
+    batches = EvalBatches(dataset, preprocessing=of_model(model), batch_size=args.batch_size,
                           rank=d.rank, world_size=d.world_size,
                           num_workers=args.num_workers)
     result = evaluate(model, batches, device=d.device, precision=precision, real_labels=real, desc=f"eval {args.split}")

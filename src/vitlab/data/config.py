@@ -102,10 +102,10 @@ class DataConfig:
 
         if not isinstance(self.dataset, str) or not self.dataset.strip():
             bad("dataset", "must name a source: fashion_mnist, cifar10, cifar100, folder:/dir, shards:/pattern")
-        from .sources import check_spec  # late: sources import this module's neighbours
+        from .sources import parse_spec  # late: sources import this module's neighbours
 
         try:
-            check_spec(self.dataset)
+            parse_spec(self.dataset)
             parse_split(self.train_split)
             parse_split(self.eval_split)
         except DataError as e:

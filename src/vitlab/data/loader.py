@@ -80,7 +80,7 @@ class Loader:
         self.batched = isinstance(dataset, ArrayDataset) and not use_randaugment
         self.record = from_data_config(cfg)  # evaluation: the transform saved with checkpoints, used by commands
         self.transform = EvalImage(self.record) if not train else CropResize(
-            cfg.image_size, cfg.in_chans, train=train, inception_crop=cfg.inception_crop, area=cfg.crop_area,
+            cfg.image_size, cfg.in_chans, inception_crop=cfg.inception_crop, area=cfg.crop_area,
             aspect=cfg.crop_aspect, flip=cfg.flip, resize_crop=cfg.resize_crop, crop_fraction=cfg.crop_fraction,
             randaugment=RandAugment(cfg.randaugment_n, cfg.randaugment_m, cfg.randaugment_mstd) if use_randaugment else None)
         self.num_roles = max(1, cfg.num_workers)

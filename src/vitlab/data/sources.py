@@ -23,9 +23,6 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
                     f"shards:/dir/train-{{000000..000099}}.tar")
 
 
-check_spec = parse_spec
-
-
 def build_dataset(spec: str, split: str, *, root=None, in_chans: int = 3, split_seed: int | None = 0,
                   download: bool = True, max_pixels: int = 89_478_485, max_member_bytes: int = shards.MAX_MEMBER_BYTES):
     """A data set of (uint8 C x H x W tensor, int label) with `num_classes` and `class_names`.
@@ -52,4 +49,4 @@ def build_dataset(spec: str, split: str, *, root=None, in_chans: int = 3, split_
     return base.subset(picked)
 
 
-__all__ = ["build_dataset", "parse_spec", "check_spec"]
+__all__ = ["build_dataset", "parse_spec"]

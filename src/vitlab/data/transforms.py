@@ -4,8 +4,8 @@ Two implementations of the same maths:
 - `CropResize`, per image in loader workers: choose the crop box on the undecoded image, let
   libjpeg decode only the rows above the box's bottom and at reduced scale when the box allows,
   crop, then resize the uint8 crop with torch's antialiased bilinear filter (faster than
-  Pillow's; same filter). With train=False it resizes (or centre-crops) for callers that want
-  a uint8 image; the loader evaluates with the preprocessing record instead.
+  Pillow's; same filter). Without the inception crop it takes the whole image (or its centre,
+  `resize_crop`); the loader evaluates with the preprocessing record instead.
 - `crop_flip_batch`, for data sets already in memory: batched matmuls on the training device.
 """
 import math
@@ -73,16 +73,16 @@ def pil_to_batch(img) -> torch.Tensor:
 
 
 class CropResize:
-    """Per-image transform: lazy PIL image -> uint8 C x size x size tensor."""
+    """Per-image training transform: lazy PIL image -> uint8 C x size x size tensor."""
 
-    def __init__(self, size: int, in_chans: int, *, train: bool, inception_crop=True, area=(0.05, 1.0),
+    def __init__(self, size: int, in_chans: int, *, inception_crop=True, area=(0.05, 1.0),
                  aspect=(3 / 4, 4 / 3), flip=True, resize_crop=False, crop_fraction=0.875, randaugment=None):
-        self.size, self.in_chans, self.train = size, in_chans, train
+        self.size, self.in_chans = size, in_chans
         self.inception_crop, self.area, self.aspect, self.flip = inception_crop, area, aspect, flip
         self.resize_crop, self.crop_fraction, self.randaugment = resize_crop, crop_fraction, randaugment
 
     def box(self, rng, height, width):
-        if self.train and self.inception_crop:
+        if self.inception_crop:
             return tuple(int(v) for v in sample_crop_boxes(rng, 1, height, width, self.area, self.aspect)[0])
         if self.resize_crop:
             return centre_box(height, width, self.crop_fraction)
@@ -96,7 +96,7 @@ class CropResize:
             crop = decode_box(img, (left, top, left + w, top + h), self.in_chans, (self.size, self.size))
         except Exception as e:  # truncated or corrupt data
             raise BadImage(name, f"cannot decode ({type(e).__name__}: {e})") from None
-        flip = self.train and self.flip and rng.random() < 0.5
+        flip = self.flip and rng.random() < 0.5
         out = resize_uint8(pil_to_batch(crop), self.size)
         if flip:
             out = out.flip(-1)

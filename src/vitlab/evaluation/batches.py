@@ -19,12 +19,6 @@ from ..data.preprocessing import Preprocessing, of_model
 SKIPPABLE = (BadImage, OSError)
 
 
-def model_preprocessing(model) -> Preprocessing:
-    """The checkpoint's preprocessing record at the model's current size (the paper's resize and x / 127.5 - 1
-    when the checkpoint says nothing)."""
-    return of_model(model)
-
-
 class _Shard(Dataset):
     """Samples rank, rank + world_size, ... of a map-style data set, as (image, label, index) or None if bad."""
 

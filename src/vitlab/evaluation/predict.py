@@ -11,8 +11,8 @@ from torch import nn
 from ..data.config import DataConfig
 from ..data.errors import BadImage
 from ..data.images import decode
+from ..data.preprocessing import of_model
 from ..runtime import autocast
-from .batches import model_preprocessing
 
 IMAGENET1K_CLASSES = "imagenet1k_classes.txt"
 
@@ -57,7 +57,7 @@ def predict_files(model: nn.Module, paths, *, topk: int = 5, batch_size: int = 3
     """[{"file", "predictions": [{"label", "index", "probability"}, ...]} or {"file", "error"}] per path, in order."""
     device = torch.device(device)
     model = model.eval().to(device)
-    record, names = model_preprocessing(model), label_names(model)
+    record, names = of_model(model), label_names(model)
     if image_size is not None:
         record = record.replace(image_size=image_size)
     in_chans = model.config.in_chans

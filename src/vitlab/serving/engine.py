@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.preprocessing import Preprocessing, eval_transform
-from ..evaluation.batches import model_preprocessing
+from ..data.preprocessing import Preprocessing, eval_transform, of_model
 from ..evaluation.predict import label_names
 from ..runtime import pick_device, resolve_precision
 
@@ -68,7 +67,7 @@ class TorchEngine(Engine):
         self.checkpoint, self.model = Path(checkpoint), model
         self.device = pick_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.labels, self.preprocessing = label_names(model), model_preprocessing(model).to_dict()
+        self.labels, self.preprocessing = label_names(model), of_model(model).to_dict()
         size = cfg.image_size  # the model's, which differs from the record's after image_size= resampling
         self.in_chans, self.image_hw = cfg.in_chans, (size, size) if isinstance(size, int) else tuple(size)
         self.has_attention = isinstance(cfg, ViTConfig)

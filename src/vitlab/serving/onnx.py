@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.preprocessing import of_model
 from ..evaluation.predict import label_names
-from ..evaluation.batches import model_preprocessing
 from ..fileio import atomic_path, atomic_write_text
 
 OPSET = 17
@@ -183,7 +183,7 @@ def write_sidecar(model: nn.Module, onnx_path: Path, *, precision: str, opset: i
     meta = {"format": "vitlab-onnx", "name": describe(cfg) + (" (ONNX int8)" if precision == "int8" else " (ONNX)"),
             "source": None if source is None else str(source), "precision": precision, "opset": opset,
             "input": INPUT, "output": OUTPUT, "in_chans": cfg.in_chans, "image_hw": list(cfg.image_hw),
-            "label_names": label_names(model), "preprocessing": model_preprocessing(model).to_dict(),
+            "label_names": label_names(model), "preprocessing": of_model(model).to_dict(),
             "architecture": cfg.to_dict(), "parameters": sum(p.numel() for p in model.parameters()), "run": run}
     path = sidecar_path(onnx_path)
     atomic_write_text(path, json.dumps(meta, indent=2) + "\n")

@@ -224,9 +224,6 @@ def recover(run_dir: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-remove_partial = recover
-
-
 # ---- verifying before resuming ------------------------------------------------------------------------------
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()

@@ -195,7 +195,7 @@ def load_teacher(path: str | Path, *, num_classes: int, in_chans: int, device: t
     ConfigError naming `objective.distillation.teacher`."""
     from ...checkpoints import load_pretrained
     from ...checkpoints.load import latest_run_checkpoint
-    from ...checkpoints.mapping import CheckpointError
+    from ...checkpoints.errors import CheckpointError
 
     try:
         model = load_pretrained(path)  # as given: a name or URL would not survive Path()
