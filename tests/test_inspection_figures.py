@@ -165,3 +165,17 @@ def test_inspect_command_reads_other_checkpoint_formats(to, name, tmp_path, imag
                  "--figures", "rollout,posemb", "--no-progress"]) == 0
     assert_drawn(out / "attention_heads.png", (None, 145))  # one image, one row
     assert_drawn(out / "posemb_similarity.png", (640, 600))
+
+
+def test_inspect_runs_in_the_precision_asked(checkpoint, image_files, tmp_path):
+    """--precision autocasts the forward passes as every evaluating command does; fp32 (the default) is exact."""
+    def distances(*precision):
+        out = tmp_path / "-".join(precision or ("default",))
+        assert main(["inspect", "--checkpoint", str(checkpoint), *map(str, image_files), "--out", str(out),
+                     "--figures", "distance", "--device", "cpu", "--no-progress", *precision]) == 0
+        with open(out / "attention_distance.csv") as f:
+            return np.array([float(r["mean_distance_px"]) for r in csv.DictReader(f)])
+
+    exact, fp32, bf16 = distances(), distances("--precision", "fp32"), distances("--precision", "bf16")
+    assert np.array_equal(exact, fp32)
+    assert not np.array_equal(exact, bf16) and np.allclose(exact, bf16, rtol=0.05)

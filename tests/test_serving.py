@@ -303,6 +303,14 @@ def test_serve_command_refuses_a_bad_checkpoint_in_one_line(tmp_path, capsys):
     assert err.startswith("vitlab serve:") and "missing" in err and len(err.splitlines()) == 1
 
 
+def test_serve_reports_through_the_command_lines_handler(tmp_path, capsys, monkeypatch):
+    """The same path as every command: VITLAB_DEBUG=1 adds the traceback above the one line."""
+    monkeypatch.setenv("VITLAB_DEBUG", "1")
+    assert main(["serve", "--checkpoint", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("Traceback") and err[-1].startswith("vitlab serve: error:") and "missing" in err[-1]
+
+
 @pytest.mark.parametrize("overrides", [dict(classifier="gap", reg_tokens=2), dict(attention="axial"),
                                        dict(distill_token=True)])
 def test_attention_maps_of_other_vit_variants(tmp_path, overrides):

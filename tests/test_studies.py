@@ -133,7 +133,7 @@ def test_quick_pooling_study_end_to_end(tmp_path, capsys):
 
 
 def test_bench_sweeps_image_sizes_with_the_largest_batch(capsys):
-    assert main(["bench", "--model", "ViT-Ti/16", "--image-sizes", "32", "128", "--max-batch", "--memory-cap", "1",
+    assert main(["bench", "--model", "ViT-Ti/16", "--image-sizes", "32", "128", "--largest-batch", "--memory-cap", "1",
                  "--batch-size", "2", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["results"]
     assert [r["image_size"] for r in rows] == [32, 128]

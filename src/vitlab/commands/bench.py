@@ -47,10 +47,10 @@ def add_arguments(parser) -> None:
                         help="steps per round (default: 1 CPU, 10 GPU)")
     parser.add_argument("--image-sizes", type=common.image_size, nargs="+", metavar="PX",
                         help="sweep input sizes (the paper's Figure 12): inference images/s at each size")
-    parser.add_argument("--max-batch", action="store_true",
+    parser.add_argument("--largest-batch", action="store_true",
                         help="with --image-sizes: also the largest batch whose weights and activations fit --memory-cap")
     parser.add_argument("--memory-cap", type=common.number(0, above=True), default=16.0, metavar="GIB",
-                        help="memory for --max-batch, in GiB (default 16: one TPUv3 core, as in the paper)")
+                        help="memory for --largest-batch, in GiB (default 16: one TPUv3 core, as in the paper)")
     common.add_output_args(parser, out=None, json_help="print the results as JSON")
 
 
@@ -136,17 +136,17 @@ def sweep_image_sizes(args) -> int:
         common.named_config(args.model, {"image_size": "--image-sizes"}, image_size=size)
         common.check_batch_fits(args.batch_size, 3, size)
     rows = [size_point(model=args.model, image_size=size, batch=args.batch_size, memory_cap_gb=args.memory_cap,
-                       precision=precision, device=str(device), max_batch=args.max_batch, threads=args.threads)
+                       precision=precision, device=str(device), max_batch=args.largest_batch, threads=args.threads)
             for size in args.image_sizes]
     if args.json:
         common.print_json({"model": args.model, "results": rows})
         return 0
     print(f"{args.model}: inference, batch {args.batch_size}, {precision}, {rows[0]['threads']} threads, "
-          f"on {device}" + (f"; largest batch within {args.memory_cap:g} GiB" if args.max_batch else ""))
-    print(f"{'px':>5} {'GFLOPs/img':>11} {'images/s':>10}" + (f" {'MiB/img':>9} {'max batch':>10}" if args.max_batch else ""))
+          f"on {device}" + (f"; largest batch within {args.memory_cap:g} GiB" if args.largest_batch else ""))
+    print(f"{'px':>5} {'GFLOPs/img':>11} {'images/s':>10}" + (f" {'MiB/img':>9} {'max batch':>10}" if args.largest_batch else ""))
     for r in rows:
         line = f"{r['image_size']:>5} {r['gflops_per_image']:>11.2f} {r['images_per_s']:>10.1f}"
-        if args.max_batch:
+        if args.largest_batch:
             line += f" {r['mb_per_image']:>9.2f} {r['max_batch']:>10,}"
         print(line)
     return 0

@@ -39,7 +39,7 @@ def add_arguments(parser) -> None:
                         help="input channels, with --model (default 3)")
     parser.add_argument("--num-heads", type=common.integer(1),
                         help="head count, for checkpoint formats that do not store it")
-    common.add_device_arg(parser)
+    common.add_runtime_args(parser, precision="fp32")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -80,9 +80,11 @@ def inspect(args) -> int:
     from ..data import build_dataset
     from ..inspection import dataset_batches, inspect_model, load_image_files
     from ..inspection.report import describe
+    from ..runtime import resolve_precision
 
     start = time.perf_counter()
-    model = load_model(args).to(common.resolve_device(args.device)).eval()
+    device = common.resolve_device(args.device)
+    model = load_model(args).to(device).eval()
     label = f"{Path(args.checkpoint).name if args.checkpoint else args.model}: {describe(model.config)}"
 
     dataset = distance_batches = None
@@ -100,7 +102,7 @@ def inspect(args) -> int:
     total = min(args.num_images, len(dataset)) if hasattr(dataset, "__len__") else None
     written = inspect_model(model, args.out, images, captions, distance_batches=distance_batches,
                             distance_total=total, figures_wanted=args.figures, batch_size=args.batch_size, label=label,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, precision=resolve_precision(args.precision, device))
     written.update(draw_objective(args, model, images, captions, label))
     main = [p for k, p in written.items() if "/" not in k]
     if args.json:

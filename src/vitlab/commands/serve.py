@@ -91,11 +91,6 @@ def uvicorn_config(app, args, max_connections: int):
                           backlog=BACKLOG)
 
 
-def fail(message: str) -> int:
-    print(f"vitlab serve: error: {message}", file=sys.stderr)
-    return 2
-
-
 def run(args) -> int:
     try:
         import uvicorn
@@ -103,26 +98,27 @@ def run(args) -> int:
         from ..serving.app import create_app
         from ..serving.engine import OnnxEngine, TorchEngine
     except ImportError as e:
-        return fail(f"{e.name or e} is not installed; install the serving extras: pip install 'vitlab[serve]'")
+        raise common.UsageError(f"{e.name or e} is not installed; install the serving extras: "
+                                "pip install 'vitlab[serve]'") from None
     if args.max_request_pixels < args.max_pixels:
-        return fail(f"--max-request-pixels ({args.max_request_pixels:,}) must be >= --max-pixels ({args.max_pixels:,})")
+        raise common.UsageError(f"--max-request-pixels ({args.max_request_pixels:,}) must be >= --max-pixels ({args.max_pixels:,})")
     max_connections = connection_limit(args.max_connections)
     if max_connections < 1:
-        return fail(f"the open-file limit leaves no room for connections; raise it (ulimit -n) above {SPARE_FILES}")
+        raise common.UsageError(f"the open-file limit leaves no room for connections; raise it (ulimit -n) above {SPARE_FILES}")
     try:
         if args.onnx:
             engine = OnnxEngine(args.onnx)
         else:
             engine = TorchEngine(args.checkpoint, device=args.device, precision=args.precision,
                                  image_size=args.image_size)
-    except ImportError as e:
-        return fail(f"{e.name or e} is not installed; install the ONNX extras: pip install 'vitlab[onnx]'")
-    except (OSError, ValueError) as e:  # missing file, not a checkpoint, not a ViT, a bad --device (ValueErrors)
-        return fail(str(e))
+    except ImportError as e:  # anything else (a missing file, not a checkpoint) is the command line's to report
+        raise common.UsageError(f"{e.name or e} is not installed; install the ONNX extras: "
+                                "pip install 'vitlab[onnx]'") from None
     try:
         sock = listening_socket(args.host, args.port)
     except OSError as e:
-        return fail(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e})")
+        raise common.UsageError(f"--host {args.host} --port {args.port}: cannot listen there "
+                                f"({e.strerror or e})") from None
     server = uvicorn.Server(uvicorn_config(create_app(engine, settings_from(args)), args, max_connections))
     host, port = sock.getsockname()[:2]
     url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"

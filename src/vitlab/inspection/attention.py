@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..models import ViTConfig
+from ..runtime import autocast
 
 
 def check_vit(model: nn.Module) -> ViTConfig:
@@ -21,13 +22,17 @@ def check_vit(model: nn.Module) -> ViTConfig:
 
 
 @torch.inference_mode()
-def attention_weights(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(logits (B, classes), per layer the attention (B, heads, T, T)) for normalised input x, in eval mode."""
+def attention_weights(model: nn.Module, x: torch.Tensor,
+                      precision: str = "fp32") -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(logits (B, classes), per layer the attention (B, heads, T, T)) for normalised input x, in eval mode; the
+    forward pass autocast to `precision` (fp32, bf16, fp16), the attention returned as fp32."""
     check_vit(model)
     was_training = model.training
     model.eval()
     try:
-        tokens, attentions = model.forward_features(x, return_attention=True)
-        return model.forward_head(tokens), [a.float() for a in attentions]
+        with autocast(x.device, precision):
+            tokens, attentions = model.forward_features(x, return_attention=True)
+            logits = model.forward_head(tokens)
+        return logits, [a.float() for a in attentions]
     finally:
         model.train(was_training)

@@ -48,8 +48,9 @@ def mean_attention_distance(attentions: Sequence[torch.Tensor], grid_hw: tuple[i
 
 
 def attention_distance(model: nn.Module, batches: Iterable[torch.Tensor], *, total: int | None = None,
-                       progress: bool = True) -> tuple[np.ndarray, int]:
-    """Stream normalised input batches through the model: ((layers, heads) mean distance in pixels, images seen).
+                       progress: bool = True, precision: str = "fp32") -> tuple[np.ndarray, int]:
+    """Stream normalised input batches through the model (autocast to `precision`): ((layers, heads) mean
+    distance in pixels, images seen).
 
     Only the running sum is kept, so any number of images fits in memory.
     """
@@ -57,7 +58,7 @@ def attention_distance(model: nn.Module, batches: Iterable[torch.Tensor], *, tot
     total_distance, count = 0.0, 0
     with tqdm(total=total, desc="attention distance", unit="img", disable=None if progress else True) as bar:
         for x in batches:
-            _, attentions = attention_weights(model, x)
+            _, attentions = attention_weights(model, x, precision)
             d = mean_attention_distance(attentions, cfg.grid_size, cfg.stride, model.num_prefix_tokens)
             total_distance = total_distance + d.sum(axis=0)
             count += d.shape[0]

@@ -24,12 +24,13 @@ FIGURES = ("rollout", "distance", "posemb", "filters")
 def inspect_model(model: nn.Module, out_dir: str | Path, images: torch.Tensor, captions: list[str], *,
                   distance_batches: Iterable[torch.Tensor] | None = None, distance_total: int | None = None,
                   figures_wanted: Iterable[str] = FIGURES, batch_size: int = 16, label: str = "",
-                  progress: bool = True) -> dict[str, Path]:
+                  progress: bool = True, precision: str = "fp32") -> dict[str, Path]:
     """Write the paper's inspection figures for `model` into `out_dir`; returns {what: path}.
 
     images: uint8 (B, C, H, W) at the model's input size, drawn with their attention rollout and their raw
     last-layer attention per head. The mean attention distance is averaged over `distance_batches` (uint8
-    batches, streamed, so there may be many) or, without them, over `images`.
+    batches, streamed, so there may be many) or, without them, over `images`. The forward passes are autocast
+    to `precision` (fp32, bf16, fp16).
     """
     cfg = check_vit(model)
     wanted = set(figures_wanted)
@@ -43,7 +44,7 @@ def inspect_model(model: nn.Module, out_dir: str | Path, images: torch.Tensor, c
 
     distances = count = None
     if "rollout" in wanted or ("distance" in wanted and distance_batches is None):
-        seen = analyse(model, images, batch_size)  # one pass over the shown images serves both
+        seen = analyse(model, images, batch_size, precision)  # one pass over the shown images serves both
         if "rollout" in wanted:
             written.update(write_attention_maps(model, out, images, captions, seen, label))
         distances, count = seen["distances"].mean(axis=0), len(images)
@@ -51,7 +52,8 @@ def inspect_model(model: nn.Module, out_dir: str | Path, images: torch.Tensor, c
         if distance_batches is not None:
             device = next(model.parameters()).device
             inputs = (normalise(batch, model).to(device) for batch in distance_batches)
-            distances, count = attention_distance(model, inputs, total=distance_total, progress=progress)
+            distances, count = attention_distance(model, inputs, total=distance_total, progress=progress,
+                                                  precision=precision)
         uniform = uniform_attention_distance(cfg.grid_size, cfg.stride)
         written["attention_distance"] = figures.plot_attention_distance(
             distances, out / "attention_distance.png", uniform=uniform, num_images=count, title=label)
@@ -67,13 +69,13 @@ def inspect_model(model: nn.Module, out_dir: str | Path, images: torch.Tensor, c
     return written
 
 
-def analyse(model: nn.Module, images: torch.Tensor, batch_size: int) -> dict[str, np.ndarray]:
+def analyse(model: nn.Module, images: torch.Tensor, batch_size: int, precision: str = "fp32") -> dict[str, np.ndarray]:
     """Per image: rollout map, last-layer attention per head, logits and mean attention distance per head."""
     cfg = model.config
     device = next(model.parameters()).device
     parts: dict[str, list] = {"rollout": [], "heads": [], "logits": [], "distances": []}
     for batch in images.split(batch_size):
-        logits, attentions = attention_weights(model, normalise(batch, model).to(device))
+        logits, attentions = attention_weights(model, normalise(batch, model).to(device), precision)
         attentions = [a.cpu() for a in attentions]
         parts["rollout"].append(attention_rollout(attentions, model.num_prefix_tokens, cfg.grid_size,
                                                   cfg.has_class_token))

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoints.errors import CheckpointError
 from ..data.preprocessing import of_model
 from ..evaluation.predict import label_names
 from ..fileio import atomic_path, atomic_write_text
@@ -88,8 +89,6 @@ def export_onnx(model: nn.Module, destination: str | Path, *, quantize: str | No
 def export_graph(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
     """torch.onnx's TorchScript-based exporter, with a dynamic batch axis."""
     import warnings
-
-    from ..checkpoints import CheckpointError
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python-level shape checks
@@ -197,13 +196,13 @@ def read_sidecar(onnx_path: str | Path) -> dict:
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"{path}: missing; an ONNX file needs the sidecar that `vitlab convert --to onnx` "
+        raise CheckpointError(f"{path}: missing; an ONNX file needs the sidecar that `vitlab convert --to onnx` "
                          "writes beside it (labels, preprocessing, input size)") from None
     except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     missing = [k for k in ("label_names", "preprocessing", "in_chans", "image_hw") if k not in meta]
     if missing:
-        raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
+        raise CheckpointError(f"{path}: missing key(s) {', '.join(missing)}")
     return meta
 
 
@@ -218,4 +217,4 @@ def load_session(onnx_path: str | Path, threads: int | None = None):
     try:
         return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own classes for a corrupt or foreign file
-        raise ValueError(f"{onnx_path}: onnxruntime cannot load it ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{onnx_path}: onnxruntime cannot load it ({type(e).__name__}: {e})") from None
