@@ -201,3 +201,18 @@ def test_the_cycle_finder_finds_a_cycle_through_a_deferred_import(tmp_path):
     files = {module_name(p, tmp_path): p for p in (tmp_path / "pkg").rglob("*.py")}
     graph = {name: imported_modules(path, set(files), tmp_path) for name, path in files.items()}
     assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.a"]
+
+
+def test_torchrun_environment_is_read_in_one_place(monkeypatch):
+    import re
+
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert runtime.launch_env() == runtime.Launch(3, 4, 1) and not runtime.launch_env().is_main
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name)
+    assert runtime.launch_env() == runtime.Launch(0, 1, 0) and runtime.launch_env().is_main
+    reads = re.compile(r"(\.get\(|\[)\s*[\"'](RANK|WORLD_SIZE|LOCAL_RANK)[\"']")
+    readers = [str(p.relative_to(SRC)) for p in (SRC / "vitlab").rglob("*.py") if reads.search(p.read_text())]
+    assert readers == ["vitlab/runtime.py"], readers

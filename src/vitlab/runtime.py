@@ -14,6 +14,7 @@ same words mean the same thing everywhere:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import gc
 import os
@@ -85,10 +86,30 @@ def autocast(device: torch.device | str, precision: str = "fp32"):
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
+# ---- torchrun's environment ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Launch:
+    """What torchrun tells this process (RANK, WORLD_SIZE, LOCAL_RANK); a plain run is rank 0 of 1."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launch_env() -> Launch:
+    """The one reader of torchrun's variables (read afresh: a test or a parent may set them)."""
+    env = os.environ
+    return Launch(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")))
+
+
 # ---- device --------------------------------------------------------------------------------------------
 def pick_device(name: str | None = "auto") -> torch.device:
     """'auto' (or None): this process's GPU when there is one, else the CPU; 'cuda' is this process's GPU."""
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = launch_env().local_rank
     if name in (None, "auto"):
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     try:
@@ -130,9 +151,7 @@ class Dist:
 
 def setup(device: str | None = "auto", backend: str = "auto") -> Dist:
     """Read torchrun's environment, pick the device, and join the process group when there are several ranks."""
-    rank = int(os.environ.get("RANK", "0"))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world_size, local_rank = dataclasses.astuple(launch_env())
     chosen = pick_device(device)
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)

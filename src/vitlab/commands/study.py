@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
+from ..runtime import launch_env
 from . import common
 
 
@@ -108,7 +109,7 @@ def run(args) -> int:
         raise UsageError(f"--known-results {known}: not a folder")
     rows = run_study(study, args.size, out, jobs=args.jobs, only=args.only, data=args.data, cache=cache,
                      known=known, trackers=args.log, log=lambda m: print(m, file=sys.stderr))
-    if args.only or args.no_report or os.environ.get("RANK", "0") != "0":
+    if args.only or args.no_report or not launch_env().is_main:
         return 0
     write(study, args, out, rows, planned=len(rows))
     return 0

@@ -42,6 +42,6 @@ def run(args) -> int:
 
 
 def _is_main() -> bool:
-    import os
+    from ..runtime import launch_env
 
-    return os.environ.get("RANK", "0") == "0"
+    return launch_env().is_main

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ..errors import VitlabError
 from ..fileio import atomic_write_text
+from ..runtime import launch_env
 from .core import Run, Study
 from .tracking import with_tracking
 
@@ -295,7 +296,7 @@ def pending_runs(runs: list[Run], out: Path, cache: Path | None, log=print, know
 
 def run_pending(pending: list[Run], study: Study, size: str, out: Path, *, jobs: int, data: str | None,
                 cache: Path | None, log=print) -> None:
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    world, rank = launch_env().world_size, launch_env().rank
     if world > 1:
         run_share(pending[rank::world], study, size, out, rank=rank, world=world, data=data, cache=cache, log=log)
     elif jobs > 1 and len(pending) > 1:
@@ -367,7 +368,7 @@ def run_children(runs: list[Run], study: Study, size: str, out: Path, *, jobs: i
     import torch
 
     gpus = torch.cuda.device_count()
-    slots = GpuSlots(gpus, first=int(os.environ.get("LOCAL_RANK", rank))) if gpus else None
+    slots = GpuSlots(gpus, first=launch_env().local_rank) if gpus else None
     jobs = min(jobs, gpus) if gpus and jobs > gpus else jobs
     threads = threads_per_job(jobs) if not gpus else 1
     queue = sorted(runs, key=run_cost, reverse=True)

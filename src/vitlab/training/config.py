@@ -23,7 +23,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from ..data import DataConfig, DataError
-from ..runtime import RuntimeSettingError, check_precision
+from ..runtime import RuntimeSettingError, check_precision, launch_env
 from .errors import ConfigError
 from .objectives.settings import ObjectiveConfig
 from .objectives.settings import check as check_objective
@@ -233,7 +233,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), *, wo
         raw["run_dir"] = str(Path("runs") / Path(path).stem)
     cfg = from_dict(apply_overrides(raw, list(overrides)))
     if world_size is None:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        world_size = launch_env().world_size
     return validate(cfg, world_size=world_size, check_paths=check_paths)
 
 
@@ -600,7 +600,7 @@ def training_memory(cfg: TrainConfig, planned) -> dict[str, int]:
     with torch.device("meta"):
         params = sum(p.numel() for p in build_model(planned).parameters())
     states = 2 + OPTIMIZER_STATES.get(cfg.optim.name, 2) + (1 if cfg.train.ema_decay else 0)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launch_env().world_size
     micro = cfg.data.batch_size // max(world * cfg.train.accumulation_steps, 1)
     act_bytes = 4 if cfg.train.precision == "fp32" else 2  # a lower bound: auto may pick bf16
     width, mlp, depth = (getattr(planned, k, 0) for k in ("width", "mlp_dim", "depth"))
@@ -619,7 +619,7 @@ def machine_memory(device: str) -> tuple[int, str] | None:
     import torch
 
     if device in ("auto", "cuda") and torch.cuda.is_available():
-        index = int(os.environ.get("LOCAL_RANK", "0"))
+        index = launch_env().local_rank
         return torch.cuda.get_device_properties(index).total_memory, f"GPU {torch.cuda.get_device_name(index)}"
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

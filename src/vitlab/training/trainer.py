@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from ..checkpoints.adapt import adapt_model, reset_head
 from ..data.preprocessing import from_data_config
 from ..fileio import atomic_write_text
 from ..models import create_model
-from ..runtime import Dist, all_reduce_floats, barrier, resolve_precision, setup, teardown
+from ..runtime import Dist, all_reduce_floats, barrier, launch_env, resolve_precision, setup, teardown
 from . import checkpointing
 from .config import ConfigError, TrainConfig, architecture, check_resume_architecture, to_yaml
 from .distributed import unwrap, wrap
@@ -471,7 +470,7 @@ def set_gradient_sync(network: nn.Module, enabled: bool) -> None:
 def train(cfg: TrainConfig, *, loaders=None, model: nn.Module | None = None) -> TrainResult:
     """Run (or resume) the training `cfg` describes, holding the run directory's lock (rank 0; under torchrun a
     refused rank 0 stops the others); the process group is torn down afterwards."""
-    lock = checkpointing.RunLock(cfg.run_dir) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    lock = checkpointing.RunLock(cfg.run_dir) if launch_env().is_main else contextlib.nullcontext()
     try:
         with lock:
             return Trainer(cfg, loaders=loaders, model=model).fit()
