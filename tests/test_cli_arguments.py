@@ -89,7 +89,6 @@ def base_arguments(fx) -> dict[str, dict[str, list[str]]]:
     data = {"--data": [fx["images"]], "--num-workers": ["0"]}
     return {
         "models": {"--filter": ["Ti/16"]},
-        "demo": {"--model": ["ViT-Ti/16"], "--image-size": ["32"], "--batch-size": ["1"]},
         "data": {"dataset": [fx["images"]], "--image-size": ["32"]},
         "train": {"config": [fx["config"]], "--check": []},
         "recipes": {},

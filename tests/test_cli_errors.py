@@ -16,7 +16,7 @@ import pytest
 from conftest import tiny
 
 import vitlab
-from vitlab.cli import main
+from vitlab.cli import build_parser, main
 
 
 @pytest.fixture(scope="module")
@@ -494,3 +494,12 @@ def test_an_error_from_a_loader_worker_keeps_only_its_message():
                         '  File "x.py", line 1, in <module>\nvitlab.data.errors.DataError: /data/x.png: unreadable')
     assert user_message(wrapped) == "/data/x.png: unreadable"
     assert user_message(TypeError("a bug")) is None
+
+
+@pytest.mark.parametrize("argv", [["demo"], ["demo", "--model", "ViT-Ti/16", "--batch-size", "2"]])
+def test_a_removed_command_says_what_to_run_instead(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vitlab demo: error: removed:") and "vitlab serve --checkpoint" in err
+    assert len(err.splitlines()) == 1
+    assert "demo" not in build_parser(None).format_help()  # gone from the command list

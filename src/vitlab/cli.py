@@ -22,7 +22,6 @@ from .errors import one_line, user_message
 # name -> (module under vitlab.commands, one-line help). Each module defines add_arguments(parser) and run(args).
 COMMANDS = {
     "models": ("models", "list the registered models with parameters, GFLOPs and tokens"),
-    "demo": ("demo", "build a model and classify a batch (a smoke test of the install)"),
     "data": ("data", "look at a data source: its size, classes, and (with --scan) its unreadable files"),
     "train": ("train", "pre-train or fine-tune a model from a recipe or a config file"),
     "recipes": ("recipes", "list the training recipes that ship with vitlab (run one: vitlab train NAME)"),
@@ -36,6 +35,12 @@ COMMANDS = {
     "bench": ("bench", "measure vitlab's training and inference throughput"),
     "serve": ("serve", "a web page and a JSON API in front of a checkpoint (pip install 'vitlab[serve]')"),
     "study": ("study", "run one of the paper's experiments: its grid of runs, results, figure and report"),
+}
+# name -> what to run instead, for commands that are gone
+REMOVED = {
+    "demo": "it classified random tensors; try a trained model instead: `make main`, then "
+            "`vitlab serve --checkpoint runs/fashion-mnist` (or `vitlab predict --checkpoint runs/fashion-mnist "
+            "IMAGE`)",
 }
 
 
@@ -60,6 +65,9 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
+    if command in REMOVED:
+        print(f"vitlab {command}: error: removed: {REMOVED[command]}", file=sys.stderr)
+        return 2
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
