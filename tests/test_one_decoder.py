@@ -127,3 +127,11 @@ def test_training_crops_an_exif_rotated_photo_as_shown(tricky, tmp_path):
     shown = decode(dataset.files[0], dataset.files[0], 3, 10**8)
     assert shown.shape == (3, HEIGHT, WIDTH)
     assert torch.equal(whole, resize_uint8(shown[None], 24)[0])
+
+
+def test_inspect_feeds_a_resized_image_as_predict_does(model, tmp_path):
+    """Resized pixels are not rounded back to uint8 before the model sees them (they are drawn as they are)."""
+    model, _ = model
+    path = tmp_path / "larger.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (45, 61, 3), dtype=np.uint8)).save(path)
+    assert torch.equal(normalise(load_image_files([path], model), model), predicted_inputs(model, [path]))

@@ -28,7 +28,7 @@ MIN_TILE = 224  # per-image overlays are enlarged to at least this many pixels o
 
 # ---- array helpers ---------------------------------------------------------------------------------------------
 def to_rgb(images: torch.Tensor) -> np.ndarray:
-    """uint8 (B, C, H, W) with C = 1 or 3 -> float (B, H, W, 3) in [0, 1]."""
+    """Pixels (B, C, H, W) in [0, 255], C = 1 or 3 (uint8 or float) -> float (B, H, W, 3) in [0, 1]."""
     x = images.detach().cpu().float().div(255.0)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)

@@ -1,5 +1,6 @@
-"""Getting images into a model for inspection: files or a data set -> uint8 tensors -> normalised input, by the
-checkpoint's preprocessing record (the evaluation transform every command uses); the uint8 images are drawn."""
+"""Getting images into a model for inspection: files or a data set -> pixels at the model's size -> normalised
+input, by the checkpoint's preprocessing record (the evaluation transform every command uses); the same pixels
+are drawn."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ MAX_PIXELS = DataConfig.max_pixels  # larger images are refused as decompression
 
 
 def load_image_files(paths: Iterable[str | Path], model: nn.Module, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
-    """Read image files as uint8 (B, C, H, W) at the model's input size and channel count. A file that cannot be
-    read (missing, not an image, truncated, a decompression bomb) is skipped with a warning naming it."""
+    """Read image files as float pixels (B, C, H, W) in [0, 255] at the model's input size and channel count. A
+    file that cannot be read (missing, not an image, truncated, a decompression bomb) is skipped with a warning
+    naming it."""
     images, skipped = [], []
     for path in paths:
         try:
@@ -37,8 +39,9 @@ def load_image_files(paths: Iterable[str | Path], model: nn.Module, max_pixels: 
 
 
 def to_model_input_size(image: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    """uint8 (C, H, W) cropped and resized as the model's preprocessing record says, still uint8 (to be drawn)."""
-    return of_model(model).geometry(image).round().clamp(0, 255).to(torch.uint8)
+    """uint8 (C, H, W) cropped and resized as the model's preprocessing record says: float pixels in [0, 255],
+    not rounded back to uint8, so that the model sees the tensor `predict` and `eval` give it."""
+    return of_model(model).geometry(image)
 
 
 def resize(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
@@ -51,7 +54,7 @@ def resize(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
 
 def dataset_batches(dataset, model: nn.Module, num_images: int,
                     batch_size: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """The first `num_images` of a data set of (uint8 (C, H, W), label) as uint8 batches at the model's size,
+    """The first `num_images` of a data set of (uint8 (C, H, W), label) as pixel batches at the model's size,
     each with a caption per image (its class name where the data set has them). Undecodable images are skipped."""
     names = getattr(dataset, "class_names", None)
     images, captions = [], []

@@ -19,7 +19,7 @@ MARK_NAMES = {"mpp": {1: "[mask]", 2: "random patch", 3: "kept"}, "mae": {1: "hi
 @torch.no_grad()
 def draw_objective_predictions(model: nn.Module, objective, images: torch.Tensor, captions: list[str],
                                path: str | Path, *, title: str = "", seed: int = 0) -> Path:
-    """images: uint8 (B, C, H, W) at the model's size. The corruption / masking is drawn with a fixed seed."""
+    """images: pixels (B, C, H, W) in [0, 255] at the model's size. The corruption / masking is drawn with a fixed seed."""
     device = next(model.parameters()).device
     model.eval()
     objective.eval()

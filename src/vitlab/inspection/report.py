@@ -27,10 +27,10 @@ def inspect_model(model: nn.Module, out_dir: str | Path, images: torch.Tensor, c
                   progress: bool = True, precision: str = "fp32") -> dict[str, Path]:
     """Write the paper's inspection figures for `model` into `out_dir`; returns {what: path}.
 
-    images: uint8 (B, C, H, W) at the model's input size, drawn with their attention rollout and their raw
-    last-layer attention per head. The mean attention distance is averaged over `distance_batches` (uint8
-    batches, streamed, so there may be many) or, without them, over `images`. The forward passes are autocast
-    to `precision` (fp32, bf16, fp16).
+    images: pixels (B, C, H, W) in [0, 255] (uint8 or float) at the model's input size, drawn with their
+    attention rollout and their raw last-layer attention per head. The mean attention distance is averaged over
+    `distance_batches` (pixel batches, streamed, so there may be many) or, without them, over `images`. The
+    forward passes are autocast to `precision` (fp32, bf16, fp16).
     """
     cfg = check_vit(model)
     wanted = set(figures_wanted)
