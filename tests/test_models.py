@@ -199,6 +199,27 @@ def test_dynamic_image_size_resamples_position_embeddings():
         assert (6, 8) in model.posemb.cache
 
 
+def test_dynamic_image_size_resamples_again_when_the_learned_table_changes():
+    model = vitlab.create_model("ViT-Ti/16", **tiny(patch_size=8, dynamic_image_size=True)).eval()
+    x = torch.randn(2, 3, 48, 64)
+
+    def cached_and_fresh():
+        with torch.no_grad():
+            cached = model.forward_features(x)  # the table resampled for the 6x8 grid, kept between calls
+        return cached, model.forward_features(x).detach()  # with gradients on: resampled on every call
+
+    with torch.no_grad():
+        model.forward_features(x)
+    model.load_state_dict({**model.state_dict(), "pos_embed": torch.randn_like(model.pos_embed)})
+    torch.testing.assert_close(*cached_and_fresh())
+    model.forward_features(x).square().mean().backward()
+    torch.optim.SGD(model.parameters(), lr=10.0).step()  # an optimiser step changes the table in place
+    torch.testing.assert_close(*cached_and_fresh())
+    with torch.inference_mode():  # tensors made here keep no version counter
+        frozen = vitlab.create_model("ViT-Ti/16", **tiny(patch_size=8, dynamic_image_size=True)).eval()
+        assert frozen.forward_features(x).shape == (2, 49, 32)
+
+
 def test_grad_checkpointing_gives_the_same_gradients():
     model = vitlab.create_model("ViT-Ti/16", **tiny(patch_size=8))
     x = torch.randn(2, 3, 32, 32)

@@ -175,7 +175,7 @@ class PositionEmbedding:
     names: tuple[str, ...] = ()  # the parameters this kind owns (position tables are not weight-decayed)
 
     def __init__(self):
-        self.cache: dict[tuple, torch.Tensor] = {}  # fixed or resampled tables by grid (and device), for inference
+        self.cache: dict[tuple, object] = {}  # fixed or resampled tables by grid (and device), for inference
 
     def add_tables(self, model: nn.Module) -> None:
         """Register the learned tables on the model (created zero; `init_tables` draws them)."""
@@ -217,10 +217,11 @@ class Learned1D(PositionEmbedding):
         if model.training or torch.is_grad_enabled():  # keep the graph to the learned table
             return resample_posemb(table, cfg.grid_size, grid_hw, cfg.num_embedded_prefix_tokens,
                                    cfg.posemb_resample)
-        if grid_hw not in self.cache or self.cache[grid_hw].device != table.device:
-            self.cache[grid_hw] = resample_posemb(table.detach(), cfg.grid_size, grid_hw,
-                                                  cfg.num_embedded_prefix_tokens, cfg.posemb_resample)
-        return self.cache[grid_hw]
+        stamp = tensor_stamp(table)  # resampled again once the learned table changes (a step, a load, .to())
+        if grid_hw not in self.cache or self.cache[grid_hw][0] != stamp:
+            self.cache[grid_hw] = stamp, resample_posemb(table.detach(), cfg.grid_size, grid_hw,
+                                                         cfg.num_embedded_prefix_tokens, cfg.posemb_resample)
+        return self.cache[grid_hw][1]
 
     def resample_tables(self, model: nn.Module, old_hw: tuple[int, int], new_hw: tuple[int, int],
                         method: str) -> None:
@@ -229,6 +230,15 @@ class Learned1D(PositionEmbedding):
         with torch.no_grad():
             table = resample_posemb(model.pos_embed.data, old_hw, new_hw, prefix, method)
         model.pos_embed = nn.Parameter(table)
+
+
+def tensor_stamp(t: torch.Tensor) -> tuple:
+    """What changes when a tensor's values may have: its storage, dtype, device and in-place version."""
+    try:
+        version = t._version
+    except RuntimeError:  # an inference-mode tensor keeps no version counter
+        version = None
+    return t.data_ptr(), t.dtype, t.device, version
 
 
 class Learned2D(PositionEmbedding):
