@@ -237,7 +237,7 @@ def named_model(name: str, **overrides):
 def check_batch_fits(batch_size: int, in_chans: int, image_size) -> None:
     """Refuse a --batch-size whose input images (of image_size, or (height, width)) alone would not fit in this
     machine's memory."""
-    from ..training.config import machine_memory
+    from ..training.memory import machine_memory
 
     height, width = image_size if isinstance(image_size, (tuple, list)) else (image_size, image_size)
     need = batch_size * in_chans * height * width * 4

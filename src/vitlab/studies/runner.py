@@ -65,7 +65,8 @@ def config_hash(run: Run) -> str:
     """A hash of what the run trains and measures: the validated config's settings that differ from the
     defaults (so a new setting with a default changes no hash), the kind of run and what is measured."""
     if run.kind == "train":
-        from ..training.config import TrainConfig, from_dict, validate
+        from ..training.checks import validate
+        from ..training.config import TrainConfig, from_dict
 
         resolved = dataclasses.asdict(validate(from_dict(run.config), check_paths=False))
         settings = _changed(resolved, dataclasses.asdict(TrainConfig()))
@@ -206,7 +207,8 @@ def execute(run: Run, out: Path, *, cache: Path | None = None, log=print) -> dic
 
 def train_and_measure(run: Run, run_dir: Path) -> dict:
     from ..training import train
-    from ..training.config import from_dict, validate
+    from ..training.checks import validate
+    from ..training.config import from_dict
     from .measure import run_metrics
 
     cfg = validate(from_dict({**run.config, "run_dir": str(run_dir)}))

@@ -27,7 +27,8 @@ from ..fileio import atomic_write_text
 from ..models import create_model
 from ..runtime import Dist, all_reduce_floats, barrier, launch_env, resolve_precision, setup, teardown
 from . import checkpointing
-from .config import ConfigError, TrainConfig, architecture, check_resume_architecture, to_yaml
+from .checks import architecture, check_resume_architecture
+from .config import ConfigError, TrainConfig, to_yaml
 from .distributed import unwrap, wrap
 from .ema import EMA
 from .metrics import MetricsLog, Progress, format_duration, format_metric, metric_label, plot_curves
