@@ -149,3 +149,13 @@ def test_a_value_has_one_owner(override, owner, tmp_path):
         load_config(ts.write_config(tmp_path / "c.yaml", raw), [f"model.overrides.{override}"], check_paths=False)
     same = {"image_size=32": "image_size=16", "in_chans=3": "in_chans=1", "num_classes=7": "num_classes=10"}
     load_config(tmp_path / "c.yaml", [f"model.overrides.{same[override]}"], check_paths=False)  # agreeing is fine
+
+
+def test_data_normalize_is_read_as_normalisation_with_a_note(capsys):
+    from vitlab.training.config import from_dict
+
+    cfg = from_dict({"data": {"normalize": "mean_std"}})
+    assert cfg.data.normalisation == "mean_std" and "data.normalisation" in capsys.readouterr().err
+    assert "normalize" not in cfg.to_dict()["data"]  # one spelling in what a run writes
+    with pytest.raises(ConfigError, match="set normalisation only"):
+        from_dict({"data": {"normalize": "mean_std", "normalisation": "minus_one_one"}})

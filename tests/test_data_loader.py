@@ -280,7 +280,7 @@ def test_shards_eval_ranks_disjoint(tmp_path):
     ("image_size", -3, "data.image_size = -3"),
     ("in_chans", 4, "data.in_chans = 4: must be 1 or 3"),
     ("crop_area", (0.5, 0.2), "data.crop_area = (0.5, 0.2)"),
-    ("normalize", "zscore", "data.normalize = 'zscore'"),
+    ("normalisation", "zscore", "data.normalisation = 'zscore'"),
     ("mixup_alpha", -1.0, "data.mixup_alpha = -1.0"),
     ("random_erasing", 1.5, "data.random_erasing = 1.5"),
     ("num_workers", -1, "data.num_workers = -1"),

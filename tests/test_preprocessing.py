@@ -130,7 +130,7 @@ def test_vitlab_record_is_what_was_saved_and_follows_a_new_resolution(tmp_path):
 # ---- training-time evaluation and the commands agree ----------------------------------------------------------
 def test_the_loader_and_the_commands_build_the_same_eval_input(tmp_path):
     data = DataConfig(dataset=f"folder:{ts.image_folder(ts.DATA_ROOT)}", image_size=12, in_chans=3, batch_size=64,
-                      resize_crop=True, crop_fraction=0.7, normalize="mean_std", mean=(0.4, 0.5, 0.6),
+                      resize_crop=True, crop_fraction=0.7, normalisation="mean_std", mean=(0.4, 0.5, 0.6),
                       std=(0.2, 0.3, 0.4))
     from vitlab.data.preprocessing import from_data_config
 

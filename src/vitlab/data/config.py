@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from .errors import DataError
 from .splits import parse_split
 
-NORMALIZE = ("minus_one_one", "mean_std")
+NORMALISATIONS = ("minus_one_one", "mean_std")
 
 
 @dataclass
@@ -36,7 +36,7 @@ class DataConfig:
     resize_crop: bool = False
     crop_fraction: float = 0.875
     # Normalisation: x / 127.5 - 1, or (x / 255 - mean) / std.
-    normalize: str = "minus_one_one"
+    normalisation: str = "minus_one_one"
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     # DeiT-style strong augmentation (all off by default).
@@ -126,9 +126,9 @@ class DataConfig:
         pair("crop_area", 0.0, 1.0)
         pair("crop_aspect", 0.0, float("inf"))
         in_range("crop_fraction", 1e-3, 1.0)
-        if self.normalize not in NORMALIZE:
-            bad("normalize", f"must be one of {NORMALIZE}")
-        for name in ("mean", "std") if self.normalize == "mean_std" else ():
+        if self.normalisation not in NORMALISATIONS:
+            bad("normalisation", f"must be one of {NORMALISATIONS}")
+        for name in ("mean", "std") if self.normalisation == "mean_std" else ():
             v = getattr(self, name)
             if not (isinstance(v, tuple) and len(v) in (1, self.in_chans) and all(isinstance(a, (int, float)) for a in v)):
                 bad(name, f"must hold 1 or in_chans={self.in_chans} numbers (in [0, 1] pixel units)")

@@ -186,8 +186,9 @@ class EvalImage:
 def from_data_config(data, label_names=None) -> Preprocessing:
     """The record of a training run: its [data] table's evaluation transform."""
     return Preprocessing(image_size=data.image_size, resize_crop=data.resize_crop, crop_fraction=data.crop_fraction,
-                         normalisation=data.normalize, mean=data.mean if data.normalize == "mean_std" else (0.5,) * 3,
-                         std=data.std if data.normalize == "mean_std" else (0.5,) * 3, channels=data.in_chans,
+                         normalisation=data.normalisation,
+                         mean=data.mean if data.normalisation == "mean_std" else (0.5,) * 3,
+                         std=data.std if data.normalisation == "mean_std" else (0.5,) * 3, channels=data.in_chans,
                          label_names=label_names)
 
 

@@ -223,7 +223,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), *, wo
 
 # ---- typed construction -------------------------------------------------------------------------------
 def from_dict(raw: dict) -> TrainConfig:
-    return _build(TrainConfig, read_old_distill(raw), "")
+    return _build(TrainConfig, read_old_normalize(read_old_distill(raw)), "")
+
+
+def read_old_normalize(raw: dict) -> dict:
+    """`data.normalize`, the old name of `data.normalisation` (the record's spelling). Read for one release."""
+    data = raw.get("data")
+    if not isinstance(data, dict) or "normalize" not in data:
+        return raw
+    if "normalisation" in data:
+        raise ConfigError("data.normalize is the old name of data.normalisation: set normalisation only")
+    print("note: data.normalize is now data.normalisation (the old key goes in the next release)", file=sys.stderr)
+    data = {("normalisation" if k == "normalize" else k): v for k, v in data.items()}
+    return {**raw, "data": data}
 
 
 def read_old_distill(raw: dict) -> dict:
