@@ -22,14 +22,11 @@ import json
 import math
 import sys
 
+from ..data.config import MAX_WORKERS
 from ..errors import UsageError
+from ..models.vit_config import MAXIMA
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # vitlab.runtime.CHOICES, listed here for --help
-# Far above any resolution a ViT is run at (the paper's largest is 518 px); beyond it the position embeddings
-# alone outgrow memory.
-MAX_IMAGE_SIZE = 8192
-MAX_CLASSES = 1_000_000  # far above the largest label sets in use (ImageNet-21k: 21,843; JFT: ~18k)
-MAX_WORKERS = 256  # data-loading processes
 IN_CHANS = (1, 3)  # images are read as grey or RGB
 
 
@@ -178,11 +175,11 @@ def number(minimum: float, maximum: float = math.inf, *, above: bool = False):
     return parse
 
 
-image_size = integer(1, MAX_IMAGE_SIZE)
+image_size = integer(1, MAXIMA["image_size"])
 port = integer(0, 65535)
 seed = integer(0, 2**32 - 1)  # numpy's generators take seeds below 2**32
 workers = integer(0, MAX_WORKERS)
-num_classes = integer(0, MAX_CLASSES)  # 0: no head, the model gives its features
+num_classes = integer(0, MAXIMA["num_classes"])  # 0: no head, the model gives its features
 
 
 def non_empty(text: str) -> str:

@@ -2,10 +2,12 @@
 import dataclasses
 from dataclasses import dataclass
 
+from ..models.vit_config import MAX_IMAGE_SIZE
 from .errors import DataError
 from .splits import parse_split
 
 NORMALISATIONS = ("minus_one_one", "mean_std")
+MAX_WORKERS = 256  # data-loading processes
 
 
 @dataclass
@@ -104,21 +106,24 @@ class DataConfig:
             bad("dataset", "must name a source: fashion_mnist, cifar10, cifar100, folder:/dir, shards:/pattern")
         from .sources import parse_spec  # late: sources import this module's neighbours
 
-        try:
-            parse_spec(self.dataset)
-            parse_split(self.train_split)
-            parse_split(self.eval_split)
-        except DataError as e:
-            raise DataError(f"data: {e}") from None
+        for name, check in (("dataset", parse_spec), ("train_split", parse_split), ("eval_split", parse_split)):
+            try:
+                check(getattr(self, name))
+            except DataError as e:
+                raise DataError(f"data.{name}: {e}") from None
+        if self.root is not None and not str(self.root).strip():
+            bad("root", "is empty; give a folder, or leave it out")
         positive_int("image_size")
+        if self.image_size > MAX_IMAGE_SIZE:
+            bad("image_size", f"must be at most {MAX_IMAGE_SIZE}")
         positive_int("batch_size")
         positive_int("max_pixels")
         positive_int("max_member_bytes")
         positive_int("shuffle_buffer")
         if self.in_chans not in (1, 3):
             bad("in_chans", "must be 1 or 3")
-        if not isinstance(self.num_workers, int) or self.num_workers < 0:
-            bad("num_workers", "must be an integer >= 0")
+        if not isinstance(self.num_workers, int) or not 0 <= self.num_workers <= MAX_WORKERS:
+            bad("num_workers", f"must be an integer from 0 to {MAX_WORKERS}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             bad("seed", "must be an integer >= 0")
         if self.split_seed is not None and (not isinstance(self.split_seed, int) or self.split_seed < 0):
@@ -134,8 +139,8 @@ class DataConfig:
                 bad(name, f"must hold 1 or in_chans={self.in_chans} numbers (in [0, 1] pixel units)")
             if name == "std" and any(a <= 0 for a in v):
                 bad(name, "must be positive")
-        if not isinstance(self.randaugment_n, int) or self.randaugment_n < 0:
-            bad("randaugment_n", "must be an integer >= 0 (0 = off)")
+        if not isinstance(self.randaugment_n, int) or not 0 <= self.randaugment_n <= 32:
+            bad("randaugment_n", "must be an integer from 0 (off) to 32 (ops applied to each image; usually 2)")
         in_range("randaugment_m", 0, 30)
         in_range("randaugment_mstd", 0, 10)
         in_range("mixup_alpha", 0, 100)

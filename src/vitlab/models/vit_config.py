@@ -14,6 +14,15 @@ CLASSIFIERS = ("token", "gap", "map")
 ATTENTIONS = ("full", "axial", "lsa")
 PATCH_EMBEDDINGS = ("linear", "spt")
 INTEGER_FIELDS = ("patch_size", "width", "depth", "mlp_dim", "num_heads", "in_chans", "num_classes", "reg_tokens")
+# Far above any resolution a ViT is run at (the paper's largest is 518 px); beyond it the position embeddings
+# alone outgrow memory.
+MAX_IMAGE_SIZE = 8192
+# Upper bounds on the sizes, each far above the largest ViT built (ViT-22B: width 6144, depth 48, MLP 24576, 48
+# heads) and the largest label sets (ImageNet-21k: 21,843 classes): a value beyond one is a mistake, refused
+# before a model of it is built (building even on the meta device takes time in proportion to the depth).
+MAXIMA = {"patch_size": MAX_IMAGE_SIZE, "width": 65536, "depth": 1024, "mlp_dim": 262144, "num_heads": 4096,
+          "in_chans": 1024, "num_classes": 1_000_000, "reg_tokens": 1024, "representation_size": 65536,
+          "image_size": MAX_IMAGE_SIZE, "resnet_width": 64}
 
 
 @dataclass
@@ -128,6 +137,7 @@ class ViTConfig:
         for name in ("patch_size", "width", "depth", "mlp_dim", "num_heads", "in_chans"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be a positive integer, not {getattr(self, name)!r}")
+        problems += self._size_problems()
         if self.num_heads >= 1 and self.width % self.num_heads:
             problems.append(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.num_classes < 0:
@@ -144,6 +154,22 @@ class ViTConfig:
             what = "patch size" if self.resnet_layers is None else "ResNet stride x patch size"
             problems.append(f"image size {h}x{w} is not divisible by the {what} {self.stride}")
         return problems + self._combination_problems()
+
+    def _size_problems(self) -> list[str]:
+        sizes = [(name, getattr(self, name)) for name in MAXIMA if name != "image_size"]
+        sizes += [("image_size", s) for s in self.image_hw]
+        problems = [f"{name} must be at most {MAXIMA[name]:,}, not {value:,}" for name, value in sizes
+                    if value is not None and value > MAXIMA[name]]
+        if min(self.image_hw) < 1:
+            problems.append(f"image_size must be positive, not {self.image_size!r}")
+        if not self.resnet_width > 0:  # a hybrid's width factor (0.5 for the smallest)
+            problems.append(f"resnet_width must be positive, not {self.resnet_width}")
+        for name in ("layer_norm_eps", "ws_eps", "gn_eps"):  # each keeps a denominator away from zero
+            if not 0 < getattr(self, name) < 1:
+                problems.append(f"{name} must be in (0, 1), not {getattr(self, name)}")
+        if self.representation_size is not None and self.representation_size < 1:
+            problems.append(f"representation_size must be a positive integer (or None), not {self.representation_size}")
+        return problems
 
     def _combination_problems(self) -> list[str]:
         problems = []

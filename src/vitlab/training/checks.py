@@ -91,6 +91,8 @@ def validate(cfg: TrainConfig, *, world_size: int = 1, check_paths: bool = True)
             raise ConfigError(f"{dotted} = {value!r} is not one of {', '.join(allowed)}{hint}")
     if cfg.seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, not {cfg.seed}")
+    if not cfg.run_dir.strip():
+        raise ConfigError("run_dir is empty; give the folder the run writes to")
     _check_model(cfg)
     _check_precision(cfg)
     _check_objective(cfg)

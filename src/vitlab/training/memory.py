@@ -70,9 +70,10 @@ def check_memory(cfg: TrainConfig, planned) -> None:
     if total <= available[0]:
         return
     gib = 2 ** 30
+    settings = "".join(f", model.overrides.{k} = {v!r}" for k, v in cfg.model.overrides.items())
     raise ConfigError(
-        f"model {cfg.model.name} at data.image_size = {cfg.data.image_size} needs at least {total / gib:,.1f} GiB "
-        f"to train ({need['weights'] / gib:,.1f} GiB of weights, gradients and optimiser state; "
+        f"model {cfg.model.name}{settings} at data.image_size = {cfg.data.image_size} needs at least "
+        f"{total / gib:,.1f} GiB to train ({need['weights'] / gib:,.1f} GiB of weights, gradients and optimiser state; "
         f"{need['activations'] / gib:,.1f} GiB of activations for a micro-batch of {need['micro_batch']} images of "
         f"{need['tokens']:,} tokens) but this machine has {available[0] / gib:,.1f} GiB of {available[1]}: lower "
         "data.image_size or data.batch_size, raise train.accumulation_steps, or set model.grad_checkpointing = true")

@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ...models.vit_config import MAXIMA
+
 NAMES = ("classification", "mpp", "mae", "distillation")
 SELF_SUPERVISED = ("mpp", "mae")  # read no labels
 
@@ -108,8 +110,8 @@ def check(cfg: ObjectiveConfig, model_overrides: dict, architecture=None) -> lis
                         f"{m.replace_with_mask} and {m.replace_with_random}")
     if not 1 <= m.color_bits <= 8:
         problems.append(f"objective.mpp.color_bits must be in 1..8, not {m.color_bits}")
-    if m.downsized_size < 1:
-        problems.append(f"objective.mpp.downsized_size must be >= 1, not {m.downsized_size}")
+    if not 1 <= m.downsized_size <= MAXIMA["patch_size"]:
+        problems.append(f"objective.mpp.downsized_size must be from 1 to the patch size, not {m.downsized_size:,}")
     elif cfg.name == "mpp" and m.target == "downsized" and patch is not None and patch % m.downsized_size:
         problems.append(f"objective.mpp.downsized_size {m.downsized_size} does not divide the patch size {patch}")
     whole_grid = getattr(architecture, "whole_grid_settings", [])
@@ -119,9 +121,10 @@ def check(cfg: ObjectiveConfig, model_overrides: dict, architecture=None) -> lis
     a = cfg.mae
     if not 0.0 < a.mask_rate < 1.0:
         problems.append(f"objective.mae.mask_rate must be in (0, 1), not {a.mask_rate}")
-    for key in ("decoder_width", "decoder_depth", "decoder_heads", "decoder_mlp_dim"):
-        if getattr(a, key) < 1:
-            problems.append(f"objective.mae.{key} must be >= 1, not {getattr(a, key)}")
+    for key, most in (("decoder_width", MAXIMA["width"]), ("decoder_depth", MAXIMA["depth"]),
+                      ("decoder_heads", MAXIMA["num_heads"]), ("decoder_mlp_dim", MAXIMA["mlp_dim"])):
+        if not 1 <= getattr(a, key) <= most:
+            problems.append(f"objective.mae.{key} must be from 1 to {most:,}, not {getattr(a, key):,}")
     if a.decoder_heads >= 1 and a.decoder_width % a.decoder_heads:
         problems.append(f"objective.mae.decoder_width {a.decoder_width} is not divisible by decoder_heads "
                         f"{a.decoder_heads}")
