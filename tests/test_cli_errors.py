@@ -298,7 +298,7 @@ BAD_SETTINGS = [  # --set value, what the message names
     (["model.overrides.width=64.5"], "model.overrides.width must be int"),
     (["model.overrides.image_size=32"], "data.image_size"),
     (["model.overrides.in_chans=3"], "data.in_chans"),
-    (["data.image_size=16384", "data.batch_size=64"], "GiB"),
+    (["data.image_size=8192", "data.batch_size=64"], "GiB"),
 ]
 
 
@@ -471,7 +471,7 @@ def test_real_entry_point_refuses_a_bad_config(config):
 def test_fine_tuning_too_large_is_refused_before_loading(config, capsys):
     checkpoints = _trained(config, capsys, steps=1)
     refused(capsys, ["train", config, "--check", "--set", f"model.init={str(checkpoints.parent)!r}", "--set",
-                     "run_dir='elsewhere'", "--set", "data.image_size=16384"], "needs at least", "GiB")
+                     "run_dir='elsewhere'", "--set", "data.image_size=8192"], "needs at least", "GiB")
 
 
 def test_resuming_onto_another_init_architecture_is_refused_by_the_trainer(config, tmp_path, capsys):

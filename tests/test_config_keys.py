@@ -23,7 +23,8 @@ HOSTILE = ["0", "-3", str(2**40), "nan", "inf", "abc", "''", "[]", "{}", "true",
 # Keys read only under another setting are tried under it: (key prefix, settings), the teacher given by the fixture.
 CONTEXT = [("objective.mae.", ["objective.name=mae"]), ("objective.mpp.", ["objective.name=mpp"]),
            ("optim.momentum", ["optim.name=sgd"]), ("optim.nesterov", ["optim.name=sgd"]),
-           ("distill.", ["distill.teacher={teacher}"])]
+           ("objective.distillation.", ["objective.name=distillation",
+                                        "objective.distillation.teacher={teacher}"])]
 
 
 def config_keys(cls=TrainConfig, prefix: str = "") -> list[str]:
