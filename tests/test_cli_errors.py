@@ -503,3 +503,72 @@ def test_a_removed_command_says_what_to_run_instead(argv, capsys):
     assert err.startswith("vitlab demo: error: removed:") and "vitlab serve --checkpoint" in err
     assert len(err.splitlines()) == 1
     assert "demo" not in build_parser(None).format_help()  # gone from the command list
+
+
+# ---- the rest of the audit: each a one-line refusal --------------------------------------------------------
+def test_the_run_lock_never_follows_a_symbolic_link(config, tmp_path, capsys):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    run_dir = Path(yaml_load(config)["run_dir"])
+    run_dir.mkdir(parents=True)
+    (run_dir / ".lock").symlink_to(target)
+    refused(capsys, ["train", config, "--set", "train.steps=1"], ".lock", "symbolic link")
+    assert target.read_text() == "keep me\n"
+
+
+def test_resuming_with_another_optimiser_is_refused(config, capsys):
+    _trained(config, capsys, steps=1)
+    refused(capsys, ["train", config, "--set", "train.steps=2", "--set", "optim.name=sgd"],
+            "optimizer.pt", "Adam/AdamW", "SGD")
+
+
+def test_an_optimizer_file_that_needs_unpickling_is_refused(config, capsys):
+    import argparse
+    import hashlib
+
+    import torch
+
+    newest = sorted(_trained(config, capsys, steps=1).iterdir())[-1]
+    torch.save({"state": argparse.Namespace(x=1)}, newest / "optimizer.pt")  # consistent with its manifest:
+    manifest = json.loads((newest / "manifest.json").read_text())
+    data = (newest / "optimizer.pt").read_bytes()
+    manifest["files"]["optimizer.pt"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (newest / "manifest.json").write_text(json.dumps(manifest))
+    refused(capsys, ["train", config, "--set", "train.steps=2"], "optimizer.pt", "unpickle")
+
+
+def test_a_chain_of_1200_base_configs_is_refused(tmp_path, capsys):
+    for i in range(1200):
+        (tmp_path / f"c{i}.toml").write_text(f'base = "c{i + 1}.toml"\n' if i < 1199 else "seed = 1\n")
+    refused(capsys, ["train", tmp_path / "c0.toml", "--check"], "c0.toml", "deep")
+
+
+def test_a_malformed_sizes_json_beside_shards(tmp_path, capsys):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    with tarfile.open(tmp_path / "s-000.tar", "w") as tar:
+        for name, data in (("0.png", png.getvalue()), ("0.cls", b"0")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "classes.txt").write_text("zero\n")
+    for text in ("{not json", "[1, 2]", '{"s-000.tar": "many"}'):
+        (tmp_path / "sizes.json").write_text(text)
+        refused(capsys, ["data", f"shards:{tmp_path}/s-000.tar"], "sizes.json")
+
+
+@pytest.mark.parametrize("sidecar", ["[1]", '{"label_names": 5, "preprocessing": {}, "in_chans": 3, "image_hw": [8, 8]}',
+                                     '{"label_names": [], "preprocessing": {}, "in_chans": "x", "image_hw": [8, 8]}',
+                                     '{"label_names": [], "preprocessing": {}, "in_chans": 3, "image_hw": "abc"}',
+                                     '{"label_names": [], "preprocessing": 7, "in_chans": 3, "image_hw": [8, 8]}'])
+def test_a_malformed_onnx_sidecar(sidecar, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("uvicorn")
+    (tmp_path / "m.onnx").write_bytes(b"not read: the sidecar is checked first")
+    (tmp_path / "m.json").write_text(sidecar)
+    refused(capsys, ["serve", "--onnx", tmp_path / "m.onnx"], "m.json")

@@ -136,8 +136,12 @@ class ShardDataset(IterableDataset):
     def _count(self, sizes_file: Path) -> int | None:
         if not sizes_file.is_file():
             return None
-        sizes = json.loads(sizes_file.read_text())
-        n = sum(int(sizes.get(Path(u).name, 0)) for u in self.urls)
+        try:
+            sizes = json.loads(sizes_file.read_text())
+            n = sum(int(sizes.get(Path(u).name, 0)) for u in self.urls)
+        except (ValueError, TypeError, AttributeError) as e:  # not JSON, not an object, not counts
+            raise DataError(f"{sizes_file}: not a JSON object of shard name -> sample count ({e}); fix or delete "
+                            "it (it only tells how many samples the shards hold)") from None
         lo, hi = self.fraction or (0.0, 1.0)
         return int(round(n * (hi - lo)))  # an estimate: the split is by key hash
 

@@ -200,10 +200,35 @@ def read_sidecar(onnx_path: str | Path) -> dict:
                          "writes beside it (labels, preprocessing, input size)") from None
     except ValueError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, not a {type(meta).__name__}")
     missing = [k for k in ("label_names", "preprocessing", "in_chans", "image_hw") if k not in meta]
     if missing:
         raise CheckpointError(f"{path}: missing key(s) {', '.join(missing)}")
+    problem = sidecar_problem(meta)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}; write it again with `vitlab convert --to onnx`")
     return meta
+
+
+def sidecar_problem(meta: dict) -> str | None:
+    """What is wrong with a sidecar's values (each as `export_onnx` writes it), or None."""
+    from ..data.preprocessing import Preprocessing
+
+    labels, hw = meta["label_names"], meta["image_hw"]
+    if not isinstance(labels, list) or not all(isinstance(name, str) for name in labels):
+        return f"label_names must be a list of names, not {labels!r:.60}"
+    if meta["in_chans"] not in (1, 3):
+        return f"in_chans must be 1 or 3, not {meta['in_chans']!r:.60}"
+    if not (isinstance(hw, list) and len(hw) == 2 and all(isinstance(v, int) and v > 0 for v in hw)):
+        return f"image_hw must be [height, width], not {hw!r:.60}"
+    if not isinstance(meta["preprocessing"], dict):
+        return f"preprocessing must be an object, not {meta['preprocessing']!r:.60}"
+    try:
+        Preprocessing.from_dict(meta["preprocessing"])
+    except (TypeError, ValueError) as e:
+        return f"preprocessing: {e}"
+    return None
 
 
 def load_session(onnx_path: str | Path, threads: int | None = None):

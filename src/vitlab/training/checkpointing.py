@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import warnings
@@ -308,14 +309,39 @@ def find_resumable(run_dir: Path, world_size: int) -> Path | None:
     return None
 
 
+def load_plain(file: Path):
+    """A torch.save file of tensors and plain containers; one that needs unpickling other objects is refused."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{file}: holds objects beyond tensors and plain containers, which vitlab does not "
+                              "unpickle (weights_only); it was not written by vitlab: move the checkpoint away") from None
+
+
+def optimizer_kind(state_dict: dict) -> str:
+    """Which optimiser wrote a state dict, from the per-parameter state it keeps."""
+    keys = {k for state in state_dict.get("state", {}).values() if isinstance(state, dict) for k in state}
+    for kind, marks in (("Adam/AdamW", {"exp_avg"}), ("SGD", {"momentum_buffer"}), ("Adagrad", {"sum"})):
+        if keys & marks:
+            return kind
+    return "another optimiser's" if keys else "empty"
+
+
 def load_model_weights(path: Path) -> dict:
     return load_file(str(path / WEIGHTS_FILE))
 
 
 def restore(path: Path, *, model, optimizer, ema, loader, d: Dist) -> dict:
     """Load optimiser, EMA, loader and RNG state from `path` into a built (and wrapped) run; returns trainer.json."""
-    optim_sd = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    set_optimizer_state_dict(model, optimizer, optim_sd, options=StateDictOptions(full_state_dict=True))
+    optim_sd = load_plain(path / "optimizer.pt")
+    try:
+        set_optimizer_state_dict(model, optimizer, optim_sd, options=StateDictOptions(full_state_dict=True))
+    except (KeyError, ValueError, RuntimeError) as e:
+        saved = optimizer_kind(optim_sd)
+        raise CheckpointError(
+            f"{path / 'optimizer.pt'} holds {saved} state, which this run's {type(optimizer).__name__} cannot take "
+            f"({type(e).__name__}: {e}); resume with the optim settings the run was started with, or start a new "
+            "run_dir (model.init = the old run_dir starts from its weights)") from None
     if ema is not None:
         ema_file = path / "ema" / WEIGHTS_FILE
         if ema_file.is_file():
@@ -323,7 +349,7 @@ def restore(path: Path, *, model, optimizer, ema, loader, d: Dist) -> dict:
         else:
             warnings.warn(f"{path} has no EMA weights; EMA restarts from the current weights")
     rank_file = path / f"rank-{d.rank}.pt"
-    rank_state = torch.load(rank_file, map_location="cpu", weights_only=True)
+    rank_state = load_plain(rank_file)
     loader.load_state_dict(to_numpy(rank_state["loader"]))
     torch.set_rng_state(rank_state["rng_cpu"])
     if "rng_cuda" in rank_state and d.device.type == "cuda":
@@ -368,7 +394,14 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        file = open(self.path, "a+")
+        try:  # never through a symbolic link: the pid written below would overwrite whatever it points at
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise VitlabError(f"{self.path} is a symbolic link; a run's lock file must be a plain file: delete "
+                               "the link") from None
+        file = os.fdopen(fd, "r+")
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -125,6 +125,9 @@ def find_config(spec: str | Path) -> Path:
                       "(`vitlab recipes` lists the recipes)")
 
 
+MAX_BASES = 64  # files in one chain of `base =` (the recipes use at most 3)
+
+
 def read_file(path: str | Path, *, _seen: tuple[Path, ...] = ()) -> dict:
     """The settings of a config file, with its `base = "other.toml"` (relative to this file) merged underneath.
     A file's `description` is a line about it for people (`vitlab recipes` prints it), not a setting."""
@@ -145,6 +148,9 @@ def read_file(path: str | Path, *, _seen: tuple[Path, ...] = ()) -> dict:
     if base_path.resolve() in chain:
         cycle = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
         raise ConfigError(f"{path}: base = {base!r} makes a cycle ({cycle}); remove one of the base keys")
+    if len(chain) >= MAX_BASES:
+        raise ConfigError(f"{chain[0]}: its chain of base files is more than {MAX_BASES} deep (at {path}); "
+                          "merge some of them")
     return deep_merge(read_file(base_path, _seen=chain), raw)
 
 
