@@ -572,3 +572,21 @@ def test_a_malformed_onnx_sidecar(sidecar, tmp_path, capsys):
     (tmp_path / "m.onnx").write_bytes(b"not read: the sidecar is checked first")
     (tmp_path / "m.json").write_text(sidecar)
     refused(capsys, ["serve", "--onnx", tmp_path / "m.onnx"], "m.json")
+
+
+def test_mae_is_checked_against_the_model_as_built(config, tmp_path, capsys):
+    """From model.init the architecture is the checkpoint's: MAE cannot run an axial or relative-posemb ViT on a
+    subset of patches, and --check says so (it used to pass, and the first step crashed). MPP keeps every patch."""
+    for variant in ({"attention": "axial"}, {"posemb": "relative"}):
+        model = vitlab.create_model("ViT-Ti/16", **tiny(patch_size=4, image_size=16, in_chans=1, **variant))
+        init = vitlab.save_pretrained(model, tmp_path / next(iter(variant.values())))
+        for check in (["--check"], []):
+            refused(capsys, ["train", config, *check, "--set", "objective.name=mae", "--set",
+                             f"model.init={str(init)!r}", "--set", "model.overrides={}"], "model.init", "mae",
+                    next(iter(variant.values())))
+
+
+@pytest.mark.parametrize("objective", ["mae", "mpp"])
+def test_self_supervision_of_a_bit_resnet_is_refused(objective, config, capsys):
+    refused(capsys, ["train", config, "--check", "--set", f"objective.name={objective}", "--set",
+                     "model.name='BiT-R50x1'", "--set", "model.overrides={}"], "BiT", "no patches")

@@ -252,8 +252,17 @@ def _check_paths(cfg: TrainConfig) -> None:
     if cfg.model.init is None:
         check_resume_architecture(cfg, _planned_config(cfg), ignore=("num_classes",))
         check_memory(cfg, _planned_config(cfg))
-    elif init_meta is not None:  # a vitlab checkpoint says its architecture: the estimate needs no weights
+    elif init_meta is not None:  # a vitlab checkpoint says its architecture: the checks need no weights
+        check_built_objective(cfg, _init_config(cfg, init_meta))
         check_memory(cfg, _init_config(cfg, init_meta))
+
+
+def check_built_objective(cfg: TrainConfig, model_config) -> None:
+    """The objective against the model as built (from model.init its architecture is the checkpoint's)."""
+    problems = check_objective(cfg.objective, cfg.model.overrides, model_config)
+    if problems:
+        where = f"model.init = {cfg.model.init!r}: " if cfg.model.init is not None else ""
+        raise ConfigError(where + problems[0])
 
 
 def _check_checkpoint(key: str, init: str) -> dict | None:

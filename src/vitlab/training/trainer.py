@@ -27,7 +27,7 @@ from ..fileio import atomic_write_text
 from ..models import create_model
 from ..runtime import Dist, all_reduce_floats, barrier, launch_env, resolve_precision, setup, teardown
 from . import checkpointing
-from .checks import architecture, check_resume_architecture
+from .checks import architecture, check_built_objective, check_resume_architecture
 from .config import ConfigError, TrainConfig, to_yaml
 from .distributed import unwrap, wrap
 from .ema import EMA
@@ -146,6 +146,7 @@ class Trainer:
             model = initial_model(cfg, classes)
         elif model.num_classes != classes:
             raise ValueError(f"the model has {model.num_classes} outputs; the objective needs {classes}")
+        check_built_objective(cfg, model.config)  # model.init in a format that does not say its architecture
         objective = build_objective(cfg.objective, model_config=model.config, preprocessing=self.preprocessing,
                                     loss=cfg.loss, device=self.d.device, precision=self.precision)
         self.model_config = model.config

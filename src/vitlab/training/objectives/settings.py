@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ...models.vit_config import MAXIMA
+from ...models.vit_config import MAXIMA, ViTConfig
 
 NAMES = ("classification", "mpp", "mae", "distillation")
 SELF_SUPERVISED = ("mpp", "mae")  # read no labels
@@ -97,6 +97,9 @@ def check(cfg: ObjectiveConfig, model_overrides: dict, architecture=None) -> lis
     patch = getattr(architecture, "stride", None)  # the pixels one token sees (a BiT ResNet has no tokens)
     if cfg.name not in NAMES:
         return [f"objective.name = {cfg.name!r} is not one of {', '.join(NAMES)}"]
+    if cfg.name in SELF_SUPERVISED and architecture is not None and not isinstance(architecture, ViTConfig):
+        return [f"objective.name = {cfg.name!r} predicts masked patches of a ViT; this model is a "
+                f"{type(architecture).__name__.removesuffix('Config')} ResNet, which has no patches"]
     if cfg.name in SELF_SUPERVISED and model_overrides.get("patch_dropout", 0.0):
         problems.append(f"objective.name = {cfg.name!r} chooses its own patches: set model.overrides.patch_dropout "
                         "to 0")
