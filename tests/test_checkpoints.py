@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 import vitlab
 from vitlab.checkpoints import detect_format, export_checkpoint, load_pretrained
 from vitlab.cli import main as cli
-from vitlab.data.preprocessing import Preprocessing, of_model
+from vitlab.data.preprocessing import of_model
 
 from conftest import tiny
 from reference_vit import forward as reference_forward
@@ -326,7 +326,7 @@ def test_round_trip_is_exact(tmp_path, fmt, overrides):
         assert loaded.label_names == model.label_names
     if fmt == "vitlab":
         assert loaded.config == model.config  # and the preprocessing record, completed with the model's size
-        assert Preprocessing.from_dict(loaded.preprocessing) == of_model(model)
+        assert loaded.preprocessing == of_model(model)
 
 
 def test_npz_export_has_the_official_layout(tmp_path):

@@ -153,8 +153,7 @@ def test_hf_hub_timm_repository(server):
     loaded = load_pretrained("hf-hub:timm/vit_test_patch8_32.test")
     assert same_logits(model, loaded)
     record = loaded.preprocessing
-    assert (record["normalisation"], record["mean"], record["std"]) == (
-        "mean_std", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert (record.normalisation, record.mean, record.std) == ("mean_std", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert loaded.label_names[0] == "class 0"
 
 

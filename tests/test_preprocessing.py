@@ -15,10 +15,10 @@ from reference_vit import random_official_params
 from vitlab import create_model, load_pretrained, save_pretrained
 from vitlab.checkpoints.hf import save_hf
 from vitlab.checkpoints.npz_official import save_official_npz
-from vitlab.checkpoints.timm import save_timm
+from vitlab.checkpoints.timm import IMAGENET_MEAN, IMAGENET_STD, save_timm
 from vitlab.cli import main
 from vitlab.data import DataConfig, DataError, build_dataset, build_loader
-from vitlab.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_transform, of_model
+from vitlab.data.preprocessing import Preprocessing, eval_transform, of_model
 from vitlab.evaluation import EvalBatches
 from vitlab.evaluation.predict import predict_files
 from vitlab.inspection import load_image_files
@@ -31,7 +31,8 @@ def small_model(**overrides):
 
 
 def record_of(model) -> Preprocessing:
-    return Preprocessing.from_dict(model.preprocessing)
+    assert isinstance(model.preprocessing, Preprocessing)  # typed from the reader on
+    return model.preprocessing
 
 
 # ---- the record and its transform -------------------------------------------------------------------------

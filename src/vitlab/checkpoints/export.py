@@ -6,9 +6,9 @@ from pathlib import Path
 
 from torch import nn
 
+from .errors import CheckpointError
 from .hf import save_hf
 from .load import load_pretrained
-from .errors import CheckpointError
 from .npz_official import save_official_npz
 from .timm import save_timm
 from .vitlab_format import save_pretrained

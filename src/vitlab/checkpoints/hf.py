@@ -28,9 +28,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .errors import CheckpointError
+from ..data.preprocessing import Preprocessing, mean_std, model_defaults, of_model
 from ..fileio import atomic_write, atomic_write_text
 from ..models import ViTConfig
+from .errors import CheckpointError
 from .files import read_json, read_tensors
 from .mapping import Pair, as_float32, config_with_overrides, export_tensors, load_into_model
 
@@ -132,8 +133,28 @@ def load_hf(path: Path, **overrides) -> nn.Module:
     tensors = {k.removeprefix(prefix): v for k, v in tensors.items()}
     cfg = config_with_overrides(infer_config(meta, tensors, path), overrides, path)
     model = load_into_model(cfg, tensors, hf_pairs(cfg), weights)
-    model.label_names = label_names(meta, cfg.num_classes)  # load_checkpoint adds the preprocessing record
+    model.label_names = label_names(meta, cfg.num_classes)
+    settings = path / "preprocessor_config.json"
+    model.preprocessing = hf_record(read_json(settings) if settings.is_file() else None, model)
     return model
+
+
+PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # Hugging Face stores Pillow's filter numbers
+
+
+def hf_record(config: dict | None, model: nn.Module) -> Preprocessing:
+    """A Hugging Face image processor's settings; without preprocessor_config.json, ViTImageProcessor's
+    defaults (resize to the model's size, bilinear, mean = std = 0.5, which is x / 127.5 - 1)."""
+    config = config or {}
+    record = dict(model_defaults(model), interpolation=PIL_RESAMPLE.get(config.get("resample", 2), "bilinear"),
+                  **mean_std(config.get("image_mean", (0.5,) * 3), config.get("image_std", (0.5,) * 3), 3))
+    if config.get("do_center_crop") and config.get("crop_size"):
+        resized, crop = config.get("size") or {}, config["crop_size"]
+        shorter = resized.get("shortest_edge") or min(resized.get("height", 0), resized.get("width", 0))
+        crop_side = crop.get("height", 0) if isinstance(crop, dict) else int(crop)
+        if shorter and crop_side and crop_side <= shorter:
+            record.update(resize_crop=True, crop_fraction=crop_side / shorter)
+    return Preprocessing(**record)
 
 
 # ---- writing ------------------------------------------------------------------------------------------------
@@ -192,8 +213,8 @@ def save_hf(model: nn.Module, directory: str | Path) -> Path:
 
 
 def preprocessor_config(model: nn.Module) -> dict:
-    pre = getattr(model, "preprocessing", None) or {}
-    mean, std = (pre.get("mean"), pre.get("std")) if pre.get("normalisation") == "mean_std" else ([0.5] * 3, [0.5] * 3)
+    pre = of_model(model)
+    mean, std = (list(pre.mean), list(pre.std)) if pre.normalisation == "mean_std" else ([0.5] * 3, [0.5] * 3)
     h, w = model.config.image_hw
     return {"image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": h, "width": w},
             "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": mean, "image_std": std}

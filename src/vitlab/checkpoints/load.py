@@ -16,11 +16,10 @@ from pathlib import Path
 
 from torch import nn
 
-from ..data import preprocessing
 from .adapt import adapt_model
+from .errors import CheckpointError
 from .files import read_json, read_tensors, sniff
 from .hf import is_hf_folder, load_hf
-from .errors import CheckpointError
 from .npz_official import load_official_npz
 from .remote import resolve
 from .timm import is_timm_folder, is_timm_state_dict, load_timm, load_timm_folder
@@ -71,7 +70,8 @@ def latest_run_checkpoint(path: Path) -> Path | None:
 
 def load_checkpoint(path: str | Path, image_size_hint=None, **overrides) -> nn.Module:
     """The model a checkpoint holds, exactly (no resampling, no new head), with its preprocessing record as
-    `model.preprocessing` (a dict; `vitlab.data.preprocessing.of_model` reads it) and its `label_names`.
+    `model.preprocessing` (a `vitlab.data.preprocessing.Preprocessing`, from the format's reader) and its
+    `label_names`.
 
     `image_size_hint` tells a non-square resolution of a format that does not store it (npz, timm)."""
     path = resolve(path)
@@ -79,8 +79,10 @@ def load_checkpoint(path: str | Path, image_size_hint=None, **overrides) -> nn.M
     if path.is_dir() and (latest := latest_run_checkpoint(path)) is not None:
         path = latest
     model = read_model(fmt, path, image_size_hint, overrides)
-    record = preprocessing.for_format(fmt, path, model)
-    model.preprocessing = record.to_dict()
+    record = model.preprocessing  # each reader's own (Preprocessing)
+    if record.label_names is not None and len(record.label_names) != model.num_classes:
+        record = record.replace(label_names=None)
+    model.preprocessing = record
     if getattr(model, "label_names", None) is None and record.label_names is not None:
         model.label_names = list(record.label_names)
     return model

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from ..data.preprocessing import Preprocessing, model_defaults
 from ..fileio import atomic_write
 from ..models import ViTConfig
 from .big_vision import is_big_vision, to_official_names  # big_vision is the same Flax model, renamed
+from .errors import CheckpointError
 from .files import read_npz
 from .mapping import (Pair, checkpoint_image_size, config_with_overrides, count_indexed,
                       export_tensors, load_into_model, token_stride, width_factor)
@@ -196,7 +197,8 @@ def load_official_npz(path: Path, arrays: dict[str, np.ndarray] | None = None, i
             tensors[k] = v.reshape(-1)
     cfg = config_with_overrides(infer_config(tensors, path, image_size_hint), overrides, path)
     model = load_into_model(cfg, tensors, official_pairs(cfg), path, HINTS)
-    model.label_names, model.preprocessing = None, {"normalisation": "minus_one_one"}
+    model.label_names = None
+    model.preprocessing = Preprocessing(**model_defaults(model))  # the papers' resize and x / 127.5 - 1
     return model
 
 

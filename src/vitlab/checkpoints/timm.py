@@ -22,9 +22,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .errors import CheckpointError
+from ..data.preprocessing import INTERPOLATIONS, Preprocessing, mean_std, model_defaults
 from ..fileio import atomic_write
 from ..models import ViTConfig, VisionTransformer
+from .errors import CheckpointError
 from .files import read_json, read_tensors
 from .mapping import (Pair, add_class_slot, as_float32, checkpoint_image_size, config_with_overrides,
                       count_indexed, export_tensors, heads_for_width, is_square, load_into_model,
@@ -143,8 +144,28 @@ def load_timm(path: Path, tensors: dict[str, torch.Tensor] | None = None, image_
     inferred = infer_config(staged_names(tensors), path, overrides.get("num_heads"), image_size_hint)
     cfg = config_with_overrides(inferred, overrides, path)
     model = load_into_model(cfg, tensors, timm_pairs(cfg), path, HINTS)
-    model.label_names, model.preprocessing = None, None
+    settings = path.parent / "config.json"  # a timm Hub repository's, beside its weights
+    model.label_names = None
+    model.preprocessing = timm_record(read_json(settings) if settings.is_file() else None, model)
     return model
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def timm_record(config: dict | None, model: nn.Module) -> Preprocessing:
+    """timm's pretrained_cfg (from the config.json the Hub keeps beside the weights); without one, timm's
+    defaults for ImageNet ViTs: ImageNet mean/std, centre crop 0.875, bicubic."""
+    cfg = (config or {}).get("pretrained_cfg") or {}
+    crop_pct = cfg.get("crop_pct", 0.875)
+    interpolation = cfg.get("interpolation", "bicubic")
+    names = (config or {}).get("label_names")
+    record = dict(model_defaults(model), resize_crop=crop_pct < 1.0, crop_fraction=min(float(crop_pct), 1.0),
+                  interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
+                  **mean_std(cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD), 3))
+    if names:
+        record["label_names"] = names
+    return Preprocessing(**record)
 
 
 TIMM_HEADS = {"tiny": 3, "small": 6, "medium": 8, "base": 12, "large": 16, "huge": 16, "giant": 16, "gigantic": 16}
@@ -158,7 +179,7 @@ def is_timm_folder(path: Path) -> bool:
 
 def load_timm_folder(folder: Path, image_size_hint=None, **overrides) -> nn.Module:
     """A timm Hub folder: the weights as a timm state dict, with what config.json adds (heads, resolution, label
-    names; the preprocessing record comes from its pretrained_cfg, vitlab.data.preprocessing)."""
+    names; load_timm reads the preprocessing record from its pretrained_cfg: `timm_record`)."""
     meta = read_json(folder / "config.json")
     pretrained_cfg = meta.get("pretrained_cfg") or {}
     model_args = meta.get("model_args") or {}

@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .errors import CheckpointError
+from ..data.preprocessing import Preprocessing, model_defaults, of_model
 from ..fileio import atomic_write, atomic_write_text
-from ..data.preprocessing import of_model
 from ..models import BiTConfig, ViTConfig
 from ..models.registry import build_model
+from .errors import CheckpointError
 from .files import read_json, read_safetensors
 from .mapping import check_contents
 from .model_card import current_command, model_card
@@ -25,8 +25,14 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 
 
+def record_dict(preprocessing: Preprocessing | dict) -> dict:
+    """The record as config.json keeps it: a plain dict (one given as a dict is written as it is)."""
+    return preprocessing.to_dict() if isinstance(preprocessing, Preprocessing) else preprocessing
+
+
 def save_pretrained(model: nn.Module, directory: str | Path, *, label_names: list[str] | None = None,
-                    preprocessing: dict | None = None, extra: dict | None = None, metrics: dict | None = None,
+                    preprocessing: Preprocessing | dict | None = None, extra: dict | None = None,
+                    metrics: dict | None = None,
                     command: str | None = None) -> Path:
     """Write `model` as directory/config.json + directory/model.safetensors + a README.md model card (each
     written atomically). `metrics` (e.g. the run's accuracy) and `command` (default: this process's `vitlab`
@@ -43,7 +49,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, label_names: lis
         "architecture": "bit" if isinstance(cfg, BiTConfig) else "vit",
         "config": cfg.to_dict(),
         "label_names": label_names if label_names is not None else getattr(model, "label_names", None),
-        "preprocessing": preprocessing if preprocessing is not None else of_model(model).to_dict(),
+        "preprocessing": record_dict(preprocessing) if preprocessing is not None else of_model(model).to_dict(),
     }
     if extra:
         meta.update(extra)
@@ -93,5 +99,5 @@ def load_vitlab(directory: str | Path, **overrides) -> nn.Module:
     check_contents(directory / WEIGHTS_FILE, {k: tuple(v.shape) for k, v in weights.items()}, expected)
     model.load_state_dict(weights, strict=True, assign=True)
     model.label_names = meta.get("label_names")
-    model.preprocessing = meta.get("preprocessing")
+    model.preprocessing = Preprocessing.from_dict(meta.get("preprocessing"), **model_defaults(model))
     return model

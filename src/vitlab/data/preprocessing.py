@@ -6,10 +6,10 @@ the channel count and the label names. Training-time evaluation (the loader) and
 `fewshot`, `vtab`, `predict`, `inspect`) build their transform from it with `eval_transform(record)`, so no
 two of them can disagree.
 
-Each checkpoint format gets a record (`for_format`): what a vitlab run saved; for Hugging Face folders their
-`preprocessor_config.json` (else ViTImageProcessor's defaults); for timm files the `pretrained_cfg` of a
-`config.json` beside them (else timm's ImageNet defaults: mean/std, crop_pct 0.875, bicubic); for the official
-and big_vision .npz files the papers' x / 127.5 - 1 on a plain resize.
+Each checkpoint reader gives the model it loads its record (`model.preprocessing`, a `Preprocessing`): what a
+vitlab run saved; a Hugging Face folder's `preprocessor_config.json` (checkpoints/hf.py); a timm file's
+`pretrained_cfg` (checkpoints/timm.py); for the official and big_vision .npz files the papers' x / 127.5 - 1 on
+a plain resize.
 
 In a checkpoint's config.json the record is a plain dict (`to_dict`); `from_dict` also reads older records and
 the spellings "normalization" / "normalize" for "normalisation".
@@ -18,10 +18,8 @@ the spellings "normalization" / "normalize" for "normalisation".
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +30,6 @@ from .transforms import centre_box
 
 NORMALISATIONS = ("minus_one_one", "mean_std")
 INTERPOLATIONS = ("bilinear", "bicubic")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # Hugging Face stores Pillow's filter numbers
 NORMALISATION_KEYS = ("normalisation", "normalization", "normalize")
 
 
@@ -197,41 +193,17 @@ def of_model(model) -> Preprocessing:
     at another resolution is evaluated at that resolution)."""
     config = model.config
     size = config.image_size
-    record = Preprocessing.from_dict(getattr(model, "preprocessing", None))
+    record = Preprocessing.coerce(getattr(model, "preprocessing", None))
     names = getattr(model, "label_names", None)
     return record.replace(image_size=(size, size) if isinstance(size, int) else tuple(size),
                           channels=config.in_chans, label_names=tuple(names) if names else record.label_names)
 
 
-def for_format(fmt: str, path: Path, model) -> Preprocessing:
-    """The record of a checkpoint of format `fmt` ('vitlab', 'hf', 'npz', 'timm') at `path` holding `model`."""
-    size, channels = model.config.image_size, model.config.in_chans
-    base = dict(image_size=size, channels=channels, label_names=getattr(model, "label_names", None) or None)
-    path = Path(path)
-    if fmt == "vitlab":
-        record = Preprocessing.from_dict(getattr(model, "preprocessing", None), **base)
-    elif fmt == "hf":
-        record = hf_record(read_json_if_any(path / "preprocessor_config.json"), base)
-    elif fmt == "timm":
-        folder = path if path.is_dir() else path.parent
-        record = timm_record(read_json_if_any(folder / "config.json"), base)
-    else:
-        record = Preprocessing(**base)  # official / big_vision .npz: resize, x / 127.5 - 1
-    if record.label_names is not None and len(record.label_names) != model.num_classes:
-        record = record.replace(label_names=None)
-    return record
-
-
-def read_json_if_any(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: cannot read the preprocessing settings ({e})") from e
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object of preprocessing settings, got {type(data).__name__}")
-    return data
+def model_defaults(model) -> dict:
+    """What a checkpoint's record takes from the model it was read into: the input size, the channel count and
+    the label names (for keys a file does not store)."""
+    return dict(image_size=model.config.image_size, channels=model.config.in_chans,
+                label_names=getattr(model, "label_names", None) or None)
 
 
 def mean_std(mean, std, channels: int) -> dict:
@@ -239,33 +211,3 @@ def mean_std(mean, std, channels: int) -> dict:
     if all(m == 0.5 for m in mean) and all(s == 0.5 for s in std):
         return {"normalisation": "minus_one_one"}
     return {"normalisation": "mean_std", "mean": mean, "std": std}
-
-
-def hf_record(config: dict | None, base: dict) -> Preprocessing:
-    """A Hugging Face image processor's settings; without preprocessor_config.json, ViTImageProcessor's
-    defaults (resize to the model's size, bilinear, mean = std = 0.5, which is x / 127.5 - 1)."""
-    config = config or {}
-    record = dict(base, interpolation=PIL_RESAMPLE.get(config.get("resample", 2), "bilinear"),
-                  **mean_std(config.get("image_mean", (0.5,) * 3), config.get("image_std", (0.5,) * 3), 3))
-    if config.get("do_center_crop") and config.get("crop_size"):
-        resized, crop = config.get("size") or {}, config["crop_size"]
-        shorter = resized.get("shortest_edge") or min(resized.get("height", 0), resized.get("width", 0))
-        crop_side = crop.get("height", 0) if isinstance(crop, dict) else int(crop)
-        if shorter and crop_side and crop_side <= shorter:
-            record.update(resize_crop=True, crop_fraction=crop_side / shorter)
-    return Preprocessing(**record)
-
-
-def timm_record(config: dict | None, base: dict) -> Preprocessing:
-    """timm's pretrained_cfg (from the config.json the Hub keeps beside the weights); without one, timm's
-    defaults for ImageNet ViTs: ImageNet mean/std, centre crop 0.875, bicubic."""
-    cfg = (config or {}).get("pretrained_cfg") or {}
-    crop_pct = cfg.get("crop_pct", 0.875)
-    interpolation = cfg.get("interpolation", "bicubic")
-    names = (config or {}).get("label_names")
-    record = dict(base, resize_crop=crop_pct < 1.0, crop_fraction=min(float(crop_pct), 1.0),
-                  interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
-                  **mean_std(cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD), 3))
-    if names:
-        record["label_names"] = names
-    return Preprocessing(**record)

@@ -43,6 +43,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 
 from ..checkpoints import CheckpointError, save_pretrained
 from ..checkpoints.vitlab_format import WEIGHTS_FILE
+from ..data.preprocessing import Preprocessing
 from ..errors import VitlabError
 from ..fileio import atomic_write, atomic_write_text, fsync_dir
 from ..runtime import Dist, barrier
@@ -75,7 +76,7 @@ class WeightsSnapshot:
     config: object
     weights: dict
     label_names: list | None = None
-    preprocessing: dict | None = None
+    preprocessing: Preprocessing | None = None
 
     def state_dict(self) -> dict:
         return self.weights

@@ -140,7 +140,7 @@ class Trainer:
         self.total_steps = settings.steps or math.ceil(
             settings.epochs * len(self.train_loader) / settings.accumulation_steps)
 
-        self.preprocessing = from_data_config(cfg.data).to_dict()  # label names are added once known
+        self.preprocessing = from_data_config(cfg.data)  # label names are added once known
         classes = head_classes(cfg.objective, self.num_classes)
         if model is None:
             model = initial_model(cfg, classes)
@@ -151,7 +151,7 @@ class Trainer:
                                     loss=cfg.loss, device=self.d.device, precision=self.precision)
         self.model_config = model.config
         self.label_names = getattr(self.train_loader, "class_names", None) if objective.reads_labels else None
-        self.preprocessing["label_names"] = self.label_names
+        self.preprocessing = self.preprocessing.replace(label_names=self.label_names)
         if cfg.model.grad_checkpointing:
             model.set_grad_checkpointing(True)
         if self.d.is_main:

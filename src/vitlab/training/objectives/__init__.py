@@ -16,6 +16,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ...data.preprocessing import Preprocessing
 from .base import (RECORD_FILE, WEIGHTS_FILE, Objective, TrainingModule, join_state_dicts, loss_and_logs,
                    split_state_dict)
 from .settings import NAMES, SELF_SUPERVISED, ObjectiveConfig
@@ -27,7 +28,7 @@ def head_classes(cfg: ObjectiveConfig, num_classes: int) -> int:
     return 0 if cfg.name in SELF_SUPERVISED else num_classes
 
 
-def build_objective(cfg: ObjectiveConfig, *, model_config=None, preprocessing: dict | None = None,
+def build_objective(cfg: ObjectiveConfig, *, model_config=None, preprocessing: Preprocessing | dict | None = None,
                     loss=None, device="cpu", precision: str = "fp32") -> Objective:
     """The objective `cfg` names. `model_config` (the encoder's ViTConfig) and `preprocessing` (the
     input normalisation) size and feed the self-supervised targets and the teacher; `loss` is the classification

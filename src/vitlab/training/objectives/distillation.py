@@ -188,7 +188,7 @@ def known_record(record: Preprocessing | dict | None) -> Preprocessing | None:
 
 
 def load_teacher(path: str | Path, *, num_classes: int, in_chans: int, device: torch.device, precision: str,
-                 student_preprocessing: dict | None = None) -> Teacher:
+                 student_preprocessing: Preprocessing | dict | None = None) -> Teacher:
     """Any checkpoint `load_pretrained` reads (a `vitlab train` run directory too) as a frozen teacher.
 
     A teacher that cannot teach this data (another number of classes or of input channels) is refused with a
@@ -214,7 +214,7 @@ def load_teacher(path: str | Path, *, num_classes: int, in_chans: int, device: t
 
 
 def build_distillation(settings: DistillConfig, loss, *, num_classes: int, in_chans: int, device: torch.device,
-                       precision: str, preprocessing: dict | None) -> Distillation:
+                       precision: str, preprocessing: Preprocessing | dict | None) -> Distillation:
     """The objective of `[objective.distillation]`; `loss` is the config's `[loss]` (the class head's settings)."""
     teacher = load_teacher(settings.teacher, num_classes=num_classes, in_chans=in_chans, device=device,
                            precision=precision, student_preprocessing=preprocessing)
