@@ -11,7 +11,7 @@ import torch
 from conftest import tiny
 from safetensors.torch import save as safetensors_bytes
 
-from local_server import COMMIT, LocalServer
+from local_server import COMMIT, Behaviour, LocalServer
 from vitlab import create_model, load_pretrained
 from vitlab.checkpoints import CheckpointError
 from vitlab.checkpoints.export import export_checkpoint
@@ -231,3 +231,41 @@ def test_results_of_a_named_checkpoint_go_to_a_folder_named_after_it():
     args = SimpleNamespace(out=None)
     assert str(output_dir(args, "hf-hub:google/vit-base-patch16-224", "eval")) == "hf-hub_google_vit-base-patch16-224-eval"
     assert str(output_dir(args, "imagenet21k+imagenet2012/ViT-B_16", "eval")) == "imagenet21k_imagenet2012_ViT-B_16-eval"
+
+
+def one_error_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"vitlab {command}: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_download_refuses_a_name_no_source_knows(tmp_path, capsys):
+    for names in (["abc"], ["0"], ["hf-hub-typo:x/y"]):
+        assert main(["download", *names]) == 2
+        assert f"'{names[0]}': no source knows this name, nothing downloaded" in one_error_line(capsys, "download")
+    assert not (tmp_path / "vitlab-cache").exists()
+
+
+def test_download_fetches_a_data_set_by_its_name(monkeypatch, capsys):
+    """`vitlab download cifar10` is what the offline error of `vitlab data cifar10` asks for: it fetches the data
+    set (here refused offline, naming the archive it needs) instead of printing the name."""
+    monkeypatch.setenv("VITLAB_OFFLINE", "1")
+    for command in (["data", "cifar10"], ["download", "cifar10"]):
+        assert main(command) == 2
+        line = one_error_line(capsys, command[0])
+        assert "cifar-10-binary.tar.gz" in line and "`vitlab download`" in line
+
+
+@pytest.mark.parametrize("answer", ["unreachable", "500"])
+def test_an_unreachable_hub_is_one_line_that_says_so(answer, monkeypatch, capsys):
+    import time
+
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # huggingface_hub's back-off between its retries
+    with LocalServer() as s:
+        s.served.hub["google/vit-x"] = {"config.json": b"{}"}
+        s.served.behaviours["/google/vit-x/resolve/main/config.json"] = Behaviour(fail_with=500, fails=100)
+        monkeypatch.setenv("HF_ENDPOINT", s.base if answer == "500" else "http://127.0.0.1:9")  # 9: nothing
+        assert main(["download", "hf-hub:google/vit-x"]) == 2
+    line = one_error_line(capsys, "download")
+    assert "cannot be reached" in line and "offline mode" not in line

@@ -9,7 +9,9 @@ expected and get the same treatment. Anything else is a bug and keeps its traceb
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import re
 
 
@@ -54,6 +56,19 @@ def _os_error(error: OSError) -> str:
 
 def _is_safetensors_error(error: BaseException) -> bool:
     return type(error).__name__ == "SafetensorError" and type(error).__module__.startswith("safetensors")
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str | None = None):
+    """A library's logger (the root logger for None) says nothing below ERROR meanwhile: its outcome reaches the
+    user as vitlab's own one line."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def one_line(text: str) -> str:

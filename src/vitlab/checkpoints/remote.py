@@ -17,6 +17,7 @@ import urllib.parse
 from pathlib import Path
 
 from ..download import DownloadError, cache_dir, download, is_offline
+from ..errors import quiet_logger
 from .errors import CheckpointError
 from .pretrained import find_pretrained
 
@@ -39,7 +40,8 @@ def resolve(spec: str | Path, *, progress: bool | None = None) -> Path:
     if Path(text).exists() or not is_remote(text):
         return Path(text)
     if text.startswith(HF_PREFIX):
-        return fetch_hf_hub(text[len(HF_PREFIX):])
+        with quiet_logger("huggingface_hub"):  # its retries warn once each; the outcome is one line
+            return fetch_hf_hub(text[len(HF_PREFIX):])
     row = find_pretrained(text)
     url = row.url if row is not None and not text.startswith(("http://", "https://")) else text
     try:
@@ -106,6 +108,10 @@ def hub_error_line(e: Exception) -> str:
     """huggingface_hub's message reduced to its first line, with what to do in the common cases."""
     kind = type(e).__name__
     first = next((line.strip() for line in str(e).splitlines() if line.strip()), kind)
+    if kind == "LocalEntryNotFoundError" and not is_offline():  # online, but the Hub did not answer
+        endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        return (f"the Hub ({endpoint}) cannot be reached ({root_cause(e)}) and the files are not in the Hugging "
+                "Face cache; check the network (or HF_ENDPOINT) and try again")
     if kind == "LocalEntryNotFoundError" or "local_files_only" in first or kind == "OfflineModeIsEnabled":
         return ("not in the Hugging Face cache and offline mode is on (VITLAB_OFFLINE / HF_HUB_OFFLINE); "
                 "fetch it once online with `vitlab download`")
@@ -116,3 +122,10 @@ def hub_error_line(e: Exception) -> str:
     if kind == "RevisionNotFoundError":
         return "revision not found"
     return f"{kind}: {first}"
+
+
+def root_cause(e: BaseException) -> str:
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return f"{type(e).__name__}: {first}".rstrip(": ")

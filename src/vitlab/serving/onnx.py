@@ -19,7 +19,6 @@ CPU kernels (the quantised graph no longer matches those patterns at load time).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from torch import nn
 
 from ..checkpoints.errors import CheckpointError
 from ..data.preprocessing import of_model
+from ..errors import quiet_logger
 from ..evaluation.predict import label_names
 from ..fileio import atomic_path, atomic_write_text
 
@@ -118,7 +118,7 @@ def quantize_int8(source: Path, destination: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quiet_root_logger():
+    with quiet_logger():  # onnxruntime.quantization logs to the root logger
         quantize_dynamic(source, destination, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
                          per_channel=True, reduce_range=True,  # 7-bit weights: no int16 saturation (module doc)
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
@@ -143,7 +143,7 @@ def quantize_int8_static(source: Path, destination: Path, calibration: Iterable[
             batch = next(self.batches, None)
             return None if batch is None else {INPUT: np.asarray(batch, dtype=np.float32)}
 
-    with _quiet_root_logger():
+    with quiet_logger():  # onnxruntime.quantization logs to the root logger
         quantize_static(source, destination, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                         reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=activation_matmuls(source),
@@ -158,18 +158,6 @@ def activation_matmuls(path: Path) -> list[str]:
     graph = onnx.load(str(path), load_external_data=False).graph
     constants = {t.name for t in graph.initializer}
     return [n.name for n in graph.node if n.op_type == "MatMul" and not constants.intersection(n.input)]
-
-
-@contextlib.contextmanager
-def _quiet_root_logger():
-    """onnxruntime.quantization logs to the root logger (a hint to "pre-process first": fuse_for_cpu did)."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def write_sidecar(model: nn.Module, onnx_path: Path, *, precision: str, opset: int, source=None) -> Path:
