@@ -96,7 +96,7 @@ def test_official_names_resolve_to_the_public_bucket():
 def test_an_official_name_loads_from_the_cache_offline(tmp_path, monkeypatch):
     model = small_model(gelu="tanh")
     cached = url_cache_path(find_pretrained("ViT-B_16").url)
-    cached.parent.mkdir(parents=True)
+    cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_bytes(npz_bytes(model, tmp_path))
     monkeypatch.setenv("VITLAB_OFFLINE", "1")
     assert same_logits(model, load_pretrained("ViT-B_16"))
@@ -269,3 +269,27 @@ def test_an_unreachable_hub_is_one_line_that_says_so(answer, monkeypatch, capsys
         assert main(["download", "hf-hub:google/vit-x"]) == 2
     line = one_error_line(capsys, "download")
     assert "cannot be reached" in line and "offline mode" not in line
+
+
+def test_a_page_that_is_no_checkpoint_is_never_cached(server, tmp_path, capsys):
+    server.served.files["/m.npz"] = b"<!DOCTYPE html><html><body>Sign in to continue</body></html>"
+    for _ in range(2):  # refused each time, so each time fetched again
+        assert main(["download", server.url("/m.npz"), "--no-progress"]) == 2
+        line = one_error_line(capsys, "download")
+        assert "no checkpoint" in line and "<!DOCTYPE html>" in line and "nothing cached" in line
+    assert len(server.requests("/m.npz")) == 2
+    cache = tmp_path / "vitlab-cache"
+    assert not [p for p in cache.rglob("*") if p.is_file()]
+    cached = url_cache_path(server.url("/m.npz"))  # one cached by an earlier vitlab: named, to delete
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"<html></html>")
+    assert main(["download", server.url("/m.npz"), "--no-progress"]) == 2
+    assert str(cached) in one_error_line(capsys, "download") and len(server.requests("/m.npz")) == 2
+
+
+@pytest.mark.parametrize("path", ["/x%00.npz", "/w/..", "/w/.", "/%2e%2e"])
+def test_odd_url_names_are_one_line_and_leave_no_part_file(path, server, tmp_path, capsys):
+    assert main(["download", server.url(path), "--no-progress"]) == 2
+    one_error_line(capsys, "download")
+    assert not list((tmp_path / "vitlab-cache").rglob("*.part"))
+    assert url_cache_path(server.url(path)).name not in ("", ".", "..")

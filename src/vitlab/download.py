@@ -65,13 +65,14 @@ def file_digest(path: Path, algorithm: str) -> str:
 
 def download(url: str, dest: str | Path, *, sha256: str | None = None, md5: str | None = None,
              size: int | None = None, retries: int = 4, backoff: float = 1.0, timeout: float = 60,
-             progress: bool | None = None) -> Path:
+             progress: bool | None = None, verify=None) -> Path:
     """`dest`, fetched from `url` unless it is already there. Raises DownloadError (one line) on failure.
 
     `size`/`sha256`/`md5`, where known, are checked before the file gets its final name; the server's own
     length always is. Transient failures (connection reset, time-out, 5xx, 429) are retried `retries` times,
     resuming from what arrived, with back-off `backoff * 2**attempt` seconds. `progress=None` shows a bar
-    on a terminal only.
+    on a terminal only. `verify(path)`, if given, says what is wrong with the whole download (or None): a file
+    it refuses is deleted, never cached.
     """
     dest = Path(dest)
     if dest.is_file():
@@ -99,6 +100,10 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, md5: str 
                                         f"are kept in {part} and the next try resumes from there)") from None
             time.sleep(backoff * 2**attempt)
         check(url, part, expected_size=size if size is not None else total, sha256=sha256, md5=md5)
+        problem = verify(part) if verify is not None else None
+        if problem:
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"{url}: {problem}; file refused (nothing cached)")
         os.replace(part, dest)
         return dest
 

@@ -12,6 +12,7 @@ A local path always wins: an existing file or folder is never taken for a name.
 from __future__ import annotations
 
 import hashlib
+import re
 import os
 import urllib.parse
 from pathlib import Path
@@ -44,16 +45,37 @@ def resolve(spec: str | Path, *, progress: bool | None = None) -> Path:
             return fetch_hf_hub(text[len(HF_PREFIX):])
     row = find_pretrained(text)
     url = row.url if row is not None and not text.startswith(("http://", "https://")) else text
+    cached = url_cache_path(url)
+    if cached.is_file() and (why := not_a_checkpoint(cached)):  # cached before downloads were verified
+        raise CheckpointError(f"{text}: the cached {cached} is no checkpoint ({why}); delete it to fetch it again")
     try:
-        return download(url, url_cache_path(url), sha256=row.sha256 if row else None, progress=progress)
+        return download(url, cached, sha256=row.sha256 if row else None, progress=progress,
+                        verify=not_a_checkpoint)
     except DownloadError as e:
         raise CheckpointError(f"{text}: {e}") from None
 
 
 def url_cache_path(url: str) -> Path:
-    """$VITLAB_CACHE/checkpoints/<hash of the URL>/<its file name>: one URL, one file."""
-    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "checkpoint"
+    """$VITLAB_CACHE/checkpoints/<hash of the URL>/<its file name>: one URL, one file. The name keeps letters,
+    digits, '-', '_' and inner dots ('%00', '..' or a bare '.' cannot reach the file system)."""
+    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
+    name = re.sub(r"[^\w.+-]", "_", name).strip(".") or "checkpoint"
     return cache_dir("checkpoints") / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+
+
+def not_a_checkpoint(path: Path) -> str | None:
+    """Why a downloaded file is no checkpoint file (an error page answered with 200, say), or None."""
+    from .files import sniff
+
+    try:
+        kind = sniff(path)
+    except CheckpointError as e:
+        return str(e)
+    if kind != "unknown":
+        return None
+    with open(path, "rb") as f:
+        head = f.read(40)
+    return f"the server sent no checkpoint (.npz, .safetensors or torch file) but bytes beginning {head!r}"
 
 
 def parse_hf_spec(spec: str) -> tuple[str, str | None]:
