@@ -56,3 +56,12 @@ def test_training_checkpoints_carry_the_runs_metrics(tmp_path):
                                                                        "eval_every": 4}))))
     card = (tmp_path / "run" / "checkpoints" / "step-00000004" / "README.md").read_text()
     assert "| step | 4 |" in card and "| train_time_s |" in card
+
+
+def test_a_runs_metric_is_a_percentage_only_when_it_is_an_accuracy():
+    from vitlab.checkpoints.model_card import describe_metrics
+
+    accuracy = describe_metrics({"metric": "eval_accuracy", "best_metric": 0.9, "last_metric_ema": 0.85})
+    assert "| best_metric | 90.00% |" in accuracy and "| last_metric_ema | 85.00% |" in accuracy
+    loss = describe_metrics({"metric": "eval_loss", "best_metric": 0.25})
+    assert "| best_metric | 0.25 |" in loss and "| metric | eval_loss |" in loss

@@ -129,7 +129,7 @@ def test_a_distillation_run_trains_the_student_and_never_the_teacher(tmp_path, t
     teacher = trainer.objective.teacher
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     result = trainer.fit()
-    assert result.steps == 6 and result.last_accuracy is not None
+    assert result.steps == 6 and result.last_metric is not None
     assert not teacher.training and all(not m.training for m in teacher.modules())  # fit() called train()
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
@@ -148,7 +148,7 @@ def test_a_distillation_run_resumes_exactly(tmp_path, teacher_dir):
     shutil.rmtree(tmp_path / "student/checkpoints/step-00000012")  # as if it had died after step 8
     resumed = train(cfg)
     assert resumed.resumed_from == 8 and resumed.losses == full.losses[8:]
-    assert resumed.last_accuracy == full.last_accuracy
+    assert resumed.last_metric == full.last_metric
     # the teacher's run went on meanwhile: its newest checkpoint is not the one that taught this run
     newer = teacher_dir / "checkpoints/step-00000099"
     shutil.copytree(teacher_dir / "checkpoints/step-00000008", newer)
@@ -223,7 +223,7 @@ def test_a_distilled_student_trains_both_heads_and_its_checkpoint_keeps_the_toke
     records = [json.loads(line) for line in (tmp_path / "student/metrics.jsonl").read_text().splitlines()]
     final = records[-1]
     assert {"eval_accuracy", "eval_accuracy_class_head", "eval_accuracy_dist_head"} <= set(final)
-    assert final["eval_accuracy"] == result.last_accuracy
+    assert final["eval_accuracy"] == result.last_metric
     loaded = vitlab.load_pretrained(tmp_path / "student")  # the run directory: its newest checkpoint
     assert loaded.config.distill_token and torch.equal(loaded.dist_token, trained["dist_token"])
     bigger = vitlab.load_pretrained(tmp_path / "student", image_size=24)  # resampled like the class token

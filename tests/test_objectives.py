@@ -22,7 +22,7 @@ def test_mpp_run_saves_a_plain_encoder_and_its_objective_apart(tmp_path):
 
     cfg = config(tmp_path, objective={"name": "mpp"}, train={"steps": 4, "ema_decay": 0.9})
     result = train(cfg)
-    assert result.metric == "eval_masked_accuracy" and 0.0 <= result.last_accuracy <= 1.0
+    assert result.metric == "eval_masked_accuracy" and 0.0 <= result.last_metric <= 1.0
     step = tmp_path / "run/checkpoints/step-00000004"
     encoder = vitlab.load_pretrained(step)  # model.safetensors is a plain ViT, without a head
     assert encoder.config.num_classes == 0
@@ -211,7 +211,7 @@ def test_mpp_run_resumes_exactly(tmp_path):
     resumed = train(cfg)
     assert resumed.resumed_from == 8
     assert resumed.losses == full.losses[8:]  # corruption RNG, [mask] embedding, head, optimiser, EMA restored
-    assert resumed.last_accuracy == full.last_accuracy and resumed.last_accuracy_ema == full.last_accuracy_ema
+    assert resumed.last_metric == full.last_metric and resumed.last_metric_ema == full.last_metric_ema
 
 
 def test_finetune_from_an_mpp_checkpoint_starts_from_its_encoder(tmp_path):
@@ -228,7 +228,7 @@ def test_finetune_from_an_mpp_checkpoint_starts_from_its_encoder(tmp_path):
     assert trainer.model.head.out_features == 4 and trainer.model.head.weight.abs().sum() == 0
     assert trainer.objective.name == "classification"
     result = trainer.fit()
-    assert result.metric == "eval_accuracy" and result.last_accuracy is not None
+    assert result.metric == "eval_accuracy" and result.last_metric is not None
 
 
 def test_inspect_draws_what_a_self_supervised_checkpoint_predicts(tmp_path, capsys):
@@ -324,7 +324,7 @@ def test_mae_run_trains_evaluates_and_is_inspected(tmp_path):
                                                              "decoder_heads": 2, "decoder_mlp_dim": 32}},
                  train={"steps": 6, "ema_decay": 0.9, "precision": "bf16"})
     result = train(cfg)
-    assert result.metric == "eval_loss" and result.last_accuracy > 0 and result.losses[-1] < result.losses[0]
+    assert result.metric == "eval_loss" and result.last_metric > 0 and result.losses[-1] < result.losses[0]
     step = tmp_path / "run/checkpoints/step-00000006"
     assert vitlab.load_pretrained(step).config.num_classes == 0
     assert "decoder_blocks.0.attn.qkv.weight" in checkpointing.load_objective_weights(step)

@@ -165,7 +165,7 @@ def test_training_accuracy_equals_vitlab_eval_with_resize_crop(tmp_path, capsys)
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", raw["data"]["dataset"], "--split", "test",
                  "--batch-size", "16", "--num-workers", "0", "--device", "cpu", "--output-dir", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["num_samples"] == 64 and metrics["top1"] == result.last_accuracy
+    assert metrics["num_samples"] == 64 and metrics["top1"] == result.last_metric
 
 
 def test_predict_and_inspect_use_the_record(tmp_path):

@@ -177,7 +177,7 @@ def test_model_card_reads_the_training_run(tmp_path):
     run = tmp_path / "run"
     tiny_checkpoint(run / "checkpoints" / "step-00000010")
     (run / "metrics.jsonl").write_text('{"step": 10, "loss": 1.5, "lr": 0.001}\n')
-    (run / "summary.json").write_text(json.dumps({"steps": 10, "last_accuracy": 0.5, "run_dir": str(run)}))
+    (run / "summary.json").write_text(json.dumps({"steps": 10, "last_metric": 0.5, "run_dir": str(run)}))
     (run / "eval").mkdir()
     (run / "eval" / "metrics.json").write_text(json.dumps({"top1": 0.5, "confusion_matrix": [[1, 0], [0, 1]]}))
     Image.new("RGB", (40, 20), "white").save(run / "training_curves.png")
@@ -186,7 +186,7 @@ def test_model_card_reads_the_training_run(tmp_path):
         status, _, card = call(port, "GET", "/v1/model")
         assert status == 200 and card["labels"] == NAMES and card["parameters"] > 0
         assert card["architecture"]["width"] == 32 and card["preprocessing"]["normalisation"] == "minus_one_one"
-        assert card["run"]["summary"]["last_accuracy"] == 0.5 and card["run"]["evaluation"] == {"top1": 0.5}
+        assert card["run"]["summary"]["last_metric"] == 0.5 and card["run"]["evaluation"] == {"top1": 0.5}
         status, headers, png = call(port, "GET", card["run"]["training_curves"])
         assert status == 200 and Image.open(io.BytesIO(png)).size == (40, 20)
         status, headers, html = call(port, "GET", "/")

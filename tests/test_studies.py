@@ -453,3 +453,9 @@ def test_a_run_measured_the_old_way_is_measured_again_without_training_again(tmp
     assert rows[0]["test_top1"] == first[0]["test_top1"] and rows[0]["measurement"] == study_runner.MEASUREMENT_VERSION
     assert len(trained) == 1 and trained[0].resumed_from == 2  # the finished run: nothing trained again
     assert not (tmp_path / "runs" / ".replaced").exists()
+
+
+def test_a_summary_of_either_spelling_gives_the_runs_metric():
+    from vitlab.studies.measure import last_metric
+
+    assert last_metric({"last_metric": 0.7}) == 0.7 and last_metric({"last_accuracy": 0.6}) == 0.6  # an older run

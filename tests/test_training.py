@@ -31,7 +31,7 @@ def test_tiny_run_learns_and_leaves_its_files(tmp_path):
     result = train(cfg)
     first, last = sum(result.losses[:3]) / 3, sum(result.losses[-3:]) / 3
     assert last < 0.9 * first, result.losses
-    assert result.last_accuracy > 0.5 and result.last_accuracy_ema is not None
+    assert result.last_metric > 0.5 and result.last_metric_ema is not None
     run = tmp_path / "run"
     assert losses_in(run) == result.losses
     for name in ("config.yaml", "metrics.jsonl", "training_curves.png", "summary.json"):
@@ -48,7 +48,7 @@ def test_tiny_run_learns_and_leaves_its_files(tmp_path):
 def test_time_budget_stops_evaluates_and_saves(tmp_path):
     cfg = config(tmp_path, train={"steps": 16, "max_minutes": 1e-6})
     result = train(cfg)
-    assert result.out_of_time and result.steps == 1 and result.last_accuracy is not None
+    assert result.out_of_time and result.steps == 1 and result.last_metric is not None
     assert (tmp_path / "run/checkpoints/step-00000001/model.safetensors").is_file()
     assert "max_minutes reached" in result.summary()
 
@@ -64,7 +64,7 @@ def test_resume_continues_the_same_trajectory_exactly(tmp_path):
     assert resumed.resumed_from == 8
     assert resumed.losses == full.losses[8:]  # exact on CPU: RNG, loader position, optimiser, EMA all restored
     assert losses_in(run) == full.losses
-    assert resumed.last_accuracy_ema == full.last_accuracy_ema
+    assert resumed.last_metric_ema == full.last_metric_ema
 
 
 def test_sigterm_saves_a_checkpoint_then_the_run_resumes_exactly(tmp_path):

@@ -180,10 +180,18 @@ def test_running_a_finished_run_again_changes_nothing(tmp_path, capsys):
     before = {name: (run / name).read_bytes() for name in ("metrics.jsonl", "summary.json")}
     checkpoint_files = {p: p.stat().st_mtime_ns for p in (run / "checkpoints").rglob("*")}
     again = train(cfg)
-    assert again.steps == 8 and again.last_accuracy == first.last_accuracy
-    assert again.best_accuracy == first.best_accuracy
+    assert again.steps == 8 and again.last_metric == first.last_metric
+    assert again.best_metric == first.best_metric
     assert {name: (run / name).read_bytes() for name in before} == before  # no second evaluation record
     assert {p: p.stat().st_mtime_ns for p in (run / "checkpoints").rglob("*")} == checkpoint_files
     assert "nothing to do" in capsys.readouterr().out
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval_accuracy" in r]
     assert [r["step"] for r in evals] == [8]
+
+
+def test_a_checkpoint_of_an_older_trainer_resumes_its_metrics():
+    """trainer.json written before the metric was named best_metric (it may be a loss) reads as the new names."""
+    from vitlab.training.trainer import renamed_state
+
+    old = {"best_accuracy": 0.5, "last_accuracy": 0.4, "last_accuracy_ema": None, "skipped_steps": 1}
+    assert renamed_state(old) == {"best_metric": 0.5, "last_metric": 0.4, "last_metric_ema": None, "skipped_steps": 1}

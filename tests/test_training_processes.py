@@ -109,14 +109,14 @@ def test_two_gloo_processes_equal_one_and_resume_under_fsdp(tmp_path):
     assert len(one) == len(two) == 8
     assert torch.allclose(torch.tensor(one), torch.tensor(two), rtol=1e-5, atol=1e-6), (one, two)
     summary = json.loads((tmp_path / "double/summary.json").read_text())
-    assert summary["steps"] == 8 and summary["last_accuracy"] is not None
+    assert summary["steps"] == 8 and summary["last_metric"] is not None
     for name in ("rank-0.pt", "rank-1.pt", "model.safetensors", "optimizer.pt"):
         assert (tmp_path / "double/checkpoints/step-00000008" / name).is_file()
     events = tmp_path / "double/tensorboard"
     assert len(list(events.glob("events.out.tfevents.*"))) == 1  # rank 0 logs, rank 1 does not
     tks.assert_same_series(tks.tensorboard_scalars(tks.tensorboard_run(events)), tmp_path / "double")
     final = json.loads((tmp_path / "double/final_eval.json").read_text())  # evaluated across both ranks
-    assert final["num_samples"] == 64 and final["top1"] == pytest.approx(summary["last_accuracy"])
+    assert final["num_samples"] == 64 and final["top1"] == pytest.approx(summary["last_metric"])
 
     import shutil
 
@@ -168,7 +168,7 @@ def test_a_signal_at_the_end_of_a_run_loses_no_training(tmp_path, point, signame
     again = train(load_config(config))
     reference, reference_losses = uninterrupted
     assert again.resumed_from == END_STEPS, proc.stdout[-2000:] + proc.stderr[-4000:]  # not step 1 again
-    assert again.last_accuracy == reference.last_accuracy
+    assert again.last_metric == reference.last_metric
     assert losses_in(run_dir) == reference_losses
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len([r for r in records if "eval_accuracy" in r]) == 1  # the final evaluation, recorded once

@@ -146,7 +146,7 @@ def finetune(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_i
              val_labels: torch.Tensor, settings: VTABSettings, *, preprocessing: Preprocessing, device="cpu",
              precision: str = "fp32", work_dir=None) -> TrainResult:
     """Fine-tune on in-memory uint8 images with the paper's recipe, through the Trainer (in a temporary run
-    directory under `work_dir`); the result's last_accuracy is the validation accuracy."""
+    directory under `work_dir`); the result's last_metric is the validation accuracy."""
     micro = settings.micro_batch_size or settings.batch_size
     memory = functools.partial(MemoryBatches, num_classes=model.num_classes, preprocessing=preprocessing,
                                device=device)
@@ -175,7 +175,7 @@ def run_task(model: nn.Module, train_dataset, test_dataset, settings: VTABSettin
                       device=device, precision=precision, work_dir=work_dir)
     batches = EvalBatches(test_dataset, preprocessing=preprocessing, batch_size=eval_batch_size)
     test = evaluate(model, batches, device=device, precision=precision, ks=(1,), progress=progress, desc="test")
-    return {"val_accuracy": result.last_accuracy, "test_accuracy": test["top1"], "num_train": len(train_idx),
+    return {"val_accuracy": result.last_metric, "test_accuracy": test["top1"], "num_train": len(train_idx),
             "num_val": len(val_idx), "num_test": test["num_samples"], "final_loss": result.losses[-1],
             "first_loss": result.losses[0], "settings": asdict(settings)}
 

@@ -96,6 +96,13 @@ def describe_labels(label_names, num_classes) -> str:
     return f"{num_classes} classes: {shown}"
 
 
+def is_accuracy(key: str, metrics: dict) -> bool:
+    """An accuracy (shown as a percentage): by its name, or a run's best_metric / last_metric(_ema) when the run's
+    `metric` is one (it may be a loss)."""
+    named = key.removesuffix("_ema") in ("best_metric", "last_metric")
+    return "accuracy" in key or (named and "accuracy" in str(metrics.get("metric", "")))
+
+
 def describe_metrics(metrics: dict | None) -> str:
     if not metrics:
         return "None recorded with these weights."
@@ -104,7 +111,7 @@ def describe_metrics(metrics: dict | None) -> str:
         if value is None or isinstance(value, (dict, list)):
             continue
         if isinstance(value, float):
-            shown = f"{100 * value:.2f}%" if "accuracy" in key and value <= 1 else f"{value:.4g}"
+            shown = f"{100 * value:.2f}%" if is_accuracy(key, metrics) and value <= 1 else f"{value:.4g}"
         else:
             shown = value
         rows.append(f"| {key} | {shown} |")

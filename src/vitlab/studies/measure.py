@@ -16,6 +16,11 @@ FEWSHOT_SEEDS = (0, 1, 2)
 MEASURE_PRECISION = "fp32"
 
 
+def last_metric(summary: dict):
+    """The run's last validation metric (summary.json written before it was named so: `last_accuracy`)."""
+    return summary.get("last_metric", summary.get("last_accuracy"))
+
+
 def run_metrics(run_dir: Path, config: dict, *, fewshot: bool = True, test_split: str | None = None) -> dict:
     """The numbers a study keeps of the finished training run in `run_dir`.
 
@@ -32,8 +37,8 @@ def run_metrics(run_dir: Path, config: dict, *, fewshot: bool = True, test_split
     flops = count_flops(model.config, data["image_size"])
     test = test_split or data["eval_split"]
     row = {
-        "val_top1": summary.get("last_accuracy"),
-        "test_top1": summary.get("last_accuracy") if test_split is None else
+        "val_top1": last_metric(summary),
+        "test_top1": last_metric(summary) if test_split is None else
         test_accuracy(model, data["dataset"], test_split, image_size=data["image_size"]),
         "params": sum(p.numel() for p in model.parameters()),
         "gflops_per_image": flops / 1e9,

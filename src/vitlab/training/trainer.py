@@ -45,10 +45,11 @@ FINAL_EVAL, CONFUSION_PNG = "final_eval.json", "confusion_matrix.png"  # written
 class TrainResult:
     run_dir: Path
     steps: int  # optimiser steps done, in total (this and earlier sessions)
-    # the objective's validation metric (`metric`: top-1 for classification; see training/objectives)
-    last_accuracy: float | None = None
-    best_accuracy: float | None = None
-    last_accuracy_ema: float | None = None
+    # the objective's validation metric (`metric`): top-1 for classification, a loss (lower is better) for some
+    # self-supervised objectives; see training/objectives
+    last_metric: float | None = None
+    best_metric: float | None = None
+    last_metric_ema: float | None = None
     wall_time_s: float = 0.0  # this session
     train_time_s: float = 0.0  # training over every session of the run (resumes included)
     out_of_time: bool = False  # stopped early by train.max_minutes
@@ -66,8 +67,8 @@ class TrainResult:
 
         lines = [f"run {self.run_dir}: {self.steps} steps" + (f" (resumed at {self.resumed_from})"
                                                               if self.resumed_from is not None else ""),
-                 f"  {metric_label(self.metric)}: last {pct(self.last_accuracy)}, best {pct(self.best_accuracy)}"
-                 + (f", EMA {pct(self.last_accuracy_ema)}" if self.last_accuracy_ema is not None else ""),
+                 f"  {metric_label(self.metric)}: last {pct(self.last_metric)}, best {pct(self.best_metric)}"
+                 + (f", EMA {pct(self.last_metric_ema)}" if self.last_metric_ema is not None else ""),
                  f"  wall time {format_duration(self.wall_time_s)}, {self.images_per_s:.0f} images/s",
                  f"  skipped: {self.skipped_images} bad images, {self.skipped_steps} non-finite steps"]
         if self.out_of_time:
@@ -174,7 +175,7 @@ class Trainer:
         self.ema = EMA(unwrap(self.network), settings.ema_decay) if settings.ema_decay else None
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.tracking = Tracking()  # fit() starts the trackers of cfg.log.to on rank 0
-        self.state = {"best_accuracy": None, "last_accuracy": None, "last_accuracy_ema": None,
+        self.state = {"best_metric": None, "last_metric": None, "last_metric_ema": None,
                       "skipped_steps": 0, "train_time_s": 0.0, **self.objective.run_state()}
         self.step = 0
         self.window_logs: dict[str, float] = {}  # an objective's extra logs, summed since the last metric line
@@ -186,7 +187,7 @@ class Trainer:
             self.step = saved.pop("step")
             saved.pop("world_size", None)
             self.objective.check_resume(saved, self.resume_path)
-            self.state.update(saved)
+            self.state.update(renamed_state(saved))
         else:
             torch.manual_seed(cfg.seed + self.d.rank)  # dropout and stochastic depth differ across ranks
 
@@ -261,9 +262,8 @@ class Trainer:
 
     def saved_result(self) -> TrainResult:
         """The result of a run that had finished, as its checkpoint holds it; nothing is trained or written."""
-        return TrainResult(self.run_dir, self.step, resumed_from=self.step, last_accuracy=self.state["last_accuracy"],
-                           best_accuracy=self.state["best_accuracy"],
-                           last_accuracy_ema=self.state["last_accuracy_ema"],
+        return TrainResult(self.run_dir, self.step, resumed_from=self.step, last_metric=self.state["last_metric"],
+                           best_metric=self.state["best_metric"], last_metric_ema=self.state["last_metric_ema"],
                            skipped_steps=self.state["skipped_steps"])
 
     def fit(self) -> TrainResult:
@@ -324,9 +324,9 @@ class Trainer:
         result.wall_time_s = wall
         result.train_time_s = self.state["train_time_s"] + wall
         result.images_per_s = images_seen / max(wall, 1e-9)
-        result.best_accuracy = self.state["best_accuracy"]
-        result.last_accuracy = self.state["last_accuracy"]
-        result.last_accuracy_ema = self.state["last_accuracy_ema"]
+        result.best_metric = self.state["best_metric"]
+        result.last_metric = self.state["last_metric"]
+        result.last_metric_ema = self.state["last_metric_ema"]
         result.skipped_steps = self.state["skipped_steps"]
         result.metric = self.objective.metric
         result.skipped_images = int(all_reduce_floats([getattr(self.train_loader, "skipped", 0)])[0])
@@ -405,12 +405,12 @@ class Trainer:
             with self.ema.applied():
                 ema = objective.evaluate(self.eval_model, self.eval_loader, self.d, precision=self.precision)
             record.update({f"{k}_ema": v for k, v in ema.items()})
-            self.state["last_accuracy_ema"] = record[f"{metric}_ema"]
-        value, best = record[metric], self.state["best_accuracy"]
+            self.state["last_metric_ema"] = record[f"{metric}_ema"]
+        value, best = record[metric], self.state["best_metric"]
         self.state["evaluated_step"] = self.step
-        self.state["last_accuracy"] = value
+        self.state["last_metric"] = value
         better = max if objective.higher_is_better else min
-        self.state["best_accuracy"] = value if best is None else better(best, value)
+        self.state["best_metric"] = value if best is None else better(best, value)
         if self.d.is_main:
             self.log(record)
             if self.cfg.train.plot:
@@ -419,7 +419,7 @@ class Trainer:
         progress.message(f"step {self.step}: {metric_label(metric)} {format_metric(metric, value)}{ema_text}")
 
     def save(self) -> Path:
-        state = {**self.state, "train_time_s": self.train_time_s()}
+        state = {**self.state, "train_time_s": self.train_time_s(), "metric": self.objective.metric}
         return checkpointing.save(
             self.run_dir, self.step, model=self.network, optimizer=self.optimizer, ema=self.ema,
             objective_record=self.objective.record(),
@@ -467,6 +467,15 @@ def set_gradient_sync(network: nn.Module, enabled: bool) -> None:
     for module in network.children():
         if hasattr(module, "set_requires_gradient_sync"):
             module.set_requires_gradient_sync(enabled)
+
+
+# trainer.json of checkpoints written before the metric was named for what it is (it may be a loss)
+OLD_STATE_KEYS = {"best_accuracy": "best_metric", "last_accuracy": "last_metric",
+                  "last_accuracy_ema": "last_metric_ema"}
+
+
+def renamed_state(saved: dict) -> dict:
+    return {OLD_STATE_KEYS.get(key, key): value for key, value in saved.items()}
 
 
 def train(cfg: TrainConfig, *, loaders=None, model: nn.Module | None = None) -> TrainResult:
