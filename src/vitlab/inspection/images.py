@@ -23,18 +23,19 @@ MAX_PIXELS = DataConfig.max_pixels  # larger images are refused as decompression
 def load_image_files(paths: Iterable[str | Path], model: nn.Module, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """Read image files as float pixels (B, C, H, W) in [0, 255] at the model's input size and channel count. A
     file that cannot be read (missing, not an image, truncated, a decompression bomb) is skipped with a warning
-    naming it."""
+    naming it; when none can be read, one error names them all (and nothing is warned)."""
     images, skipped = [], []
     for path in paths:
         try:
             tensor = decode(str(path), str(path), model.config.in_chans, max_pixels)
         except BadImage as e:
-            warnings.warn(f"skipping an image that cannot be read: {e}", stacklevel=2)
             skipped.append(str(e))
             continue
         images.append(to_model_input_size(tensor, model))
     if not images:
         raise DataError("no readable image files" + (f" ({'; '.join(skipped)})" if skipped else " given"))
+    for problem in skipped:
+        warnings.warn(f"skipping an image that cannot be read: {problem}", stacklevel=2)
     return torch.stack(images)
 
 
