@@ -216,3 +216,13 @@ def test_torchrun_environment_is_read_in_one_place(monkeypatch):
     reads = re.compile(r"(\.get\(|\[)\s*[\"'](RANK|WORLD_SIZE|LOCAL_RANK)[\"']")
     readers = [str(p.relative_to(SRC)) for p in (SRC / "vitlab").rglob("*.py") if reads.search(p.read_text())]
     assert readers == ["vitlab/runtime.py"], readers
+
+
+def test_no_function_is_longer_than_75_lines():
+    # The package reads top to bottom in short functions (CONTRIBUTING.md); a longer one is split, not grown.
+    long = []
+    for path in sorted((SRC / "vitlab").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 75:
+                long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})")
+    assert not long, long

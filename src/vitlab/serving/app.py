@@ -79,16 +79,7 @@ def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
     app.add_middleware(InFlightLimit, max_in_flight=settings.max_in_flight)  # the outer one: refuses first
     app.state.batcher, app.state.engine = batcher, engine
     card = engine.card()
-
-    @app.exception_handler(RequestError)
-    async def request_error(request: Request, e: RequestError):
-        # a body cut off mid-read leaves the connection unusable: say so, and the server closes it at once
-        return error_response(e.status, e.message, close=e.status in (408, 413))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_parameter(request: Request, e: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}" for err in e.errors())
-        return error_response(422, problems)
+    add_error_handlers(app)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -139,6 +130,19 @@ def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
                      for (name, _), image, out in zip(uploads, images, outputs)])
 
     return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """A refused request is one JSON error with its status, never a traceback."""
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, e: RequestError):
+        # a body cut off mid-read leaves the connection unusable: say so, and the server closes it at once
+        return error_response(e.status, e.message, close=e.status in (408, 413))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameter(request: Request, e: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}" for err in e.errors())
+        return error_response(422, problems)
 
 
 def prepare_upload(engine: Engine, img, name: str, attention: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
