@@ -53,6 +53,22 @@ def test_time_budget_stops_evaluates_and_saves(tmp_path):
     assert "max_minutes reached" in result.summary()
 
 
+def test_a_schedule_that_follows_the_time_budget_decays_fully_before_it(tmp_path):
+    """Far more steps than fit in 2 s: with schedule.follow_time the cosine decay runs on the clock and the last
+    steps train near end_factor; without it the run stops at its peak learning rate, its decay cut short."""
+    lrs = {}
+    for follow in (True, False):
+        cfg = config(tmp_path / str(follow), train={"steps": 10**6, "max_minutes": 2 / 60, "checkpoint_every": 10**6},
+                     optim={"lr": 0.01}, schedule={"warmup_steps": 2, "follow_time": follow})
+        result = train(cfg)
+        assert result.out_of_time and 5 < result.steps < 10**6
+        lrs[follow] = [r["lr"] for r in map(json.loads, (tmp_path / str(follow) / "run/metrics.jsonl")
+                                            .read_text().splitlines()) if "lr" in r]
+    after_warmup = lrs[True][2:]
+    assert after_warmup == sorted(after_warmup, reverse=True) and after_warmup[-1] < 0.004, lrs[True]
+    assert min(lrs[False][1:]) > 0.0099  # steps-based: the cosine has barely begun
+
+
 def test_resume_continues_the_same_trajectory_exactly(tmp_path):
     cfg = config(tmp_path, train={"steps": 12, "ema_decay": 0.9, "accumulation_steps": 2},
                  model={"overrides": dict(patch_size=4, width=32, depth=2, mlp_dim=64, num_heads=2,
@@ -150,6 +166,10 @@ def test_schedule_warms_up_linearly_then_decays():
     assert lr_factor(4, 10, 4, "cosine") == 1.0 and lr_factor(9, 10, 4, "cosine") == pytest.approx(0.0)
     assert lr_factor(9, 10, 4, "linear", end_factor=0.1) == pytest.approx(0.1)
     assert lr_factor(6, 10, 0, "constant") == 1.0
+    # a time budget spent faster than the steps moves the decay on; one spent slower changes nothing
+    assert lr_factor(5, 1000, 0, "linear", time_done=0.75) == pytest.approx(0.25)
+    assert lr_factor(5, 1000, 0, "linear", time_done=1.0) == 0.0
+    assert lr_factor(900, 1001, 0, "linear", time_done=0.2) == pytest.approx(0.1)
 
 
 # ---- config errors -----------------------------------------------------------------------------------------
@@ -165,6 +185,7 @@ def test_schedule_warms_up_linearly_then_decays():
     (["optim.name=adamm"], r"optim\.name = 'adamm' is not one of .*did you mean 'adam'"),
     (["model.name=ViT-Q/16"], r"model\.name"),
     (["train.epochs=3"], r"exactly one of train\.steps and train\.epochs"),
+    (["schedule.follow_time=true"], r"schedule\.follow_time = true needs a time budget: set train\.max_minutes"),
 ])
 def test_bad_config_is_refused_before_work_starts(tmp_path, sets, message):
     path = ts.write_config(tmp_path / "c.yaml", ts.tiny_config(tmp_path / "run"))

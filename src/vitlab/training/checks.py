@@ -101,6 +101,8 @@ def validate(cfg: TrainConfig, *, world_size: int = 1, check_paths: bool = True)
         raise ConfigError("give exactly one of train.steps and train.epochs")
     if loop.max_minutes is not None and not loop.max_minutes > 0:
         raise ConfigError(f"train.max_minutes must be > 0, not {loop.max_minutes}")
+    if cfg.schedule.follow_time and loop.max_minutes is None:
+        raise ConfigError("schedule.follow_time = true needs a time budget: set train.max_minutes")
     if loop.steps is not None and loop.steps < 1:
         raise ConfigError(f"train.steps must be >= 1, not {loop.steps}")
     if loop.epochs is not None and not loop.epochs > 0:

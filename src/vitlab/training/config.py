@@ -55,6 +55,8 @@ class ScheduleConfig:
     warmup_steps: int = 0  # linear warm-up from 0 to optim.lr
     decay: str = "cosine"  # cosine | linear | constant, from the end of warm-up to the last step
     end_factor: float = 0.0  # the learning rate at the last step, as a fraction of optim.lr
+    follow_time: bool = False  # with train.max_minutes: decay by time spent where it is ahead of steps done,
+    #                            so the learning rate reaches end_factor by the time budget on a slower machine
 
 
 @dataclass

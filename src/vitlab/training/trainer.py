@@ -181,6 +181,7 @@ class Trainer:
         self.window_logs: dict[str, float] = {}  # an objective's extra logs, summed since the last metric line
         self.session_start = time.perf_counter()  # fit() sets it again when training starts
         self.stop_requested = self.out_of_time = False  # set by each step's all-reduce
+        self.budget_used = 0.0  # the fraction of train.max_minutes spent, rank 0's clock (each step's all-reduce)
         if self.resume_path is not None:
             saved = checkpointing.restore(self.resume_path, model=self.network, optimizer=self.optimizer,
                                           ema=self.ema, loader=self.train_loader, d=self.d)
@@ -240,21 +241,22 @@ class Trainer:
             loss_sum += loss.item()
             images += x.shape[0]
         grad_norm = clip_gradients(self.network.parameters(), self.cfg.train.clip_grad_norm)
-        # a signal on any rank, or rank 0's clock past the budget, stops every rank after this step
-        loss_total, images, stop_flag, out_of_time = all_reduce_floats(
+        # a signal on any rank, or rank 0's clock past the budget, stops every rank after this step; every
+        # rank reads the budget off rank 0's clock, so a schedule that follows it sets the same learning rate
+        loss_total, images, stop_flag, self.budget_used = all_reduce_floats(
             [loss_sum, images, float(self.signals.received is not None),
-             float(self.d.is_main and self.budget_spent())])
-        self.stop_requested, self.out_of_time = stop_flag > 0, out_of_time > 0
+             self.budget_fraction(self.train_time_s()) if self.d.is_main else 0.0])
+        self.stop_requested, self.out_of_time = stop_flag > 0, self.budget_used >= 1.0
         return loss_total / self.d.world_size, grad_norm, int(images)
 
     def train_time_s(self) -> float:
         """Seconds of training so far, earlier sessions (before a resume) included."""
         return self.state["train_time_s"] + time.perf_counter() - self.session_start
 
-    def budget_spent(self) -> bool:
-        """Whether training has taken train.max_minutes."""
+    def budget_fraction(self, seconds: float) -> float:
+        """The fraction of train.max_minutes that `seconds` of training make (0 without a time budget)."""
         budget = self.cfg.train.max_minutes
-        return budget is not None and self.train_time_s() >= 60 * budget
+        return 0.0 if budget is None else seconds / (60 * budget)
 
     def finished(self) -> bool:
         """Whether a resumed run had already trained every step and evaluated the result."""
@@ -296,6 +298,7 @@ class Trainer:
             progress.message(f"resuming from {self.resume_path} (step {self.step}/{self.total_steps})")
         self.model.train()
         self.session_start = start = time.perf_counter()
+        self.budget_used = self.budget_fraction(self.state["train_time_s"])  # the same on every rank
         with SignalFlag() as self.signals:  # a signal during the run's end waits until its checkpoint is written
             images_seen = self.train_steps(result, progress)
             progress.close()
@@ -338,9 +341,10 @@ class Trainer:
         start = time.perf_counter()
         images_seen, window_images, window_first, window_start = 0, 0, 0, start
         while self.step < self.total_steps:
+            time_done = self.budget_used if cfg.schedule.follow_time else 0.0
             lr = set_learning_rate(self.optimizer, cfg.optim.lr, lr_factor(
                 self.step, self.total_steps, cfg.schedule.warmup_steps, cfg.schedule.decay,
-                cfg.schedule.end_factor))
+                cfg.schedule.end_factor, time_done=time_done))
             loss, grad_norm, images = self.train_step(batches)
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 self.handle_bad_step(loss, progress)
