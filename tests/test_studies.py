@@ -459,3 +459,19 @@ def test_a_summary_of_either_spelling_gives_the_runs_metric():
     from vitlab.studies.measure import last_metric
 
     assert last_metric({"last_metric": 0.7}) == 0.7 and last_metric({"last_accuracy": 0.6}) == 0.6  # an older run
+
+
+def test_throughput_findings_pair_each_resnet_with_the_vit_of_similar_speed_and_of_similar_compute():
+    from vitlab.studies.throughput import findings
+
+    def row(model, family, speed, gflops, batch):
+        return {"run": model, "model": model, "family": family, "image_size": 224, "images_per_s": speed,
+                "gflops_per_image": gflops, "max_batch": batch}
+    rows = [row("ViT-B/16", "ViT", 1.7, 35.1, 442), row("ViT-B/32", "ViT", 6.5, 8.8, 2884),
+            row("BiT-R50x1", "BiT", 6.5, 8.2, 419)]
+    memory, speed = findings(rows)
+    assert memory.ours.startswith("ViT-B/32 2,884") and memory.verdict == "reproduced"  # not B/16, 4x slower
+    assert "ViT-B/32 (8.8 GFLOPs) 1.00x" in speed.ours and speed.verdict == "reproduced"
+    rows[1]["max_batch"], rows[1]["images_per_s"] = 400, 3.0  # the speed-matched ViT now fits fewer, runs slower
+    memory, speed = findings(rows)
+    assert memory.verdict == "not reproduced" and speed.verdict == "not reproduced"
