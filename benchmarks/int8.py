@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import vitlab  # noqa: E402
 from vitlab.bench import interleave, median  # noqa: E402
 from vitlab.models.fast import compile_model, fast_inference, onednn_bf16_available  # noqa: E402
-from vitlab.serving.onnx import export_onnx, load_session  # noqa: E402
+from vitlab.checkpoints.onnx import export_onnx, load_session  # noqa: E402
 from vitlab.studies.report import cpu_name  # noqa: E402
 
 MAIN_SHAPE = dict(patch_size=4, width=128, depth=6, mlp_dim=512, num_heads=4, classifier="gap", image_size=28,

@@ -6,6 +6,7 @@ Most cases run `vitlab.cli.main` in this process (the same function the `vitlab`
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -572,6 +573,17 @@ def test_a_malformed_onnx_sidecar(sidecar, tmp_path, capsys):
     (tmp_path / "m.onnx").write_bytes(b"not read: the sidecar is checked first")
     (tmp_path / "m.json").write_text(sidecar)
     refused(capsys, ["serve", "--onnx", tmp_path / "m.onnx"], "m.json")
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxruntime"])
+def test_convert_and_serve_say_how_to_install_the_onnx_extras(missing, checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, missing, None)  # `import onnx` fails as if it were not installed
+    refused(capsys, ["convert", "--checkpoint", checkpoint, "--out", tmp_path / "m.onnx", "--to", "onnx",
+                     "--quantize", "int8"], f"{missing} is not installed; pip install 'vitlab[onnx]'")
+    if missing == "onnxruntime" and all(importlib.util.find_spec(m) for m in ("uvicorn", "fastapi")):
+        (tmp_path / "m.onnx").write_bytes(b"not read: onnxruntime is missing")
+        (tmp_path / "m.json").write_text('{"label_names": [], "preprocessing": {}, "in_chans": 3, "image_hw": [8, 8]}')
+        refused(capsys, ["serve", "--onnx", tmp_path / "m.onnx"], "onnxruntime is not installed; pip install")
 
 
 def test_mae_is_checked_against_the_model_as_built(config, tmp_path, capsys):

@@ -12,8 +12,9 @@ from eval_fixtures import one_thread  # noqa: F401  (autouse)
 from vitlab import create_model, load_pretrained, save_pretrained
 from vitlab.cli import main
 from vitlab.commands import evalargs
-from vitlab.evaluation.predict import imagenet1k_class_names, predict_files, read_image
+from vitlab.evaluation.predict import predict_files, read_image
 from vitlab.checkpoints.adapt import reset_head
+from vitlab.checkpoints.labels import imagenet1k_class_names
 from vitlab.vtab import VTAB_TASKS, VTABSettings, group_means, run_task, split_1k
 
 NAMES = ["ant", "bee", "cat", "dog", "eel"]

@@ -14,7 +14,7 @@ from serving_support import NAMES, image_bytes, predict_raw, serving, tiny_check
 from vitlab import create_model, load_pretrained, save_pretrained
 from vitlab.cli import main
 from vitlab.serving.engine import OnnxEngine, TorchEngine
-from vitlab.serving.onnx import export_onnx, load_session, read_sidecar
+from vitlab.checkpoints.onnx import export_onnx, load_session, read_sidecar
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(classifier="gap"), dict(representation_size=16, in_chans=1),
@@ -69,6 +69,18 @@ def assert_no_int16_saturation(path):
         w = abs(weights[node.input[1]])
         w = w[: len(w) // 2 * 2]
         assert 255 * (w[0::2] + w[1::2]).max() <= 32767, node.name
+
+
+def test_onnx_is_one_writer_of_the_converters_table(tmp_path):
+    from vitlab.checkpoints import CheckpointError, export_checkpoint
+    from vitlab.checkpoints.export import WRITERS
+
+    assert "onnx" in WRITERS and WRITERS["onnx"].beside(tmp_path / "m.onnx") == tmp_path / "m.json"
+    model = create_model("ViT-Ti/16", **tiny(patch_size=8, image_size=16))
+    path = export_checkpoint(model, tmp_path / "folder", "onnx", quantize=None, source=None)
+    assert path == tmp_path / "folder" / "model.onnx" and read_sidecar(path)["precision"] == "fp32"
+    with pytest.raises(CheckpointError, match="the timm format takes no quantize"):
+        export_checkpoint(model, tmp_path / "t", "timm", quantize="int8")
 
 
 def test_serve_onnx_answers_like_the_torch_model(tmp_path):

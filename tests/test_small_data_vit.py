@@ -347,7 +347,7 @@ def test_other_formats_and_a_new_patch_size_refuse_spt_and_lsa(tmp_path, capsys)
 def test_onnx_export_computes_the_same(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from vitlab.serving.onnx import export_onnx
+    from vitlab.checkpoints.onnx import export_onnx
     model = randomise(build(**BOTH, posemb="sincos_2d"), seed=2).eval()
     session = ort.InferenceSession(str(export_onnx(model, tmp_path / "m.onnx")))
     x = torch.randn(2, 3, 16, 24)

@@ -4,6 +4,9 @@ It says what the model is (architecture and its settings, parameter count, resol
 it (the preprocessing record saved with the weights), how it did (the metrics of the run that wrote it,
 where known), how it was made (the command) and how to load it. The front matter carries the Hub's
 metadata fields (library_name, tags, pipeline_tag).
+
+The card `vitlab serve` shows and the ONNX sidecar (checkpoints/onnx.py) take two facts from here: the model's
+name (`describe`) and the results of the `vitlab train` run a checkpoint belongs to (`run_results`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from pathlib import Path
 
 from ..models import BiTConfig, ViTConfig
 
@@ -18,6 +22,9 @@ ARCHITECTURE_FIELDS = ("patch_size", "width", "depth", "mlp_dim", "num_heads", "
                        "num_classes", "classifier", "representation_size", "resnet_layers", "resnet_width",
                        "class_token", "distill_token", "reg_tokens", "layer_scale", "posemb", "fc_norm", "gelu",
                        "layer_norm_eps", "qkv_bias", "width_factor", "layers")
+SHAPE_FIELDS = ("width", "depth", "mlp_dim", "num_heads", "patch_size", "resnet_layers", "attention", "layers",
+                "width_factor")
+SUMMARY_FILE, EVAL_FILE = "summary.json", "eval/metrics.json"
 
 
 def current_command() -> str | None:
@@ -116,3 +123,57 @@ def describe_metrics(metrics: dict | None) -> str:
             shown = value
         rows.append(f"| {key} | {shown} |")
     return "\n".join(rows)
+
+
+def describe(cfg) -> str:
+    """'ViT-Ti/16 at 224x224 px' where the shape is a registered one, else its width, depth, heads and patch."""
+    from ..models.registry import list_models, model_config
+
+    fields = cfg.to_dict()
+    size = fields.get("image_size", 224)
+    h, w = (size, size) if isinstance(size, int) else size
+    for name in list_models():
+        ref = model_config(name).to_dict()
+        if all(fields.get(k) == ref[k] for k in SHAPE_FIELDS if k in ref):
+            return f"{name} at {h}x{w} px"
+    if "layers" in fields:
+        return f"BiT ResNet, units {tuple(fields['layers'])}, width x{fields['width_factor']}, {h}x{w} px"
+    return (f"ViT, width {cfg.width}, depth {cfg.depth}, {cfg.num_heads} heads, MLP {cfg.mlp_dim}, "
+            f"patch {cfg.patch_size}, {h}x{w} px")
+
+
+# ---- the run a checkpoint came from -------------------------------------------------------------------------
+def run_directory(checkpoint: Path) -> Path | None:
+    """The `vitlab train` run a checkpoint belongs to (the run directory itself, or run/checkpoints/step-N), or
+    None."""
+    checkpoint = Path(checkpoint)
+    if (checkpoint / "checkpoints").is_dir():
+        return checkpoint
+    if checkpoint.parent.name == "checkpoints" and (checkpoint.parent.parent / "metrics.jsonl").is_file():
+        return checkpoint.parent.parent
+    return None
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def scalars(data: dict | None) -> dict | None:
+    """The numbers and strings of a metrics file (a confusion matrix or per-class lists stay out of the card)."""
+    if data is None:
+        return None
+    return {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def run_results(checkpoint: Path) -> dict | None:
+    """The run's directory, its summary.json and its evaluation (run/eval/metrics.json, what `vitlab eval`
+    writes), or None for a checkpoint outside a run."""
+    run = run_directory(checkpoint)
+    if run is None:
+        return None
+    return {"directory": str(run), "summary": scalars(read_json(run / SUMMARY_FILE)),
+            "evaluation": scalars(read_json(run / EVAL_FILE))}

@@ -1,14 +1,15 @@
 """`vitlab convert --checkpoint SRC --out DST --to {vitlab,hf,timm,npz,onnx}`: any checkpoint vitlab reads,
 written in another format. (`vitlab convert SRC DST --to ...`, the old positional spelling, still works.)
 
-`--to onnx` writes a deployable graph (vitlab.serving.onnx; `--quantize int8` for onnxruntime's dynamic int8, with
-`--calibration DATA` its static int8)."""
+Each format is one writer of vitlab.checkpoints.export.WRITERS. `--to onnx` writes a deployable graph and its
+sidecar (vitlab.checkpoints.onnx; `--quantize int8` for onnxruntime's dynamic int8, with `--calibration DATA` its
+static int8)."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..checkpoints import convert, detect_format
+from ..checkpoints import detect_format, export_checkpoint, load_pretrained
 from ..checkpoints.export import WRITERS
 from ..checkpoints.remote import resolve
 from . import common
@@ -22,7 +23,7 @@ def add_arguments(parser) -> None:
                            json_help="print what was written as JSON")
     parser.add_argument("source", nargs="?", help=argparse.SUPPRESS)  # the old positional spelling
     parser.add_argument("destination", nargs="?", help=argparse.SUPPRESS)
-    parser.add_argument("--to", required=True, choices=sorted(WRITERS) + ["onnx"], help="the format to write")
+    parser.add_argument("--to", required=True, choices=sorted(WRITERS), help="the format to write")
     parser.add_argument("--quantize", default=None, choices=["int8"],
                         help="with --to onnx: int8 weights for the MatMul/Gemm layers (onnxruntime dynamic)")
     parser.add_argument("--calibration", default=None, metavar="DATA",
@@ -54,38 +55,25 @@ def run(args) -> int:
         kwargs["num_heads"] = args.num_heads
     if args.image_size:
         kwargs["image_size"] = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size[:2])
-    if args.quantize and args.to != "onnx":
+    writer = WRITERS[args.to]
+    if args.quantize and "quantize" not in writer.options:
         raise common.UsageError("--quantize applies only to --to onnx")
     if args.calibration and args.quantize != "int8":
         raise common.UsageError("--calibration applies only to --to onnx --quantize int8")
     source = resolve(source)  # hf-hub:, a URL or an official name: fetched into the cache
     fmt = detect_format(source)
-    if args.to == "onnx":
-        out = to_onnx(args, source, destination, kwargs)
-        what = "onnx" + (", int8" if args.quantize else "") + (" static" if args.calibration else "")
-    else:
-        out = convert(source, destination, args.to, num_classes=args.num_classes, posemb_method=args.posemb_method,
-                      **kwargs)
-        what = args.to
+    model = load_pretrained(source, num_classes=args.num_classes, posemb_method=args.posemb_method, **kwargs)
+    options = {"quantize": args.quantize, "source": source,
+               "calibration": calibration_batches(model, args.calibration) if args.calibration else None}
+    out = export_checkpoint(model, destination, args.to,
+                            **{name: value for name, value in options.items() if name in writer.options})
+    what = args.to + (", int8" if args.quantize else "") + (" static" if args.calibration else "")
     if args.json:
         common.print_json({"source": str(source), "source_format": fmt, "out": str(out), "format": what})
     else:
-        extra = f" + {out.with_suffix('.json').name}" if args.to == "onnx" else ""
+        extra = f" + {writer.beside(out).name}" if writer.beside else ""
         print(f"converted {source} ({fmt}) -> {out} ({what}){extra}")
     return 0
-
-
-def to_onnx(args, source: str, destination: str, kwargs: dict):
-    try:
-        from ..serving.onnx import export_onnx
-        import onnx  # noqa: F401 - the exporter needs it
-    except ImportError as e:
-        raise common.UsageError(f"{e.name or e} is not installed; pip install 'vitlab[onnx]'") from None
-    from ..checkpoints import load_pretrained
-
-    model = load_pretrained(source, num_classes=args.num_classes, posemb_method=args.posemb_method, **kwargs)
-    calibration = calibration_batches(model, args.calibration) if args.calibration else None
-    return export_onnx(model, destination, quantize=args.quantize, source=source, calibration=calibration)
 
 
 def calibration_batches(model, spec: str, images: int = CALIBRATION_IMAGES) -> list:

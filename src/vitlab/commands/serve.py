@@ -105,15 +105,10 @@ def run(args) -> int:
     max_connections = connection_limit(args.max_connections)
     if max_connections < 1:
         raise common.UsageError(f"the open-file limit leaves no room for connections; raise it (ulimit -n) above {SPARE_FILES}")
-    try:
-        if args.onnx:
-            engine = OnnxEngine(args.onnx)
-        else:
-            engine = TorchEngine(args.checkpoint, device=args.device, precision=args.precision,
-                                 image_size=args.image_size)
-    except ImportError as e:  # anything else (a missing file, not a checkpoint) is the command line's to report
-        raise common.UsageError(f"{e.name or e} is not installed; install the ONNX extras: "
-                                "pip install 'vitlab[onnx]'") from None
+    if args.onnx:  # without onnxruntime: one line saying how to install it (vitlab.checkpoints.onnx)
+        engine = OnnxEngine(args.onnx)
+    else:
+        engine = TorchEngine(args.checkpoint, device=args.device, precision=args.precision, image_size=args.image_size)
     try:
         sock = listening_socket(args.host, args.port)
     except OSError as e:

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoints.labels import label_names
 from ..data.preprocessing import Preprocessing, eval_transform, of_model
-from ..evaluation.predict import label_names
 from ..runtime import pick_device, resolve_precision
+
 
 @dataclass
 class Output:
@@ -104,7 +105,7 @@ class OnnxEngine(Engine):
     from the sidecar JSON written beside the .onnx file."""
 
     def __init__(self, path: str | Path, *, threads: int | None = None):
-        from .onnx import load_session, read_sidecar
+        from ..checkpoints.onnx import load_session, read_sidecar
 
         self.checkpoint = Path(path)
         self.sidecar = read_sidecar(self.checkpoint)

@@ -1,4 +1,5 @@
-"""ONNX export for deployment: `vitlab convert C out.onnx --to onnx [--quantize int8]` (needs 'vitlab[onnx]').
+"""ONNX, the format `vitlab convert --to onnx [--quantize int8]` writes and `vitlab serve --onnx` reads (needs
+'vitlab[onnx]').
 
 The graph takes "pixels" (N, C, H, W) float32, already normalised, and gives "logits" (N, classes); the batch
 axis is dynamic. Opset 17 is the first with a LayerNormalization operator, which onnxruntime's CPU provider
@@ -19,6 +20,7 @@ CPU kernels (the quantised graph no longer matches those patterns at load time).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -30,11 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoints.errors import CheckpointError
-from ..data.preprocessing import of_model
+from ..data.preprocessing import Preprocessing, of_model
 from ..errors import quiet_logger
-from ..evaluation.predict import label_names
 from ..fileio import atomic_path, atomic_write_text
+from .errors import CheckpointError
+from .labels import label_names
+from .model_card import describe, run_results
 
 OPSET = 17
 INPUT, OUTPUT = "pixels", "logits"
@@ -43,6 +46,14 @@ QUANTIZATIONS = ("int8",)
 
 def sidecar_path(onnx_path: str | Path) -> Path:
     return Path(onnx_path).with_suffix(".json")
+
+
+def optional(module: str):
+    """`module`, one of the 'vitlab[onnx]' extras, or a one-line CheckpointError saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise CheckpointError(f"{e.name or module} is not installed; pip install 'vitlab[onnx]'") from None
 
 
 class _Logits(nn.Module):
@@ -64,6 +75,9 @@ def export_onnx(model: nn.Module, destination: str | Path, *, quantize: str | No
     """
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}; got {quantize!r}")
+    optional("onnx")  # torch's exporter needs it
+    if quantize:
+        optional("onnxruntime")
     destination = Path(destination)
     if destination.suffix != ".onnx":
         destination = destination / "model.onnx" if destination.is_dir() or not destination.suffix else \
@@ -161,10 +175,8 @@ def activation_matmuls(path: Path) -> list[str]:
 
 
 def write_sidecar(model: nn.Module, onnx_path: Path, *, precision: str, opset: int, source=None) -> Path:
-    from .card import describe, run_card
-
     cfg = model.config
-    run = run_card(Path(source)) if source is not None else None
+    run = run_results(Path(source)) if source is not None else None
     if run is not None:
         run["training_curves"] = None  # the served ONNX model does not carry the run's PNG
     meta = {"format": "vitlab-onnx", "name": describe(cfg) + (" (ONNX int8)" if precision == "int8" else " (ONNX)"),
@@ -201,8 +213,6 @@ def read_sidecar(onnx_path: str | Path) -> dict:
 
 def sidecar_problem(meta: dict) -> str | None:
     """What is wrong with a sidecar's values (each as `export_onnx` writes it), or None."""
-    from ..data.preprocessing import Preprocessing
-
     labels, hw = meta["label_names"], meta["image_hw"]
     if not isinstance(labels, list) or not all(isinstance(name, str) for name in labels):
         return f"label_names must be a list of names, not {labels!r:.60}"
@@ -221,8 +231,7 @@ def sidecar_problem(meta: dict) -> str | None:
 
 def load_session(onnx_path: str | Path, threads: int | None = None):
     """An onnxruntime session on the CPU provider with every graph optimisation."""
-    import onnxruntime as ort
-
+    ort = optional("onnxruntime")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
