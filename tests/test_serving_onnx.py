@@ -84,10 +84,15 @@ def test_onnx_is_one_writer_of_the_converters_table(tmp_path):
 
 
 def test_serve_onnx_answers_like_the_torch_model(tmp_path):
+    from vitlab.data.preprocessing import Preprocessing
     from vitlab.serving.app import create_app
 
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     path = export_onnx(load_pretrained(ckpt), tmp_path / "m.onnx", source=ckpt)
+    torch_engine, onnx_engine = TorchEngine(ckpt, device="cpu", precision="fp32"), OnnxEngine(path)
+    assert isinstance(onnx_engine.preprocessing, Preprocessing)  # typed; a dict only in the sidecar and the card
+    assert onnx_engine.preprocessing == torch_engine.preprocessing
+    assert onnx_engine.card()["preprocessing"] == torch_engine.card()["preprocessing"]
     data = image_bytes(3)
     with serving(create_app(TorchEngine(ckpt, device="cpu", precision="fp32"))) as port:
         want = predict_raw(port, data)[2][0]["predictions"]

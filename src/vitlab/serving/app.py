@@ -148,7 +148,7 @@ def add_error_handlers(app: FastAPI) -> None:
 def prepare_upload(engine: Engine, img, name: str, attention: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The model's input and, for the attention pictures, the image at display size: decoded no larger than
     they need (no full-size copy outlives the call)."""
-    side = engine.record().decode_side()
+    side = engine.preprocessing.decode_side()
     image = decode_upload(img, name, engine.in_chans, max(side, DISPLAY_SIDE) if attention else side)
     return engine.prepare(image), display_copy(image) if attention else None
 

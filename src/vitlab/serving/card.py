@@ -38,9 +38,9 @@ def runtime_card(engine, backend: str) -> dict:
 def preprocessing_card(engine) -> dict:
     h, w = engine.image_hw
     record = engine.preprocessing
-    crop = f"centre {record['crop_fraction']:.3g} of the shorter side, then " if record.get("resize_crop") else ""
-    return {**{k: v for k, v in record.items() if k != "label_names"},  # the labels have their own entry
-            "resize": f"{crop}{h}x{w}, {record.get('interpolation', 'bilinear')}, antialiased",
+    crop = f"centre {record.crop_fraction:.3g} of the shorter side, then " if record.resize_crop else ""
+    return {**{k: v for k, v in record.to_dict().items() if k != "label_names"},  # the labels have their own entry
+            "resize": f"{crop}{h}x{w}, {record.interpolation}, antialiased",
             "channels": "grey" if engine.in_chans == 1 else "RGB (transparency over white)"}
 
 

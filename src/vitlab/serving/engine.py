@@ -35,17 +35,13 @@ class Engine:
     labels: list[str]
     in_chans: int
     image_hw: tuple[int, int]
-    preprocessing: dict  # the checkpoint's preprocessing record (vitlab.data.preprocessing), as saved
+    preprocessing: Preprocessing  # the checkpoint's record, at the size and channel count the model takes
     has_attention: bool = False
-
-    def record(self) -> Preprocessing:
-        """The checkpoint's preprocessing record at the size and channel count the model takes."""
-        return Preprocessing.from_dict(self.preprocessing).replace(image_size=self.image_hw, channels=self.in_chans)
 
     def prepare(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 (C, H, W) -> the model's float input (C, h, w): cropped, resized and normalised by the
         checkpoint's preprocessing record, as `predict` and `eval` do."""
-        return eval_transform(self.record())(image)
+        return eval_transform(self.preprocessing)(image)
 
     def run(self, x: torch.Tensor, attention: bool = False) -> Output:
         raise NotImplementedError
@@ -68,9 +64,9 @@ class TorchEngine(Engine):
         self.checkpoint, self.model = Path(checkpoint), model
         self.device = pick_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.labels, self.preprocessing = label_names(model), of_model(model).to_dict()
-        size = cfg.image_size  # the model's, which differs from the record's after image_size= resampling
-        self.in_chans, self.image_hw = cfg.in_chans, (size, size) if isinstance(size, int) else tuple(size)
+        self.labels = label_names(model)
+        self.preprocessing = of_model(model)  # at the model's size, which image_size= resampling changes
+        self.in_chans, self.image_hw = cfg.in_chans, self.preprocessing.image_size
         self.has_attention = isinstance(cfg, ViTConfig)
         model = model.to(self.device)
         if self.precision != "fp32":
@@ -111,9 +107,10 @@ class OnnxEngine(Engine):
         self.sidecar = read_sidecar(self.checkpoint)
         self.session = load_session(self.checkpoint, threads=threads)
         self.labels = list(self.sidecar["label_names"])
-        self.preprocessing = self.sidecar["preprocessing"]
         self.in_chans = int(self.sidecar["in_chans"])
         self.image_hw = tuple(self.sidecar["image_hw"])
+        self.preprocessing = Preprocessing.from_dict(self.sidecar["preprocessing"]).replace(
+            image_size=self.image_hw, channels=self.in_chans)
         self.device, self.precision = torch.device("cpu"), self.sidecar.get("precision", "fp32")
 
     def run(self, x: torch.Tensor, attention: bool = False) -> Output:
