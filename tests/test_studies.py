@@ -475,3 +475,18 @@ def test_throughput_findings_pair_each_resnet_with_the_vit_of_similar_speed_and_
     rows[1]["max_batch"], rows[1]["images_per_s"] = 400, 3.0  # the speed-matched ViT now fits fewer, runs slower
     memory, speed = findings(rows)
     assert memory.verdict == "not reproduced" and speed.verdict == "not reproduced"
+
+
+def test_data_efficiency_judges_each_small_data_fix_against_the_vit_within_the_seed_spread():
+    from vitlab.studies.data_efficiency import findings
+
+    def rows(family, subset, accuracies):
+        return [{"family": family, "subset": subset, "seed": s, "test_top1": a} for s, a in enumerate(accuracies)]
+    data = (rows("ViT", 1000, [0.70, 0.71, 0.72]) + rows("BiT", 1000, [0.80, 0.81, 0.80])
+            + rows("ViT", 54000, [0.88]) + rows("BiT", 54000, [0.89])
+            + rows("ViT+SPT", 1000, [0.75, 0.76, 0.75]) + rows("ViT+LSA", 1000, [0.71, 0.72, 0.70]))
+    verdicts = {f.claim.split(":")[1].split(" lifts")[0].strip(): f.verdict for f in findings(data)
+                if f.claim.startswith("Lee")}
+    assert verdicts["shifted patch tokenization"] == "reproduced"  # 5 points against a 2-point seed range
+    assert verdicts["locality self-attention"] == "tie within noise"  # 0.0 points
+    assert "SPT and LSA together" not in verdicts  # no runs of that arm yet: no finding

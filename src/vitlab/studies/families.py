@@ -2,8 +2,8 @@
 
 Each entry is (registry name, overrides). "ViT" is the studies' small pure ViT; "BiT" a BiT ResNet v2 (the
 paper's CNN baseline) narrowed to a comparable number of parameters; "ViT+SPT+LSA" the same ViT with the
-small-data fixes of Lee, Lee & Song (2021); "Hybrid" a one-stage ResNet stem (stride
-4) feeding 1 x 1 patches of its feature map to a transformer of the ViT's width, so all three see 7 x 7 = 49
+small-data fixes of Lee, Lee & Song (2021), "ViT+SPT" and "ViT+LSA" with one of them each; "Hybrid" a
+one-stage ResNet stem (stride 4) feeding 1 x 1 patches of its feature map to a transformer of the ViT's width, so all three see 7 x 7 = 49
 positions.
 """
 
@@ -27,7 +27,9 @@ SMALL_DATA = dict(patch_embed="spt", attention="lsa")
 
 # Comparable size, 0.15-0.25M parameters each (results.csv states each one's count).
 COMPARABLE = {"ViT": ("ViT-Ti/16", dict(SMALL_VIT)), "BiT": bit([2, 2]), "Hybrid": hybrid(depth=3),
-              "ViT+SPT+LSA": ("ViT-Ti/16", dict(SMALL_VIT, **SMALL_DATA))}
+              "ViT+SPT+LSA": ("ViT-Ti/16", dict(SMALL_VIT, **SMALL_DATA)),
+              "ViT+SPT": ("ViT-Ti/16", dict(SMALL_VIT, patch_embed="spt")),
+              "ViT+LSA": ("ViT-Ti/16", dict(SMALL_VIT, attention="lsa"))}
 
 TINY = {
     "ViT": ("ViT-Ti/16", dict(TINY_VIT)),
