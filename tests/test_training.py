@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -53,7 +54,7 @@ def test_time_budget_stops_evaluates_and_saves(tmp_path):
     assert "max_minutes reached" in result.summary()
 
 
-def test_a_schedule_that_follows_the_time_budget_decays_fully_before_it(tmp_path):
+def test_a_schedule_that_follows_the_time_budget_decays_fully_before_it(tmp_path, capsys):
     """Far more steps than fit in 2 s: with schedule.follow_time the cosine decay runs on the clock and the last
     steps train near end_factor; without it the run stops at its peak learning rate, its decay cut short."""
     lrs = {}
@@ -67,6 +68,8 @@ def test_a_schedule_that_follows_the_time_budget_decays_fully_before_it(tmp_path
     after_warmup = lrs[True][2:]
     assert after_warmup == sorted(after_warmup, reverse=True) and after_warmup[-1] < 0.004, lrs[True]
     assert min(lrs[False][1:]) > 0.0099  # steps-based: the cosine has barely begun
+    etas = re.findall(r"eta (\S+)", capsys.readouterr().out)
+    assert etas and all(eta.startswith("0m0") for eta in etas), etas  # the budget's 2 s, not a million steps'
 
 
 def test_resume_continues_the_same_trajectory_exactly(tmp_path):

@@ -90,8 +90,10 @@ def format_duration(seconds: float) -> str:
 class Progress:
     """A tqdm bar (step, loss, images/s, ETA) on a terminal; a log line every `every` steps otherwise."""
 
-    def __init__(self, total: int, start: int, every: int, enabled: bool, stream=None):
+    def __init__(self, total: int, start: int, every: int, enabled: bool, stream=None,
+                 seconds_left: float | None = None):
         self.total, self.every, self.enabled = total, every, enabled
+        self.seconds_left = seconds_left  # a time budget's rest: the run ends then if its steps have not
         self.stream = stream or sys.stdout
         self.bar = None
         self.start_step, self.start_time = start, time.perf_counter()
@@ -105,11 +107,16 @@ class Progress:
             return
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}", lr=f"{lr:.2e}", refresh=False)
+            budget = {} if self.seconds_left is None else \
+                {"budget_left": format_duration(max(self.seconds_left - (time.perf_counter() - self.start_time), 0))}
+            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}", lr=f"{lr:.2e}", **budget,
+                                 refresh=False)
         elif step % self.every == 0 or step == self.total:
             done = step - self.start_step
             elapsed = time.perf_counter() - self.start_time
             eta = elapsed / max(done, 1) * (self.total - step)
+            if self.seconds_left is not None:
+                eta = min(eta, max(self.seconds_left - elapsed, 0.0))
             print(f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {images_per_s:.0f} img/s  "
                   f"eta {format_duration(eta)}", file=self.stream, flush=True)
 

@@ -293,7 +293,8 @@ class Trainer:
         """Train from the current step to the last (or a signal, or the time budget), evaluate, save."""
         settings, d = self.cfg.train, self.d
         result = TrainResult(self.run_dir, self.step, resumed_from=self.step if self.resume_path else None)
-        progress = Progress(self.total_steps, self.step, settings.log_every, enabled=d.is_main)
+        budget_s = None if settings.max_minutes is None else 60 * settings.max_minutes - self.state["train_time_s"]
+        progress = Progress(self.total_steps, self.step, settings.log_every, enabled=d.is_main, seconds_left=budget_s)
         if self.resume_path is not None:
             progress.message(f"resuming from {self.resume_path} (step {self.step}/{self.total_steps})")
         self.model.train()
