@@ -107,18 +107,23 @@ class Progress:
             return
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
-            budget = {} if self.seconds_left is None else \
-                {"budget_left": format_duration(max(self.seconds_left - (time.perf_counter() - self.start_time), 0))}
+            left = self.budget_left(time.perf_counter() - self.start_time)
+            budget = {} if left is None else {"budget_left": format_duration(left)}
             self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}", lr=f"{lr:.2e}", **budget,
                                  refresh=False)
         elif step % self.every == 0 or step == self.total:
             done = step - self.start_step
             elapsed = time.perf_counter() - self.start_time
             eta = elapsed / max(done, 1) * (self.total - step)
-            if self.seconds_left is not None:
-                eta = min(eta, max(self.seconds_left - elapsed, 0.0))
+            left = self.budget_left(elapsed)
+            if left is not None:
+                eta = min(eta, left)
             print(f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {images_per_s:.0f} img/s  "
                   f"eta {format_duration(eta)}", file=self.stream, flush=True)
+
+    def budget_left(self, elapsed: float) -> float | None:
+        """Seconds of the time budget left after `elapsed` (None without a budget)."""
+        return None if self.seconds_left is None else max(self.seconds_left - elapsed, 0.0)
 
     def message(self, text: str) -> None:
         if not self.enabled:
