@@ -55,27 +55,42 @@ def tensorboard(logdir: str, timeout_s: float = 120.0):
         proc.wait(20)
 
 
+def click(wait, by: str, selector: str) -> None:
+    """Clicks the first matching element that takes the click, retrying until one does: TensorBoard's cards
+    re-render as the filters change, so a button found a moment earlier may not be interactable yet."""
+    from selenium.common.exceptions import ElementNotInteractableException
+
+    def clicked(driver) -> bool:
+        for element in driver.find_elements(by, selector):
+            with contextlib.suppress(ElementNotInteractableException):
+                element.click()
+                return True
+        return False
+
+    wait.until(clicked)
+
+
 def screenshot(url: str, tag: str, out: str, size: tuple[int, int]) -> None:
+    from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     with chromium(*size) as driver:
         driver.get(url + "#timeseries")
-        wait = WebDriverWait(driver, 60)
-        wait.until(lambda d: d.find_elements(By.XPATH, "//button[normalize-space()='Scalars']"))
-        driver.find_element(By.XPATH, "//button[normalize-space()='Scalars']").click()
+        wait = WebDriverWait(driver, 60, ignored_exceptions=(ElementClickInterceptedException,
+                                                             StaleElementReferenceException))
+        click(wait, By.XPATH, "//button[normalize-space()='Scalars']")
         smoothing = next(i for i in driver.find_elements(By.CSS_SELECTOR, "input.mdc-slider__input")
                          if i.get_attribute("value") == "0.6")  # the default smoothing
         driver.execute_script("arguments[0].focus()", smoothing)
         smoothing.send_keys(Keys.HOME)  # 0: the values as logged
         for setting in ("Ignore outliers", "Enable step selection"):  # all of each line; the runs' colours at left
-            driver.find_element(By.XPATH, f"//*[contains(text(), '{setting}')]/ancestor::mat-checkbox//input").click()
-        driver.find_element(By.CSS_SELECTOR, "button[aria-label='Close side pane']").click()
+            click(wait, By.XPATH, f"//*[contains(text(), '{setting}')]/ancestor::mat-checkbox//input")
+        click(wait, By.CSS_SELECTOR, "button[aria-label='Close side pane']")
         driver.find_element(By.CSS_SELECTOR, "input[placeholder='Filter tags (regex)']").send_keys(tag, Keys.ESCAPE)
-        driver.find_element(By.TAG_NAME, "body").click()
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "button[aria-label='Toggle full size mode']"))
-        driver.find_element(By.CSS_SELECTOR, "button[aria-label='Toggle full size mode']").click()
+        click(wait, By.TAG_NAME, "body")
+        click(wait, By.CSS_SELECTOR, "button[aria-label='Toggle full size mode']")
         time.sleep(3)  # the chart's transition
         driver.save_screenshot(out)
 
