@@ -53,24 +53,26 @@ def draw(rows: list[dict], path) -> None:
     """Accuracy per variant on both tasks, then each variant's position-embedding similarity (Figure 7 centre)."""
     import matplotlib.pyplot as plt
 
-    from .posemb_figure import similarity_panels
+    from .posemb_figure import LAYOUT, similarity_panels
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig = plt.figure(figsize=(12, 7.5))
-    top = fig.add_gridspec(2, 1, height_ratios=[1.3, 1])[0].subgridspec(1, max(1, len(tasks)))
+    top = fig.add_gridspec(2, 1, **LAYOUT)[0].subgridspec(1, max(1, len(tasks)))
     for i, task in enumerate(tasks):
         ax = fig.add_subplot(top[0, i])
         stats = {v: spread_of(rows, "test_top1", task=task, posemb=v) for v in VARIANTS}
         names = [v for v in VARIANTS if stats[v] is not None]
         means = [100 * stats[v].mean for v in names]
-        errors = [[100 * (stats[v].mean - stats[v].low) for v in names], [100 * (stats[v].high - stats[v].mean)
-                                                                          for v in names]]
-        ax.bar(names, means, yerr=errors, capsize=3, color=["tab:gray" if v == "none" else "tab:blue" for v in names])
+        ax.bar(names, means, color=["tab:gray" if v == "none" else "tab:blue" for v in names])
+        seeded = [v for v in names if stats[v].n >= 2]  # a single seed has no range to draw
+        ax.errorbar(seeded, [100 * stats[v].mean for v in seeded], fmt="none", ecolor="k", capsize=3,
+                    yerr=[[100 * (stats[v].mean - stats[v].low) for v in seeded],
+                          [100 * (stats[v].high - stats[v].mean) for v in seeded]])
         if task == "quadrants":
             ax.axhline(25, color="k", ls="--", lw=1, label="chance")
             ax.legend(fontsize=8)
         ax.set(title=f"{task} (error bars: seed range)", ylabel="test top-1 (%)", ylim=(max(0, min(means) - 10), 100))
-        ax.tick_params(axis="x", rotation=20)
+        ax.tick_params(axis="x", labelsize=8)
     similarity_panels(fig, rows, VARIANTS, out_dir=path.parent)
     fig.suptitle("Position embeddings (cf. the paper's Table 8 and Figure 7)")
     fig.savefig(path, dpi=110, bbox_inches="tight")

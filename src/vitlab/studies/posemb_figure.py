@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+LAYOUT = {"height_ratios": [1.3, 1], "hspace": 0.3}  # the accuracy bars above, these panels below
+
 
 def similarity_panels(fig, rows: list[dict], variants: list[str], *, out_dir) -> None:
     """The lower half of `fig`: one panel per variant with a table of position embeddings (cosine similarity of
@@ -23,7 +25,7 @@ def similarity_panels(fig, rows: list[dict], variants: list[str], *, out_dir) ->
     shown = [v for v in variants if v in maps]
     if not shown:
         return
-    grid = fig.add_gridspec(2, 1, height_ratios=[1.3, 1])[1].subgridspec(1, len(shown) + 1,
+    grid = fig.add_gridspec(2, 1, **LAYOUT)[1].subgridspec(1, len(shown) + 1,
                                                                          width_ratios=[1] * len(shown) + [0.08])
     for i, variant in enumerate(shown):
         ax = fig.add_subplot(grid[0, i])
