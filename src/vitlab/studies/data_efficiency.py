@@ -54,17 +54,24 @@ def draw(rows: list[dict], path) -> None:
 
 
 def summarise(rows: list[dict]) -> str:
+    """Test top-1 per family and subset with its seed range, then frozen 5-shot accuracy (means)."""
     families = list(dict.fromkeys(r["family"] for r in rows))
     subsets = sorted({r["subset"] for r in rows})
-    top1 = group_mean(rows, ("family", "subset"), "test_top1")
     shot5 = group_mean(rows, ("family", "subset"), "fewshot5")
     params = {r["family"]: r["params"] for r in rows}
-    header = ["training images", "epochs"] + [f"{f} top-1 / 5-shot" for f in families]
-    lines = [[f"{n:,}", EPOCHS.get(n, "-")] + [f"{pct(top1.get((f, n), (None,))[0])} / "
-                                               f"{pct(shot5.get((f, n), (None,))[0])}" for f in families]
-             for n in subsets]
+
+    def table(cell) -> str:
+        return markdown_table(["training images", "epochs"] + families,
+                              [[f"{n:,}", EPOCHS.get(n, "-")] + [cell(f, n) for f in families] for n in subsets])
+
+    def top1(f, n) -> str:
+        stats = spread_of(rows, "test_top1", family=f, subset=n)
+        return "-" if stats is None else stats.text()
+
     sizes = ", ".join(f"{f} {params[f]:,}" for f in families)
-    return markdown_table(header, lines) + f"\n\nParameters: {sizes}. Test accuracies in %, means over seeds."
+    return (f"Test top-1 (%), mean ±half the range over seeds (n seeds):\n\n{table(top1)}\n\n"
+            f"Frozen 5-shot linear accuracy (%), mean over seeds:\n\n"
+            f"{table(lambda f, n: pct(shot5.get((f, n), (None,))[0]))}\n\nParameters: {sizes}.")
 
 
 def findings(rows: list[dict]) -> list[Finding]:
