@@ -490,3 +490,17 @@ def test_data_efficiency_judges_each_small_data_fix_against_the_vit_within_the_s
     assert verdicts["shifted patch tokenization"] == "reproduced"  # 5 points against a 2-point seed range
     assert verdicts["locality self-attention"] == "tie within noise"  # 0.0 points
     assert "SPT and LSA together" not in verdicts  # no runs of that arm yet: no finding
+
+
+def test_posemb_judges_each_finding_by_the_seed_range_of_its_own_arms():
+    from vitlab.studies.posemb import findings
+
+    def rows(posemb, accuracies, task="fashion_mnist"):
+        return [{"task": task, "posemb": posemb, "seed": s, "test_top1": a} for s, a in enumerate(accuracies)]
+    data = (rows("none", [0.760, 0.765]) + rows("learned_1d", [0.810, 0.811]) + rows("learned_2d", [0.800, 0.801])
+            + rows("relative", [0.802, 0.803])
+            + rows("sincos_2d", [0.80, 0.86]))  # a wide spread in an arm that no finding compares
+    verdicts = {f.claim: f.verdict for f in findings(data)}
+    # 1 point between 1-D and 2-D against their 0.1-point range: a difference, whatever sin-cos's range is
+    assert verdicts["1-D, 2-D and relative embeddings perform about the same"] == "not reproduced"
+    assert verdicts["Any position embedding is better than none (Fashion-MNIST)"] == "reproduced"
