@@ -318,6 +318,8 @@ def test_verdicts_call_a_difference_inside_the_seed_range_a_tie():
     assert verdict_better(a, b, noise) == "tie within noise"
     assert verdict_better(a, c, noise) == "reproduced" and verdict_better(c, a, noise) == "not reproduced"
     assert verdict_tie(a, b, noise).startswith("reproduced") and verdict_tie(a, c, noise) == "not reproduced"
+    wide = Spread(0.75, 0.65, 0.85, 2)  # by default each pair is judged by its own seed ranges, not a third arm's
+    assert verdict_better(a, c) == "reproduced" and verdict_better(a, c, seed_noise([a, c, wide])) == "tie within noise"
     assert verdict_better(a, Spread(0.7, 0.7, 0.7, 1), seed_noise([Spread(0.7, 0.7, 0.7, 1)])).startswith("no seed")
 
 

@@ -95,11 +95,10 @@ def findings(rows: list[dict]) -> list[Finding]:
     for arm, fix in SMALL_DATA_ARMS.items():
         fixed = spread_of(rows, "test_top1", family=arm, subset=small)
         if fixed is not None:
-            noise = seed_noise([fixed, stats[("ViT", small)]])
             findings.append(Finding(f"Lee et al. (2021): {fix} lifts the ViT on little data "
                                     f"({small:,} images)",
                                     f"{arm} {fixed.text()}, ViT {stats[('ViT', small)].text()}",
-                                    verdict_better(fixed, stats[("ViT", small)], noise)))
+                                    verdict_better(fixed, stats[("ViT", small)])))
     return findings
 
 

@@ -13,7 +13,7 @@ from .core import (SMALL_VIT, TINY_VIT, Finding, Run, Study, best_rates, epochs_
 from .families import COMPARABLE, TINY
 from .measure import loss_curve
 from .plots import figure, save
-from .report import markdown_table, pct, seed_noise, spread_of, verdict_better
+from .report import markdown_table, pct, spread_of, verdict_better
 
 # arm -> (model family, vitlab optimizer, extra optim settings, learning rates to start from)
 ARMS = {
@@ -112,7 +112,6 @@ def summarise(rows: list[dict]) -> str:
 def findings(rows: list[dict]) -> list[Finding]:
     best = {arm: lr for arm, (lr, _) in best_per_optimizer(rows).items()}
     stat = {arm: spread_of(rows, "test_top1", optimizer=arm, lr=lr) for arm, lr in best.items()}
-    noise = seed_noise(list(stat.values()))
     out = []
     for winner, loser, claim in (
             ("BiT adam", "BiT momentum", "Adam pre-trains ResNets slightly better than SGD with momentum (D.1)"),
@@ -120,7 +119,7 @@ def findings(rows: list[dict]) -> list[Finding]:
             ("ViT adam", "ViT sgd", "Adam trains the ViT better than plain SGD (seed notes)")):
         if winner in stat and loser in stat:
             out.append(Finding(claim, f"{winner} {stat[winner].text()}, {loser} {stat[loser].text()}",
-                               verdict_better(stat[winner], stat[loser], noise)))
+                               verdict_better(stat[winner], stat[loser])))
     return out
 
 

@@ -101,7 +101,7 @@ def findings(rows: list[dict]) -> list[Finding]:
     spread = seed_noise([fm[v] for v in learned])
     out = [Finding("Any position embedding is better than none (Fashion-MNIST)",
                    f"none {fm['none'].text()}; weakest other, {worst_learned}, {fm[worst_learned].text()}",
-                   verdict_better(fm[worst_learned], fm["none"], seed_noise([fm[worst_learned], fm["none"]]))),
+                   verdict_better(fm[worst_learned], fm["none"])),
            Finding("1-D, 2-D and relative embeddings perform about the same",
                    ", ".join(f"{v} {fm[v].text()}" for v in learned)
                    + f"; {best_learned} - {worst_learned}: {100 * (fm[best_learned].mean - fm[worst_learned].mean):.2f}"
@@ -111,7 +111,7 @@ def findings(rows: list[dict]) -> list[Finding]:
     if quad["none"] is not None and quad["learned_1d"] is not None:
         out.append(Finding("Without position embedding, a task that depends on position is at chance (quadrants)",
                            f"none {quad['none'].text()}, learned 1-D {quad['learned_1d'].text()}; chance 25.00",
-                           verdict_better(quad["learned_1d"], quad["none"], seed_noise([quad["learned_1d"], quad["none"]]))))
+                           verdict_better(quad["learned_1d"], quad["none"])))
     return out
 
 

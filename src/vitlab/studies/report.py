@@ -89,10 +89,12 @@ def seed_noise(spreads: list[Spread | None]) -> float:
     return max((s.range for s in spreads if s is not None and s.n >= 2), default=0.0)
 
 
-def verdict_better(winner: Spread | None, loser: Spread | None, noise: float) -> str:
-    """Verdict on "`winner` beats `loser`": a difference inside the seed noise is a tie, never a finding."""
+def verdict_better(winner: Spread | None, loser: Spread | None, noise: float | None = None) -> str:
+    """Verdict on "`winner` beats `loser`": a difference inside the seed noise (by default the larger seed range
+    of the two) is a tie, never a finding."""
     if winner is None or loser is None:
         return "not run"
+    noise = seed_noise([winner, loser]) if noise is None else noise
     if noise <= 0:
         return "no seed spread to judge by"
     difference = winner.mean - loser.mean
