@@ -25,8 +25,7 @@ def similarity_panels(fig, rows: list[dict], variants: list[str], *, out_dir) ->
     shown = [v for v in variants if v in maps]
     if not shown:
         return
-    grid = fig.add_gridspec(2, 1, **LAYOUT)[1].subgridspec(1, len(shown) + 1,
-                                                                         width_ratios=[1] * len(shown) + [0.08])
+    grid = fig.add_gridspec(2, 1, **LAYOUT)[1].subgridspec(1, len(shown) + 1, width_ratios=[1] * len(shown) + [0.08])
     for i, variant in enumerate(shown):
         ax = fig.add_subplot(grid[0, i])
         ax.set_xticks([])
