@@ -435,6 +435,7 @@ def test_the_index_gathers_every_studys_verdicts(tmp_path, capsys):
     text = (folder / "README.md").read_text()
     assert text.startswith("# Studies\n\nintro\n")
     assert "**reproduced (tie within noise)**" in text and "GAP needs a lower learning rate" in text
+    assert "GAP - token by rate (test, points): 0.001 -2.50 |" in text  # only the rate both tried
     assert "| scaling | Figure 5 (Section 4.4) | not run at the default size yet | - |" in text
     assert main(["study", "--index", str(folder)]) == 0  # written again in place, not appended
     assert (folder / "README.md").read_text() == text
