@@ -507,3 +507,32 @@ def test_posemb_judges_each_finding_by_the_seed_range_of_its_own_arms():
     # 1 point between 1-D and 2-D against their 0.1-point range: a difference, whatever sin-cos's range is
     assert verdicts["1-D, 2-D and relative embeddings perform about the same"] == "not reproduced"
     assert verdicts["Any position embedding is better than none (Fashion-MNIST)"] == "reproduced"
+
+
+def test_scaling_judges_its_readings_by_the_seed_range_of_the_largest_models(tmp_path):
+    from vitlab.studies.scaling import STUDY, findings, grid, summarise
+
+    seeded = [r.name for r in grid("default") if r.tags["seed"] == 1]
+    assert seeded == ["vit-2-s1", "bit-2-s1", "hybrid-2-s1"]  # each family's largest model, twice
+
+    def rows(family, accuracies, seeds_of_largest=(0.0, 0.0)):
+        out = [{"run": f"{family.lower()}-{i}-s0", "family": family, "size": i, "seed": 0, "params": 1000 * (i + 1),
+                "gflops_per_image": 0.01 * (i + 1), "train_pflops": 0.1 * (i + 1) * (2 if family == "BiT" else 1),
+                "test_top1": a, "fewshot5": a - 0.05} for i, a in enumerate(accuracies)]
+        return out + [{**out[-1], "run": f"{family.lower()}-2-s1", "seed": 1,
+                       "test_top1": accuracies[-1] + seeds_of_largest[1]}]
+
+    # the ViT's best is 0.4 points above BiT's best, inside the 1-point seed range of the largest ViT: a tie
+    data = rows("ViT", [0.80, 0.83, 0.850], (0, 0.010)) + rows("BiT", [0.81, 0.84, 0.851]) \
+        + rows("Hybrid", [0.83, 0.84, 0.852])
+    verdicts = {f.claim: (f.ours, f.verdict) for f in findings(data)}
+    top = verdicts["ViT (or the hybrid) gives the best accuracy for a given training compute at the top end"]
+    assert top[1] == "tie within noise" and "seed range 1.00" in top[0]
+    assert verdicts["The hybrid beats the ViT at the smallest size"][1] == "reproduced"  # 3 points > 1
+    assert verdicts["... and the difference vanishes at the largest"][1].startswith("reproduced")
+    clear = rows("ViT", [0.80, 0.83, 0.88], (0, 0.002)) + rows("BiT", [0.81, 0.84, 0.85])
+    assert findings(clear)[0].verdict == "reproduced"
+    table = summarise(data)
+    assert "| vit-2 |" in table and "85.50 ±0.50 (n=2)" in table and "vit-2-s1" not in table  # seeds averaged
+    STUDY.draw(data, tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").stat().st_size > 10_000

@@ -60,7 +60,13 @@ def compute_scatter(ax, rows: list[dict], *, y: str, group: str = "family", x: s
     if front and pts:
         idx = pareto_front(pts)
         ax.plot([pts[i][0] for i in idx], [100 * pts[i][1] for i in idx], "k--", lw=1, label="Pareto front")
+    from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
+
     ax.set_xscale("log")
+    # label 1, 2 and 5 times each power of ten, not every minor tick (they overlap over less than a decade)
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training compute (PFLOPs)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
