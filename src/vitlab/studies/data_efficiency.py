@@ -20,6 +20,8 @@ SEEDS = {1_000: [0, 1, 2], 3_000: [0, 1, 2], 10_000: [0, 1, 2], TRAIN_IMAGES: [0
 SMALL_DATA_ARMS = {"ViT+SPT": "shifted patch tokenization", "ViT+LSA": "locality self-attention",
                    "ViT+SPT+LSA": "SPT and LSA together"}
 QUICK_SUBSETS, QUICK_STEPS = [300, 1000], 15
+# tables and figure list the ViT and its fixes first, then the convolutional families
+ORDER = ["ViT", *SMALL_DATA_ARMS, "BiT", "Hybrid"]
 
 
 def grid(size: str) -> list[Run]:
@@ -44,18 +46,27 @@ def grid(size: str) -> list[Run]:
     return runs
 
 
+def in_order(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: ORDER.index(r["family"]) if r["family"] in ORDER else len(ORDER))
+
+
 def draw(rows: list[dict], path) -> None:
+    rows = in_order(rows)
     fig, (left, right) = figure(2)
-    lines_by(left, rows, group="family", x="subset", y="test_top1", logx=True)
-    left.set(xlabel="training images (nested subsets of Fashion-MNIST train)", ylabel="test top-1 (%)")
-    lines_by(right, rows, group="family", x="subset", y="fewshot5", logx=True)
-    right.set(xlabel="training images", ylabel="5-shot linear accuracy (%)")
+    from matplotlib.ticker import NullFormatter
+
+    subsets = sorted({r["subset"] for r in rows})
+    for ax, y, label in ((left, "test_top1", "test top-1 (%)"), (right, "fewshot5", "5-shot linear accuracy (%)")):
+        lines_by(ax, rows, group="family", x="subset", y=y, logx=True)
+        ax.set_xticks(subsets, [f"{n:,}" for n in subsets])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set(xlabel="training images (nested subsets of Fashion-MNIST train)", ylabel=label)
     save(fig, path, "Data efficiency (cf. the paper's Figures 3 and 4)")
 
 
 def summarise(rows: list[dict]) -> str:
     """Test top-1 per family and subset with its seed range, then frozen 5-shot accuracy (means)."""
-    families = list(dict.fromkeys(r["family"] for r in rows))
+    families = list(dict.fromkeys(r["family"] for r in in_order(rows)))
     subsets = sorted({r["subset"] for r in rows})
     shot5 = group_mean(rows, ("family", "subset"), "fewshot5")
     params = {r["family"]: r["params"] for r in rows}

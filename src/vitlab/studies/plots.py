@@ -7,7 +7,11 @@ from pathlib import Path
 from .report import group_mean, pareto_front
 
 FAMILY_STYLE = {"ViT": dict(color="tab:blue", marker="o"), "BiT": dict(color="tab:orange", marker="s"),
-                "Hybrid": dict(color="tab:green", marker="^"), "AxialViT": dict(color="tab:red", marker="D")}
+                "Hybrid": dict(color="tab:green", marker="^"), "AxialViT": dict(color="tab:red", marker="D"),
+                # the ViT with Lee et al.'s small-data fixes: the ViT's family of markers, dashed
+                "ViT+SPT": dict(color="tab:purple", marker="v", linestyle="--"),
+                "ViT+LSA": dict(color="tab:brown", marker="P", linestyle="--"),
+                "ViT+SPT+LSA": dict(color="tab:cyan", marker="X", linestyle="--")}
 
 
 def figure(ncols: int = 2, width: float = 5.2, height: float = 3.8):
