@@ -536,3 +536,38 @@ def test_scaling_judges_its_readings_by_the_seed_range_of_the_largest_models(tmp
     assert "| vit-2 |" in table and "85.50 ±0.50 (n=2)" in table and "vit-2-s1" not in table  # seeds averaged
     STUDY.draw(data, tmp_path / "scaling.png")
     assert (tmp_path / "scaling.png").stat().st_size > 10_000
+
+
+def test_dimensions_reads_its_rows_whose_tag_is_called_value(tmp_path):
+    from vitlab.studies.dimensions import SCALES, STUDY
+
+    def row(dimension, value, accuracy, seed=0):
+        return {"run": f"{dimension}-{value}-s{seed}", "dimension": dimension, "value": value, "seed": seed,
+                "params": 1000, "train_pflops": 0.002, "test_top1": accuracy, "fewshot5": accuracy - 0.05}
+    rows = [row("base", "-", 0.800), row("base", "-", 0.804, seed=1),
+            row("depth", max(SCALES["depth"]), 0.830), row("width", max(SCALES["width"]), 0.802),
+            row("patch_size", min(SCALES["patch_size"]), 0.803)]
+    verdicts = {f.claim: f.verdict for f in STUDY.findings(rows)}
+    assert verdicts["Scaling depth helps more than scaling width"] == "reproduced"  # 2.8 points against 0.4
+    assert verdicts["Smaller patches (longer sequences) help"] == "tie within noise"  # 0.1 points against 0.4
+    assert "80.20 ±0.20 (n=2)" in STUDY.summarise(rows)
+    STUDY.draw(rows, tmp_path / "dimensions.png")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED - {"throughput"}))
+def test_every_default_report_is_written_from_rows_shaped_like_its_grid(name, tmp_path):
+    """The report, figure and verdicts of a study at the default size, from made-up results of every run of its
+    grid: a crash here would otherwise first show after hours of training."""
+    import random
+
+    from vitlab.studies.report import write_report
+
+    study, rng = get_study(name), random.Random(0)
+    rows = [{"run": run.name, **run.tags, "val_top1": rng.uniform(0.6, 0.9), "test_top1": rng.uniform(0.6, 0.9),
+             "fewshot5": rng.uniform(0.5, 0.8), "params": rng.randrange(10**5, 10**6),
+             "gflops_per_image": rng.uniform(0.01, 0.1), "steps": 100, "images_seen": 12_800,
+             "train_pflops": rng.uniform(1e-3, 1e-2), "train_time_s": 60.0, "images_per_s": 200.0,
+             "study_wall_s": 61.0, "run_dir": f"runs/{run.name}"} for run in study.runs("default")]
+    report = write_report(study, "default", rows, tmp_path, command=f"vitlab study {name}").read_text()
+    assert "## Verdict" in report and "| not run |" not in report  # every finding judged
+    assert (tmp_path / f"{name}.png").stat().st_size > 10_000

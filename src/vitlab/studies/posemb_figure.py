@@ -13,12 +13,15 @@ def similarity_panels(fig, rows: list[dict], variants: list[str], *, out_dir) ->
     from ..checkpoints import load_pretrained
     from ..inspection.posemb import posemb_similarity
 
-    maps = {}
+    maps, unkept = {}, []
     for r in rows:
         if r["task"] == "fashion_mnist" and r.get("seed", 0) == 0 and r["posemb"] not in maps:
             try:
                 sim = torch.as_tensor(posemb_similarity(load_pretrained(out_dir / r["run_dir"])))
             except (ValueError, NotImplementedError):  # "none" and "relative" have no table of embeddings
+                continue
+            except FileNotFoundError:  # a run taken from exported results: its checkpoint is not kept
+                unkept.append(r["posemb"])
                 continue
             gh, gw = sim.shape[:2]
             maps[r["posemb"]] = sim[gh // 2, gw // 2].numpy()
@@ -33,6 +36,8 @@ def similarity_panels(fig, rows: list[dict], variants: list[str], *, out_dir) ->
         ax.set_title(f"{variant}: similarity to the centre patch", fontsize=8)
         image = ax.imshow(maps[variant], cmap="viridis", vmin=-1, vmax=1)
     fig.colorbar(image, cax=fig.add_subplot(grid[0, -1]), label="cosine similarity")
-    missing = [v for v in variants if v not in maps]
-    if missing:
-        fig.text(0.5, 0.01, "no table of embeddings to compare: " + ", ".join(missing), ha="center", fontsize=8)
+    missing = [v for v in variants if v not in maps and v not in unkept]
+    notes = ([f"no table of embeddings to compare: {', '.join(missing)}"] if missing else []) + \
+        ([f"checkpoint not kept: {', '.join(unkept)}"] if unkept else [])
+    if notes:
+        fig.text(0.5, 0.01, "; ".join(notes), ha="center", fontsize=8)

@@ -75,10 +75,11 @@ class Spread:
         return f"{scale * self.mean:.2f} ±{scale * self.range / 2:.2f} (n={self.n})"
 
 
-def spread_of(rows: list[dict], value: str, **where) -> Spread | None:
-    """The spread of `value` over the rows whose tags equal `where` (seeds pooled); None if there are none."""
-    values = [float(r[value]) for r in rows
-              if r.get(value) is not None and all(r.get(k) == v for k, v in where.items())]
+def spread_of(rows: list[dict], metric: str, /, **where) -> Spread | None:
+    """The spread of `metric` over the rows whose tags equal `where` (seeds pooled); None if there are none.
+    (`metric` is positional-only, so any tag, `value` included, can be matched.)"""
+    values = [float(r[metric]) for r in rows
+              if r.get(metric) is not None and all(r.get(k) == v for k, v in where.items())]
     if not values:
         return None
     return Spread(mean(values), min(values), max(values), len(values))
