@@ -83,7 +83,8 @@ def draw(rows: list[dict], path) -> None:
             left.plot(*zip(*curve), label=f"{arm} (lr {lr:g})", ls="-" if arm.startswith("ViT") else "--")
     left.set(xlabel="step", ylabel="training loss", yscale="log")
     left.grid(alpha=0.3)
-    left.legend(fontsize=7)
+    if left.lines:  # runs whose metrics.jsonl is not kept have no curve
+        left.legend(fontsize=7)
     for arm in ARMS:
         pts = sorted((r["lr"], 100 * r["test_top1"]) for r in rows if r["optimizer"] == arm and r["seed"] == 0)
         if pts:
