@@ -571,3 +571,13 @@ def test_every_default_report_is_written_from_rows_shaped_like_its_grid(name, tm
     report = write_report(study, "default", rows, tmp_path, command=f"vitlab study {name}").read_text()
     assert "## Verdict" in report and "| not run |" not in report  # every finding judged
     assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+
+
+def test_runs_that_two_studies_share_are_declared_alike_so_one_trains_them():
+    from vitlab.studies.runner import config_hash
+
+    def hashes(name):
+        return {r.name: config_hash(r) for r in get_study(name).runs("default")}
+    posemb, dimensions = hashes("posemb"), hashes("dimensions")
+    assert [dimensions[f"base-s{s}"] for s in (0, 1)] == [posemb[f"fmnist-learned_1d-s{s}"] for s in (0, 1)]
+    assert hashes("axial")["vit-p4-s0"] == hashes("scaling")["vit-0-s0"]
