@@ -573,6 +573,8 @@ def test_every_default_report_is_written_from_rows_shaped_like_its_grid(name, tm
              "gflops_per_image": rng.uniform(0.01, 0.1), "steps": 100, "images_seen": 12_800,
              "train_pflops": rng.uniform(1e-3, 1e-2), "train_time_s": 60.0, "images_per_s": 200.0,
              "study_wall_s": 61.0, "run_dir": f"runs/{run.name}"} for run in study.runs("default")]
+    for part in (rows[:1], rows[::3], rows[len(rows) // 2:]):  # --report while the study is part-way
+        write_report(study, "default", part, tmp_path, command=f"vitlab study {name}", planned=len(rows))
     report = write_report(study, "default", rows, tmp_path, command=f"vitlab study {name}").read_text()
     assert "## Verdict" in report and "| not run |" not in report  # every finding judged
     assert (tmp_path / f"{name}.png").stat().st_size > 10_000
