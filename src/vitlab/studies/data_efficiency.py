@@ -51,10 +51,10 @@ def in_order(rows: list[dict]) -> list[dict]:
 
 
 def draw(rows: list[dict], path) -> None:
-    rows = in_order(rows)
-    fig, (left, right) = figure(2)
     from matplotlib.ticker import NullFormatter
 
+    rows = in_order(rows)
+    fig, (left, right) = figure(2)
     subsets = sorted({r["subset"] for r in rows})
     for ax, y, label in ((left, "test_top1", "test top-1 (%)"), (right, "fewshot5", "5-shot linear accuracy (%)")):
         lines_by(ax, rows, group="family", x="subset", y=y, logx=True)
@@ -114,9 +114,8 @@ def resnet_against_vit(rows: list[dict]) -> list[Finding]:
 def small_data_fix(rows: list[dict], arm: str, fix: str) -> Finding | None:
     """Lee et al.'s claim for one fix, judged on every subset with seeds: the arm against the plain ViT."""
     seeded = sorted({r["subset"] for r in rows if r["family"] == arm and r.get("seed", 0) > 0})
-    pairs = {n: (spread_of(rows, "test_top1", family=arm, subset=n), spread_of(rows, "test_top1", family="ViT", subset=n))
-             for n in seeded}
-    pairs = {n: (a, v) for n, (a, v) in pairs.items() if v is not None}
+    vit = {n: spread_of(rows, "test_top1", family="ViT", subset=n) for n in seeded}
+    pairs = {n: (spread_of(rows, "test_top1", family=arm, subset=n), vit[n]) for n in seeded if vit[n] is not None}
     if not pairs:
         return None
     verdicts = [verdict_better(a, v) for a, v in pairs.values()]
