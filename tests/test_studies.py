@@ -514,6 +514,31 @@ def test_posemb_judges_each_finding_by_the_seed_range_of_its_own_arms():
     assert verdicts["Any position embedding is better than none (Fashion-MNIST)"] == "reproduced"
 
 
+def test_posemb_trains_the_learned_embeddings_furthest_apart_longer_when_they_do_not_tie(tmp_path):
+    from vitlab.studies.posemb import LONGER_TASK, STUDY
+
+    def rows(accuracies, task="fashion_mnist"):
+        return [{"run": f"{task}-{v}-s{s}", "task": task, "posemb": v, "seed": s, "test_top1": a + 0.001 * s,
+                 "fewshot5": a - 0.05, "run_dir": f"runs/{v}-s{s}"} for v, a in accuracies.items() for s in (0, 1)]
+    apart = rows({"none": 0.76, "learned_1d": 0.81, "learned_2d": 0.80, "relative": 0.805, "sincos_2d": 0.83})
+    longer = STUDY.extend("default", apart)
+    assert [r.tags["posemb"] for r in longer] == ["learned_1d", "learned_2d"]
+    assert all(r.tags["task"] == LONGER_TASK and r.tags["seed"] == 0 for r in longer)
+    assert longer[0].config["train"]["steps"] == 3 * STUDY.runs("default")[0].config["train"]["steps"]
+    tied = rows({"none": 0.76, "learned_1d": 0.8005, "learned_2d": 0.80, "relative": 0.8003, "sincos_2d": 0.83})
+    assert STUDY.extend("default", tied) == [] and STUDY.extend("quick", apart) == []
+
+    # trained longer, 1-D and 2-D come within the 0.1-point seed range: the gap was a head start
+    done = apart + [{"run": r.name, **r.tags, "test_top1": a, "run_dir": f"runs/{r.name}"}
+                    for r, a in zip(longer, (0.8500, 0.8495))]
+    verdicts = {f.claim: (f.ours, f.verdict) for f in STUDY.findings(done)}
+    ours, verdict = verdicts["... the two furthest apart, trained 3x longer (6 epochs, seed 0)"]
+    assert verdict == "reproduced (tie within noise)" and "+0.05 points (after 2 epochs +1.00)" in ours
+    assert "fashion_mnist, 3x epochs test top-1 %" in STUDY.summarise(done)
+    STUDY.draw(done, tmp_path / "posemb.png")
+    assert (tmp_path / "posemb.png").stat().st_size > 10_000
+
+
 def test_scaling_judges_its_readings_by_the_seed_range_of_the_largest_models(tmp_path):
     from vitlab.studies.scaling import STUDY, findings, grid, summarise
 
