@@ -105,10 +105,10 @@ def draw(rows: list[dict], path) -> None:
         if task == "quadrants":
             ax.axhline(25, color="k", ls="--", lw=1, label="chance")
             ax.legend(fontsize=8)
-        ax.set(title=f"{task} (error bars: seed range)", ylabel="test top-1 (%)", ylim=(max(0, min(means) - 10), 101))
-        ax.tick_params(axis="x", labelsize=8)
+        ax.set(title=task, ylabel="test top-1 (%)" if i == 0 else "", ylim=(max(0, min(means) - 10), 101))
+        ax.tick_params(axis="x", labelsize=8, labelrotation=30)
     similarity_panels(fig, rows, VARIANTS, out_dir=path.parent)
-    fig.suptitle("Position embeddings (cf. the paper's Table 8 and Figure 7)")
+    fig.suptitle("Position embeddings (cf. the paper's Table 8 and Figure 7); error bars: seed range")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
