@@ -19,12 +19,23 @@ def _rows_favouring(runs, edge: str) -> list[dict]:
     return [{**r.tags, "val_top1": 1.0 if r.tags.get("lr") == best else 0.5} for r in runs if "lr" in r.tags]
 
 
+def _rows_graded(runs) -> list[dict]:
+    """Results rows in which every arm (a run's tags but its seed) scores above the arms before it in the grid,
+    the same on every seed: no arm ties with another."""
+    def arm(run):
+        return tuple(sorted((k, v) for k, v in run.tags.items() if k != "seed"))
+    arms = list(dict.fromkeys(arm(r) for r in runs))
+    return [{**r.tags, "val_top1": 0.5 + 0.001 * arms.index(arm(r)), "test_top1": 0.5 + 0.001 * arms.index(arm(r))}
+            for r in runs]
+
+
 def planned(study, size: str) -> list:
-    """The study's grid and every run its sweeps can be extended by (one step past either edge, or more seeds)."""
+    """The study's grid and every run its extensions can add (a sweep one step past either edge, more seeds, a
+    pair of arms trained longer)."""
     runs = study.runs(size)
     for edge in ("low", "high", "middle"):
         runs += study.extend(size, _rows_favouring(runs, edge))
-    return runs
+    return runs + study.extend(size, _rows_graded(study.runs(size)))
 
 
 def all_hashes() -> dict:

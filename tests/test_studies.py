@@ -611,5 +611,5 @@ def test_runs_that_two_studies_share_are_declared_alike_so_one_trains_them():
     def hashes(name):
         return {r.name: config_hash(r) for r in get_study(name).runs("default")}
     posemb, dimensions = hashes("posemb"), hashes("dimensions")
-    assert [dimensions[f"base-s{s}"] for s in (0, 1)] == [posemb[f"fmnist-learned_1d-s{s}"] for s in (0, 1)]
+    assert [dimensions[f"base-s{s}"] for s in (0, 1, 2)] == [posemb[f"fmnist-learned_1d-s{s}"] for s in (0, 1, 2)]
     assert hashes("axial")["vit-p4-s0"] == hashes("scaling")["vit-0-s0"]

@@ -11,12 +11,12 @@ from .core import (SMALL_VIT, TINY_VIT, Finding, Run, Study, epochs_to_steps, fa
 from .plots import figure, save
 from .report import markdown_table, pct, seed_noise, spread_of, verdict_better
 
-# the posemb study's learned 1-D runs, said the same way: both seeds of the base are taken from that study's
+# the posemb study's learned 1-D runs, said the same way: the base's three seeds are taken from that study's
 # results where they exist (the cache is keyed by the configuration)
 BASE = dict(SMALL_VIT, posemb="learned_1d")
 SCALES = {"depth": [2, 8], "width": [32, 128], "mlp_dim": [128, 1024], "patch_size": [7, 2]}
 QUICK_SCALES = {"depth": [1], "width": [16], "mlp_dim": [32], "patch_size": [4]}
-EPOCHS, QUICK_STEPS, BASE_SEEDS = 2, 15, (0, 1)
+EPOCHS, QUICK_STEPS, BASE_SEEDS = 2, 15, (0, 1, 2)
 PAPER_SCALES = {"depth": [6, 12, 24, 32, 64], "width": [384, 768, 1024], "mlp_dim": [1536, 3072, 4096],
                 "patch_size": [8, 16, 32]}
 
@@ -116,7 +116,7 @@ STUDY = Study(
     question="Which dimension (depth, width, MLP width, patch size) buys the most accuracy per unit of compute?",
     grid=grid, draw=draw, summarise=summarise, findings=findings,
     budget={"quick": f"{QUICK_STEPS} steps of 64 per run, a tiny base.",
-            "default": f"every run {EPOCHS} epochs of 54,000 images at batch 128, AdamW lr 1e-3 cosine, fp32; two "
+            "default": f"every run {EPOCHS} epochs of 54,000 images at batch 128, AdamW lr 1e-3 cosine, fp32; three "
                        "seeds of the base give the seed range.",
             "paper": "ViT-B/16 base scaled per Appendix D.2, 7 epochs of JFT-300M each."},
     paper_numbers="""
