@@ -539,6 +539,18 @@ def test_posemb_trains_the_learned_embeddings_furthest_apart_longer_when_they_do
     assert (tmp_path / "posemb.png").stat().st_size > 10_000
 
 
+def test_axial_judges_accuracy_by_the_seed_range_and_cost_by_counted_flops():
+    from vitlab.studies.axial import findings
+
+    def rows(family, accuracies, gflops):
+        return [{"family": family, "patch_size": 4, "seed": s, "test_top1": a, "gflops_per_image": gflops,
+                 "images_per_s": 300.0 / gflops} for s, a in enumerate(accuracies)]
+    data = rows("ViT", [0.78, 0.79], 0.02) + rows("AxialViT", [0.83, 0.835], 0.04) + rows("ViT-deep", [0.82, 0.84], 0.04)
+    verdicts = [(f.claim, f.ours, f.verdict) for f in findings(data)]
+    assert [v[2] for v in verdicts] == ["reproduced", "reproduced", "tie within noise"]
+    assert verdicts[1][0] == "... at the cost of more compute (patch 4)" and "(2.00x)" in verdicts[1][1]
+
+
 def test_scaling_judges_its_readings_by_the_seed_range_of_the_largest_models(tmp_path):
     from vitlab.studies.scaling import STUDY, findings, grid, summarise
 

@@ -88,10 +88,22 @@ def findings(rows: list[dict]) -> list[Finding]:
         out.append(Finding(f"AxialViT beats ViT at the same patch size (patch {patch})",
                            f"AxialViT {stat['AxialViT'].text()}, ViT {stat['ViT'].text()}",
                            verdict_better(stat["AxialViT"], stat["ViT"])))
+        out.append(cost_finding(rows, patch))
         out.append(Finding(f"... and a ViT with the same parameters, twice as deep (patch {patch}; not in the paper)",
                            f"AxialViT {stat['AxialViT'].text()}, ViT-deep {stat['ViT-deep'].text()}",
                            verdict_better(stat["AxialViT"], stat["ViT-deep"])))
     return out
+
+
+def cost_finding(rows: list[dict], patch: int) -> Finding:
+    """FLOPs are counted, not timed: a verdict without seeds; the training speed is given beside them."""
+    cost = {a: next(r for r in rows if r["family"] == a and r["patch_size"] == patch) for a in ("AxialViT", "ViT")}
+    speed = {a: spread_of(rows, "images_per_s", family=a, patch_size=patch).mean for a in cost}
+    ratio = cost["AxialViT"]["gflops_per_image"] / cost["ViT"]["gflops_per_image"]
+    return Finding(f"... at the cost of more compute (patch {patch})",
+                   f"GFLOPs per image: AxialViT {cost['AxialViT']['gflops_per_image']:.4f}, ViT "
+                   f"{cost['ViT']['gflops_per_image']:.4f} ({ratio:.2f}x); training images/s {speed['AxialViT']:.0f} "
+                   f"against {speed['ViT']:.0f}", "reproduced" if ratio > 1 else "not reproduced")
 
 
 STUDY = Study(
