@@ -21,12 +21,14 @@ def _rows_favouring(runs, edge: str) -> list[dict]:
 
 def _rows_graded(runs) -> list[dict]:
     """Results rows in which every arm (a run's tags but its seed) scores above the arms before it in the grid,
-    the same on every seed: no arm ties with another."""
+    by more than its seeds spread: no arm ties with another."""
     def arm(run):
         return tuple(sorted((k, v) for k, v in run.tags.items() if k != "seed"))
+
+    def score(run):
+        return 0.5 + 0.001 * arms.index(arm(run)) + 0.0001 * run.tags.get("seed", 0)
     arms = list(dict.fromkeys(arm(r) for r in runs))
-    return [{**r.tags, "val_top1": 0.5 + 0.001 * arms.index(arm(r)), "test_top1": 0.5 + 0.001 * arms.index(arm(r))}
-            for r in runs]
+    return [{**r.tags, "val_top1": score(r), "test_top1": score(r)} for r in runs]
 
 
 def planned(study, size: str) -> list:

@@ -596,6 +596,28 @@ def test_dimensions_reads_its_rows_whose_tag_is_called_value(tmp_path):
     STUDY.draw(rows, tmp_path / "dimensions.png")
 
 
+def test_dimensions_trains_the_arms_of_a_finding_not_reproduced_longer(tmp_path):
+    from vitlab.studies.dimensions import STUDY
+
+    def row(dimension, value, accuracy, seed=0, **tags):
+        return {"run": f"{dimension}-{value}-s{seed}", "dimension": dimension, "value": value, "seed": seed,
+                "params": 1000, "train_pflops": 0.002, "test_top1": accuracy, "fewshot5": accuracy - 0.05, **tags}
+    rows = [row("base", 0, 0.800), row("base", 0, 0.802, seed=1), row("depth", 8, 0.810), row("width", 128, 0.830),
+            row("patch_size", 2, 0.830), row("patch_size", 7, 0.790)]  # width wins: depth against width is retried
+    longer = STUDY.extend("default", rows)
+    assert [r.name for r in longer] == ["depth-8-x3", "width-128-x3"]
+    assert longer[0].config["model"]["overrides"]["depth"] == 8 and longer[0].tags["epochs"] == 6
+    assert STUDY.extend("quick", rows) == []
+    done = rows + [row("depth", 8, 0.850, epochs=6), row("width", 128, 0.840, epochs=6)]
+    verdicts = {f.claim: (f.ours, f.verdict) for f in STUDY.findings(done)}
+    assert verdicts["Scaling depth helps more than scaling width"][1] == "not reproduced"  # judged after 2 epochs
+    ours, verdict = verdicts["... scaling depth helps more than scaling width: trained 3x longer (6 epochs, seed 0)"]
+    assert verdict == "reproduced" and "depth 8 85.00, width 128 84.00: +1.00 points" in ours
+    assert "80.10 ±0.10 (n=2)" in STUDY.summarise(done)  # the longer runs are kept out of the base's seeds
+    assert "| depth 8 | 0.002 | 85.00 | 81.00 (n=1) |" in STUDY.summarise(done)
+    STUDY.draw(done, tmp_path / "dimensions.png")
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED - {"throughput"}))
 def test_every_default_report_is_written_from_rows_shaped_like_its_grid(name, tmp_path):
     """The report, figure and verdicts of a study at the default size, from made-up results of every run of its

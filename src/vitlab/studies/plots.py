@@ -64,6 +64,13 @@ def compute_scatter(ax, rows: list[dict], *, y: str, group: str = "family", x: s
     if front and pts:
         idx = pareto_front(pts)
         ax.plot([pts[i][0] for i in idx], [100 * pts[i][1] for i in idx], "k--", lw=1, label="Pareto front")
+    compute_axis(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def compute_axis(ax) -> None:
+    """A log x axis of training compute whose labels do not overlap."""
     from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
 
     ax.set_xscale("log")
@@ -72,5 +79,3 @@ def compute_scatter(ax, rows: list[dict], *, y: str, group: str = "family", x: s
     ax.xaxis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training compute (PFLOPs)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
