@@ -163,7 +163,7 @@ def tiny_study_with(steps: int, name: str = "tiny", runs: int = 1) -> Study:
     def grid(size):
         return [Run(f"run-{i}", fashion_mnist_run(overrides=TINY_VIT, steps=steps, batch_size=32, seed=i,
                                                   train_split="train[:64]", eval_split="test[:64]"),
-                    {"index": i}, fewshot=False) for i in range(runs)]
+                    {"index": i, "study": name}, fewshot=False) for i in range(runs)]
 
     return Study(name, name, "-", "-", grid, lambda rows, path: None, lambda rows: "", "")
 
@@ -239,6 +239,11 @@ def test_a_configuration_another_study_trained_is_reused_from_the_cache(tmp_path
                                   log=messages.append)
     assert trained == [] and any("reused" in m for m in messages)
     assert (tmp_path / "two" / rows[0]["run_dir"]).resolve() == (tmp_path / "one" / "runs" / "run-0").resolve()
+    assert rows[0]["reused_from"] == "../one/runs/run-0"  # no folder of this machine in the results
+    study_runner.export_results(rows, tmp_path / "two", tmp_path / "committed")
+    exported = json.loads((tmp_path / "committed" / "run-0" / "study_result.json").read_text())
+    assert exported["study"] == "two" and exported["run_dir"] == "runs/run-0"  # study two's result, not one's
+    assert not any(str(tmp_path) in f.read_text() for f in (tmp_path / "committed" / "run-0").iterdir())
     study_runner.run_study(tiny_study_with(3, "two"), "quick", tmp_path / "two", cache=cache, log=lambda m: None)
     assert trained == ["run-0"]  # another configuration: nothing to reuse
 

@@ -110,6 +110,9 @@ def read_result(out: Path, run: Run) -> dict | None:
     result = _read_json(run_dir_of(out, run) / RESULT_FILE)
     if result is None or result.get("config_hash") != config_hash(run) or not measured_now(result):
         return None
+    reused = result.get("reused_from")
+    if reused and os.path.isabs(reused):  # written so by earlier versions: a row names no folder of this machine
+        result["reused_from"] = os.path.relpath(reused, out)
     return result
 
 
@@ -129,8 +132,9 @@ def from_cache(cache: Path | None, run: Run, out: Path) -> dict | None:
     cached = _read_json(cache / f"{config_hash(run)}.json")
     if cached is None or not Path(cached["run_dir"]).is_dir() or not measured_now(cached):
         return None
-    return {"run": run.name, **run.tags, **cached["metrics"], "run_dir": os.path.relpath(cached["run_dir"], out),
-            "config_hash": config_hash(run), "measurement": MEASUREMENT_VERSION, "reused_from": cached["run_dir"]}
+    where = os.path.relpath(cached["run_dir"], out)
+    return {"run": run.name, **run.tags, **cached["metrics"], "run_dir": where, "config_hash": config_hash(run),
+            "measurement": MEASUREMENT_VERSION, "reused_from": where}
 
 
 def record(result: dict, out: Path, run: Run, cache: Path | None, metrics: dict) -> None:
@@ -159,14 +163,16 @@ def claim_run_dir(out: Path, run: Run, log=print) -> Path:
 
 
 def export_results(rows: list[dict], out: Path, dest: Path) -> int:
-    """Copy the KEPT_FILES of each finished run in `rows` to DEST/NAME/; returns how many runs were copied."""
+    """Copy the KEPT_FILES of each finished run in `rows` to DEST/NAME/; returns how many runs were copied.
+    The result written is the row, this study's: a run reused from another study keeps its own name and tags."""
     for row in rows:
         source, target = out / row["run_dir"], dest / row["run"]
         target.mkdir(parents=True, exist_ok=True)
-        for name in KEPT_FILES:  # paths inside them relative to the study's folder, not this machine's
+        for name in (n for n in KEPT_FILES if n != RESULT_FILE):  # paths inside relative to the study's folder
             if (source / name).is_file():
                 text = (source / name).read_text().replace(str(source.resolve()), f"runs/{row['run']}")
                 atomic_write_text(target / name, text)
+        atomic_write_text(target / RESULT_FILE, json.dumps({**row, "run_dir": f"runs/{row['run']}"}, indent=2) + "\n")
     return len(rows)
 
 
@@ -287,7 +293,7 @@ def pending_runs(runs: list[Run], out: Path, cache: Path | None, log=print, know
             log(f"{run.name}: finished before, with the same configuration; its result is taken from {known}")
             continue
         cached = from_cache(cache, run, out)
-        if cached is not None and cached["reused_from"] != str(run_dir_of(out, run).resolve()):
+        if cached is not None and (out / cached["run_dir"]).resolve() != run_dir_of(out, run).resolve():
             run_dir_of(out, run).mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir_of(out, run) / RESULT_FILE, json.dumps(cached, indent=2) + "\n")
             log(f"{run.name}: the same configuration was trained in {cached['reused_from']}; its result is reused")
