@@ -97,6 +97,11 @@ def scale_of(size: str) -> Scale:
     return Scale(128, f"train[:{TRAIN_IMAGES}]", f"train[{TRAIN_IMAGES}:]", "test")
 
 
+# A finding that may hinge on training length is judged again with its two arms trained this many times longer
+# (one seed): a difference that lasts is the arms', one that closes was a head start.
+LONGER = 3
+
+
 def epochs_to_steps(epochs: float, batch_size: int, images: int = TRAIN_IMAGES) -> int:
     """Optimiser steps for `epochs` passes over `images` training images."""
     return steps_for(round(epochs * images), batch_size)

@@ -6,8 +6,8 @@ against compute.
 
 from __future__ import annotations
 
-from .core import (SMALL_VIT, TINY_VIT, Finding, Run, Study, epochs_to_steps, fashion_mnist_run, paper_run,
-                   scale_of)
+from .core import (LONGER, SMALL_VIT, TINY_VIT, Finding, Run, Study, epochs_to_steps, fashion_mnist_run,
+                   paper_run, scale_of)
 from .plots import compute_axis, figure, save
 from .report import markdown_table, pct, seed_noise, spread_of, verdict_better
 
@@ -17,10 +17,8 @@ BASE = dict(SMALL_VIT, posemb="learned_1d")
 SCALES = {"depth": [2, 8], "width": [32, 128], "mlp_dim": [128, 1024], "patch_size": [7, 2]}
 QUICK_SCALES = {"depth": [1], "width": [16], "mlp_dim": [32], "patch_size": [4]}
 EPOCHS, QUICK_STEPS, BASE_SEEDS = 2, 15, (0, 1, 2)
-# A finding not reproduced after EPOCHS: its two arms trained LONGER times longer (seed 0), to tell a head start
-# from a difference that lasts. For the patch size the cheaper pair asks the same question: the base's patch 4
-# against patch 7 (patch 2 costs five times the base).
-LONGER = 3
+# A finding not reproduced after EPOCHS: its two arms trained LONGER times longer (seed 0). For the patch size
+# the cheaper pair asks the same question: the base's patch 4 against patch 7 (patch 2 costs five times the base).
 LONGER_PAIRS = {"Scaling depth helps more than scaling width": (("depth", 8), ("width", 128)),
                 "Smaller patches (longer sequences) help": (("base", 0), ("patch_size", 7))}
 PAPER_SCALES = {"depth": [6, 12, 24, 32, 64], "width": [384, 768, 1024], "mlp_dim": [1536, 3072, 4096],

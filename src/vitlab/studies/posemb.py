@@ -7,8 +7,8 @@ synthetic `quadrants` task, where only position decides the label, so "none" mus
 
 from __future__ import annotations
 
-from .core import (SMALL_VIT, TINY_VIT, Finding, Run, Study, epochs_to_steps, fashion_mnist_run, paper_run,
-                   scale_of)
+from .core import (LONGER, SMALL_VIT, TINY_VIT, Finding, Run, Study, epochs_to_steps, fashion_mnist_run,
+                   paper_run, scale_of)
 from .report import group_mean, markdown_table, pct, seed_noise, spread_of, verdict_better, verdict_tie
 
 VARIANTS = ["none", "learned_1d", "learned_2d", "relative", "sincos_2d"]
@@ -16,9 +16,7 @@ BASE = SMALL_VIT
 SEEDS = {"quick": [0], "default": [0, 1, 2]}
 QUADRANT_SEEDS = {"quick": [0], "default": [0, 1]}
 EPOCHS = {"fashion_mnist": 2, "quadrants": 1}
-# when the paper's learned embeddings do not tie, the two furthest apart are trained this many times longer
-# (seed 0): a difference that persists is the embedding's, one that closes was a head start
-LONGER = 3
+# when the paper's learned embeddings do not tie, the two furthest apart are trained LONGER times longer (seed 0)
 LONGER_TASK = f"fashion_mnist, {LONGER}x epochs"
 LEARNED = ["learned_1d", "learned_2d", "relative"]  # the paper's rows
 QUICK_STEPS = {"fashion_mnist": 15, "quadrants": 25}
@@ -62,10 +60,10 @@ def fashion_mnist_longer(size: str, variant: str) -> Run:
                test_split=scale.test_split)
 
 
-def learned_gap(rows: list[dict], task: str = "fashion_mnist"):
-    """(best, worst) of the paper's learned embeddings on `task`, their spreads, and the seed range that judges
-    them; None until each has a result."""
-    stats = {v: spread_of(rows, "test_top1", task=task, posemb=v) for v in LEARNED}
+def learned_gap(rows: list[dict]):
+    """(best, worst) of the paper's learned embeddings on Fashion-MNIST, their spreads, and the seed range that
+    judges them; None until each has a result."""
+    stats = {v: spread_of(rows, "test_top1", task="fashion_mnist", posemb=v) for v in LEARNED}
     if any(s is None for s in stats.values()):
         return None
     ranked = sorted(LEARNED, key=lambda v: stats[v].mean)
