@@ -295,7 +295,8 @@ def test_sweeps_are_extended_past_an_edge_until_the_best_rate_is_inside():
     assert rates_beyond_edges(rows, "arm") == {"a": 0.033, "b": 0.00033}
 
 
-def test_the_runner_runs_the_extensions_a_study_asks_for(tmp_path):
+def sweep_study() -> Study:
+    """One arm whose highest rate always wins: its sweep is extended MAX_EXTENSIONS times."""
     def run_at(lr):
         return Run(f"lr{lr:g}", fashion_mnist_run(overrides=TINY_VIT, steps=1, batch_size=32, lr=lr,
                                                  train_split="train[:32]", eval_split="test[:32]"),
@@ -306,11 +307,25 @@ def test_the_runner_runs_the_extensions_a_study_asks_for(tmp_path):
 
         return [run_at(lr) for lr in rates_beyond_edges([dict(r, val_top1=r["lr"]) for r in rows], "arm").values()]
 
-    study = Study("sweep", "sweep", "-", "-", lambda size: [run_at(1e-4), run_at(3e-4)], lambda rows, path: None,
-                  lambda rows: "", "", extend=extend)
-    rows = study_runner.run_study(study, "quick", tmp_path, log=lambda m: None)
+    return Study("sweep", "sweep", "-", "-", lambda size: [run_at(1e-4), run_at(3e-4)], lambda rows, path: None,
+                 lambda rows: "", "", extend=extend)
+
+
+def test_the_runner_runs_the_extensions_a_study_asks_for(tmp_path):
+    rows = study_runner.run_study(sweep_study(), "quick", tmp_path, log=lambda m: None)
     assert len(rows) == 2 + study_runner.MAX_EXTENSIONS
     assert max(r["lr"] for r in rows) > 3e-4 * 2 ** study_runner.MAX_EXTENSIONS
+
+
+def test_exported_extensions_are_taken_too_and_nothing_trains_again(tmp_path, monkeypatch):
+    study = sweep_study()
+    rows = study_runner.run_study(study, "quick", tmp_path / "first", log=lambda m: None)
+    study_runner.export_results(rows, tmp_path / "first", tmp_path / "committed")
+    trained = []
+    monkeypatch.setattr(study_runner, "train_and_measure", lambda run, d: trained.append(run.name))
+    again = study_runner.run_study(study, "quick", tmp_path / "second", known=tmp_path / "committed", cache=None,
+                                   log=lambda m: None)
+    assert trained == [] and [r["run"] for r in again] == [r["run"] for r in rows]
 
 
 def test_verdicts_call_a_difference_inside_the_seed_range_a_tie():

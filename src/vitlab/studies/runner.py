@@ -261,13 +261,20 @@ def run_study(study: Study, size: str, out: Path, *, jobs: int = 1, only: str | 
     training run also logs to `trackers` (studies/tracking.py); a run whose result `known` (a folder that
     `export_results` wrote) holds for its configuration is taken from there.
     """
-    for _ in range(MAX_EXTENSIONS + 1):
+    def grid() -> list[Run]:
         runs = with_tracking(planned_runs(study, size, out, data), study.name, size, out, list(trackers))
         if only is not None:
             runs = [r for r in runs if r.name == only]
             if not runs:
                 raise StudyError(f"study {study.name} ({size}) has no run named {only!r}")
+        return runs
+
+    for _ in range(MAX_EXTENSIONS + 1):
+        runs = grid()
         pending = pending_runs(runs, out, cache, log, known=known)
+        while not pending and len(grown := grid()) > len(runs):  # taken results can extend a sweep further
+            runs = grown
+            pending = pending_runs(runs, out, cache, log, known=known)
         if not pending:
             break
         if len(pending) < len(runs) and only is None:
