@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from statistics import mean
 
-from .core import Finding, Run, Study, epochs_to_steps, fashion_mnist_run, paper_run, scale_of
+from .core import LONGER, Finding, Run, Study, epochs_to_steps, fashion_mnist_run, paper_run, scale_of
 from .families import PAPER, SCALED, TINY
-from .plots import compute_scatter, figure, save
+from .plots import FAMILY_STYLE, compute_scatter, figure, save
 from .report import markdown_table, pareto_front, pct, seed_noise, spread_of, verdict_better, verdict_tie
 
 EPOCHS, QUICK_STEPS = 1.5, 15
+FRONT = "ViT (or the hybrid) gives the best accuracy for a given training compute at the top end"
 
 
 def grid(size: str) -> list[Run]:
@@ -38,6 +39,30 @@ def grid(size: str) -> list[Run]:
     return runs
 
 
+def longer_run(size: str, family: str, index: int) -> Run:
+    """Model `index` of `family` trained LONGER times the grid's epochs (seed 0)."""
+    scale = scale_of(size)
+    name, overrides = SCALED[family][index]
+    config = fashion_mnist_run(model=name, overrides=overrides, scale=scale,
+                               steps=epochs_to_steps(LONGER * EPOCHS, scale.batch_size))
+    return Run(f"{family.lower()}-{index}-x{LONGER}", config,
+               {"family": family, "size": index, "seed": 0, "epochs": LONGER * EPOCHS}, test_split=scale.test_split)
+
+
+def extend(size: str, rows: list[dict]) -> list[Run]:
+    """When the front's finding is not reproduced, its two arms (the best transformer and the best BiT) trained
+    longer: does the ResNet's lead come from the few epochs?"""
+    if size != "default" or [f.verdict for f in findings(rows) if f.claim == FRONT] != ["not reproduced"]:
+        return []
+    return [longer_run(size, m["family"], m["size"]) for m in front_arms(per_model(split_longer(rows)[0]))]
+
+
+def split_longer(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the grid's rows, the rows of runs trained longer)."""
+    longer = [r for r in rows if r.get("epochs", EPOCHS) != EPOCHS]
+    return [r for r in rows if r not in longer], longer
+
+
 def _wider(family: str, overrides: dict) -> dict:
     if family == "BiT":
         return {**overrides, "width_factor": 1.0}
@@ -56,17 +81,37 @@ def per_model(rows: list[dict]) -> list[dict]:
     return out
 
 
+def front_arms(models: list[dict]) -> tuple[dict, dict]:
+    """The most accurate transformer (ViT or hybrid) and the most accurate BiT."""
+    best = {f: max((m for m in models if m["family"] == f), key=lambda m: m["test_top1"], default=None)
+            for f in ("ViT", "Hybrid", "BiT")}
+    transformer = max((m for m in (best["ViT"], best["Hybrid"]) if m), key=lambda m: m["test_top1"])
+    return transformer, best["BiT"]
+
+
 def draw(rows: list[dict], path) -> None:
+    rows, longer = split_longer(rows)
     models = per_model(rows)
     fig, (left, right) = figure(2)
-    compute_scatter(left, models, y="test_top1")
-    left.set(ylabel="test top-1 (%)")
-    compute_scatter(right, models, y="fewshot5")
-    right.set(ylabel="5-shot linear accuracy (%)")
+    for ax, metric, label in ((left, "test_top1", "test top-1 (%)"), (right, "fewshot5", "5-shot linear accuracy (%)")):
+        compute_scatter(ax, models, y=metric)
+        for m in models:  # error bars: the seed range of each model trained with two seeds
+            s = spread_of([r for r in rows if (r["family"], r["size"]) == (m["family"], m["size"])], metric)
+            if s is not None and s.n > 1:
+                ax.errorbar([m["train_pflops"]], [100 * s.mean], yerr=[[100 * (s.mean - s.low)], [100 * (s.high - s.mean)]],
+                            fmt="none", ecolor=FAMILY_STYLE[m["family"]]["color"], capsize=3)
+        for r in longer:
+            if r.get(metric) is not None:
+                ax.scatter([r["train_pflops"]], [100 * r[metric]], marker=FAMILY_STYLE[r["family"]]["marker"],
+                           facecolors="none", edgecolors=FAMILY_STYLE[r["family"]]["color"], zorder=5)
+                ax.annotate(f"{r['run']} ({LONGER * EPOCHS:g} epochs)", (r["train_pflops"], 100 * r[metric]),
+                            fontsize=7, xytext=(4, -9), textcoords="offset points")
+        ax.set(ylabel=label)
     save(fig, path, "Accuracy against training compute (cf. the paper's Figure 5)")
 
 
 def summarise(rows: list[dict]) -> str:
+    rows, longer = split_longer(rows)
     models = per_model(rows)
     front = {models[i]["run"] for i in pareto_front([(m["train_pflops"], m["test_top1"]) for m in models])}
     lines = [[m["family"], m["run"], f"{m['params']:,}", f"{m['gflops_per_image']:.4f}", f"{m['train_pflops']:.3f}",
@@ -76,25 +121,40 @@ def summarise(rows: list[dict]) -> str:
     if any(m["spread"].n > 1 for m in models):
         table += "\n\nEach family's largest model is trained with two seeds; the largest of their seed ranges is " \
                  "the noise every verdict judges by."
+    if longer:
+        table += f"\n\nTrained {LONGER}x longer ({LONGER * EPOCHS:g} epochs, seed 0), the two arms of the front's " \
+                 f"finding when it is not reproduced after {EPOCHS:g}:\n\n" + markdown_table(
+                     ["model", "training PFLOPs", f"test top-1 % after {LONGER * EPOCHS:g} epochs",
+                      f"after {EPOCHS:g} epochs", "5-shot %"],
+                     [[r["run"], f"{r['train_pflops']:.3f}", pct(r["test_top1"]),
+                       spread_of(rows, "test_top1", family=r["family"], size=r["size"]).text(), pct(r.get("fewshot5"))]
+                      for r in longer])
     return table
 
 
 def findings(rows: list[dict]) -> list[Finding]:
     """Figure 5's readings at our scale: who is on the Pareto front at the top end, and hybrid against ViT at the
     small and the large end."""
+    rows, longer = split_longer(rows)
     models = per_model(rows)
     by_family = {f: [m for m in models if m["family"] == f] for f in dict.fromkeys(m["family"] for m in models)}
     if not {"ViT", "BiT"} <= set(by_family):
         return []
     noise = seed_noise([m["spread"] for m in models])
     front = [models[i] for i in pareto_front([(m["train_pflops"], m["test_top1"]) for m in models])]
-    best = {f: max(ms, key=lambda m: m["test_top1"]) for f, ms in by_family.items()}
-    transformer = max((best[f] for f in ("ViT", "Hybrid") if f in best), key=lambda m: m["test_top1"])
-    out = [Finding("ViT (or the hybrid) gives the best accuracy for a given training compute at the top end",
-                   "Pareto front, cheapest first: " + ", ".join(f"{m['run']} {pct(m['test_top1'])}" for m in front)
+    transformer, bit = front_arms(models)
+    out = [Finding(FRONT, "Pareto front, cheapest first: " + ", ".join(f"{m['run']} {pct(m['test_top1'])}" for m in front)
                    + f"; best {transformer['run']} {transformer['spread'].text()}, best BiT "
-                   f"{best['BiT']['run']} {best['BiT']['spread'].text()}; seed range {100 * noise:.2f}",
-                   verdict_better(transformer["spread"], best["BiT"]["spread"], noise))]
+                   f"{bit['run']} {bit['spread'].text()}; seed range {100 * noise:.2f}",
+                   verdict_better(transformer["spread"], bit["spread"], noise))]
+    trained_longer = {r["family"]: r for r in longer}
+    if {transformer["family"], "BiT"} <= set(trained_longer):
+        t, b = trained_longer[transformer["family"]], trained_longer["BiT"]
+        out.append(Finding(f"... trained {LONGER}x longer ({LONGER * EPOCHS:g} epochs, seed 0)",
+                           f"{t['run']} {pct(t['test_top1'])} ({t['train_pflops']:.3f} PFLOPs), {b['run']} "
+                           f"{pct(b['test_top1'])} ({b['train_pflops']:.3f} PFLOPs): "
+                           f"{100 * (t['test_top1'] - b['test_top1']):+.2f} points; seed range {100 * noise:.2f}",
+                           verdict_better(spread_of([t], "test_top1"), spread_of([b], "test_top1"), noise)))
     if "Hybrid" in by_family and len(by_family["Hybrid"]) == len(by_family["ViT"]) > 1:
         (vit_small, *_, vit_large), (hyb_small, *_, hyb_large) = by_family["ViT"], by_family["Hybrid"]
         out += [Finding("The hybrid beats the ViT at the smallest size",
@@ -112,10 +172,12 @@ STUDY = Study(
     title="Accuracy against training compute: ViT, ResNet and hybrid",
     paper="Figure 5 (Section 4.4)",
     question="Which family gives the most accuracy per unit of training compute?",
-    grid=grid, draw=draw, summarise=summarise, findings=findings,
+    grid=grid, draw=draw, summarise=summarise, findings=findings, extend=extend,
     budget={"quick": f"{QUICK_STEPS} steps of 64, two tiny sizes per family.",
             "default": f"every model trained for {EPOCHS} epochs of 54,000 images at batch 128, AdamW lr 1e-3 cosine, "
-                       "fp32; three sizes per family, one seed (two for each family's largest); compute = forward FLOPs x 3 x images seen.",
+                       "fp32; three sizes per family, one seed (two for each family's largest); compute = forward FLOPs x 3 x images seen; "
+                       f"the best transformer and the best BiT trained {LONGER}x longer (seed 0) if the front's "
+                       "finding is not reproduced.",
             "paper": "7 epochs of JFT-300M at batch 4096 for every model of Figure 5."},
     paper_numbers="""
 Figure 5 (average of five transfer tasks and ImageNet against total pre-training exaFLOPs, JFT-300M): ViT uses
