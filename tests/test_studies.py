@@ -631,6 +631,34 @@ def test_scaling_trains_the_arms_of_a_finding_not_reproduced_longer(tmp_path):
     STUDY.draw(done, tmp_path / "scaling.png")
 
 
+def test_optimizers_trains_the_arms_of_a_claim_not_reproduced_longer_at_their_best_rates(tmp_path):
+    from vitlab.studies.optimizers import ARMS, STUDY
+
+    def row(arm, lr, accuracy, seed=0, **tags):
+        return {"run": f"{arm}-{lr}-s{seed}", "family": ARMS[arm][0], "optimizer": arm, "lr": lr, "seed": seed,
+                "val_top1": accuracy, "test_top1": accuracy, "run_dir": "runs/none", **tags}
+
+    def sweep(arm, accuracies, second_seed):  # the middle rate best, a second seed there
+        lrs = ARMS[arm][3]
+        return [row(arm, lr, a) for lr, a in zip(lrs, accuracies)] + [row(arm, lrs[1], second_seed, seed=1)]
+    rows = (sweep("ViT adam", [0.80, 0.82, 0.81], 0.824) + sweep("ViT momentum", [0.76, 0.78, 0.77], 0.784)
+            + sweep("ViT sgd", [0.76, 0.78, 0.77], 0.776) + sweep("BiT adam", [0.86, 0.88, 0.87], 0.882)
+            + sweep("BiT momentum", [0.87, 0.89, 0.88], 0.894))  # momentum beats Adam for the ResNet
+    longer = [r for r in STUDY.extend("default", rows) if "epochs" in r.tags]  # the rest: the seeds already run
+    assert [r.name for r in longer] == ["bit-adam-lr0.003-x3", "bit-momentum-lr0.1-x3"]
+    assert longer[0].tags["epochs"] == 4.5 and longer[0].config["train"]["steps"] == 1899
+    done = rows + [row("BiT adam", 0.003, 0.90, epochs=4.5), row("BiT momentum", 0.1, 0.899, epochs=4.5)]
+    assert [r.name for r in STUDY.extend("default", done) if "epochs" in r.tags] == [r.name for r in longer]
+    verdicts = [(f.claim, f.ours, f.verdict) for f in STUDY.findings(done)]
+    assert verdicts[0][2] == "not reproduced" and verdicts[1][0].startswith("... trained 3x longer (4.5 epochs")
+    assert verdicts[1][2] == "tie within noise" and "BiT adam 90.00, BiT momentum 89.90: +0.10 points" in verdicts[1][1]
+    assert [v[2] for v in verdicts[2:]] == ["reproduced", "reproduced"]  # no longer runs for the ViT's claims
+    summary = STUDY.summarise(done)
+    assert "| BiT adam | 0.003 | 90.00 | 88.10 ±0.10 (n=2) |" in summary
+    assert "| BiT adam | 0.001: 86.00, 0.003: 88.00, 0.01: 87.00 | 0.003 | 88.10 ±0.10 (n=2) |" in summary
+    STUDY.draw(done, tmp_path / "optimizers.png")
+
+
 def test_dimensions_reads_its_rows_whose_tag_is_called_value(tmp_path):
     from vitlab.studies.dimensions import SCALES, STUDY
 
