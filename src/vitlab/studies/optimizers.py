@@ -112,8 +112,8 @@ def draw(rows: list[dict], path) -> None:
     for r in longer:
         right.scatter([r["lr"]], [100 * r["test_top1"]], marker="o" if r["family"] == "ViT" else "s", zorder=5,
                       facecolors="none", edgecolors="k")
-        right.annotate(f"{r['optimizer']}, {r['epochs']:g} epochs", (r["lr"], 100 * r["test_top1"]), fontsize=7,
-                       xytext=(4, 4), textcoords="offset points")
+        right.annotate(f"{r['epochs']:g} epochs", (r["lr"], 100 * r["test_top1"]), fontsize=7, ha="center",
+                       xytext=(0, 6), textcoords="offset points")
     right.set(xscale="log", xlabel="learning rate", ylabel="test top-1 (%), seed 0")
     right.grid(alpha=0.3)
     right.legend(fontsize=7)
