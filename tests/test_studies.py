@@ -659,6 +659,33 @@ def test_optimizers_trains_the_arms_of_a_claim_not_reproduced_longer_at_their_be
     STUDY.draw(done, tmp_path / "optimizers.png")
 
 
+def test_posemb_figure_shows_a_fixed_table_whose_checkpoint_is_not_kept(tmp_path):
+    """Runs taken from exported results have no checkpoint: the sin-cos table is the same untrained, a learned one
+    is not, and is named as not kept."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vitlab.studies.posemb import STUDY
+    from vitlab.studies.posemb_figure import similarity_panels
+    from vitlab.training.config import to_yaml
+
+    rows = []
+    for run in STUDY.runs("quick"):
+        if run.tags["task"] == "fashion_mnist" and run.tags["posemb"] in ("sincos_2d", "learned_1d"):
+            (tmp_path / "runs" / run.name).mkdir(parents=True)
+            cfg = validate(from_dict({**run.config, "run_dir": str(tmp_path / "runs" / run.name)}))
+            (tmp_path / "runs" / run.name / "config.yaml").write_text(to_yaml(cfg))
+            rows.append({"run": run.name, **run.tags, "run_dir": f"runs/{run.name}"})
+    fig = plt.figure()
+    similarity_panels(fig, rows, ["learned_1d", "sincos_2d"], out_dir=tmp_path)
+    titles = [ax.get_title() for ax in fig.axes]
+    notes = [t.get_text() for t in fig.texts]
+    plt.close(fig)
+    assert titles[0].startswith("sincos_2d:") and notes == ["checkpoint not kept: learned_1d"]
+
+
 def test_dimensions_reads_its_rows_whose_tag_is_called_value(tmp_path):
     from vitlab.studies.dimensions import SCALES, STUDY
 
