@@ -71,8 +71,9 @@ def add_data_root(parser) -> None:
 def add_runtime_args(parser, *, precision: str = "auto", precision_help: str | None = None) -> None:
     add_device_arg(parser)
     parser.add_argument("--precision", default=precision, type=precision_name, metavar="{" + ",".join(PRECISIONS) + "}",
-                        help=precision_help or f"autocast precision; weights stay fp32 (auto: bf16 on a GPU that "
-                                               f"has it; default {precision})")
+                        help=precision_help or f"autocast precision; weights stay fp32 (auto: bf16 where the device "
+                                               f"computes it natively, a GPU or a CPU with AVX-512 BF16 or AMX; "
+                                               f"default {precision})")
     add_alias(parser, "--amp", "--precision", "precision", type=precision_name)
 
 

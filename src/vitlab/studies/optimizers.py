@@ -146,13 +146,14 @@ def findings(rows: list[dict]) -> list[Finding]:
     rows, longer = split_longer(rows)
     best = {arm: lr for arm, (lr, _) in best_per_optimizer(rows).items()}
     stat = {arm: spread_of(rows, "test_top1", optimizer=arm, lr=lr) for arm, lr in best.items()}
+    stat = {arm: s for arm, s in stat.items() if s is not None}  # measured on the test split
     out = []
     for winner, loser, claim in CLAIMS:
         if winner in stat and loser in stat:
             out.append(Finding(claim, f"{winner} {stat[winner].text()}, {loser} {stat[loser].text()}",
                                verdict_better(stat[winner], stat[loser])))
         trained_longer = [spread_of(longer, "test_top1", optimizer=arm) for arm in (winner, loser)]
-        if None not in trained_longer:  # judged by the seed range of the two arms at the sweeps' length
+        if None not in trained_longer and winner in stat and loser in stat:  # judged by the sweeps' seed range
             noise, (a, b) = seed_noise([stat[winner], stat[loser]]), trained_longer
             out.append(Finding(f"... trained {LONGER}x longer ({LONGER * EPOCHS:g} epochs, seed 0)",
                                f"{winner} {pct(a.mean)}, {loser} {pct(b.mean)}: {100 * (a.mean - b.mean):+.2f} "

@@ -74,7 +74,7 @@ class TrainSettings:
     max_minutes: Optional[float] = None  # stop (evaluate, save) once training has taken this long, resumes included
     accumulation_steps: int = 1  # micro-batches per optimiser step (data.batch_size is the global batch)
     clip_grad_norm: Optional[float] = 1.0  # clip the global gradient norm to this; 0 (or none) = off
-    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 on a GPU that has it); autocast, fp32 weights and optimiser
+    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the device has it natively); autocast, fp32 weights, optimiser
     compile: bool = False  # torch.compile the model
     ema_decay: Optional[float] = None  # Polyak/EMA averaging of the weights (the paper: 0.9999)
     on_nan: str = "stop"  # stop | skip: what a NaN or infinite loss does
