@@ -132,7 +132,7 @@ def summarise(rows: list[dict]) -> str:
                          lines) + f"\n\nBase model (default size): {text}; each row changes one setting of it."
     if longer:
         out += f"\n\nTrained {LONGER}x longer ({LONGER * EPOCHS} epochs, seed 0), the arms of a finding not " \
-               f"reproduced after {EPOCHS}:\n\n" + markdown_table(
+               f"reproduced after {EPOCHS} epochs:\n\n" + markdown_table(
                    ["arm", "training PFLOPs", f"test top-1 % after {LONGER * EPOCHS} epochs",
                     f"after {EPOCHS} epochs", "5-shot %"],
                    [[arm_name(r["dimension"], r["value"]), f"{r['train_pflops']:.3f}", pct(r["test_top1"]),

@@ -135,7 +135,7 @@ def summarise(rows: list[dict]) -> str:
                             "test top-1 % at the best rate"], lines)
     if longer:
         table += f"\n\nTrained {LONGER}x longer ({LONGER * EPOCHS:g} epochs, seed 0, at the best rate), the arms of " \
-                 f"a claim not reproduced after {EPOCHS:g}:\n\n" + markdown_table(
+                 f"a claim not reproduced after {EPOCHS:g} epochs:\n\n" + markdown_table(
                      ["arm", "rate", f"test top-1 % after {LONGER * EPOCHS:g} epochs", f"after {EPOCHS:g} epochs"],
                      [[r["optimizer"], f"{r['lr']:g}", pct(r["test_top1"]),
                        spread_of(rows, "test_top1", optimizer=r["optimizer"], lr=r["lr"]).text()] for r in longer])

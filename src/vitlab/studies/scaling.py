@@ -135,8 +135,8 @@ def summarise(rows: list[dict]) -> str:
         table += "\n\nEach family's largest model is trained with two seeds; the largest of their seed ranges is " \
                  "the noise every verdict judges by."
     if longer:
-        table += f"\n\nTrained {LONGER}x longer ({LONGER * EPOCHS:g} epochs, seed 0), the two arms of the front's " \
-                 f"finding when it is not reproduced after {EPOCHS:g}:\n\n" + markdown_table(
+        table += f"\n\nTrained {LONGER}x longer ({LONGER * EPOCHS:g} epochs, seed 0), the arms of the findings " \
+                 f"not reproduced after {EPOCHS:g} epochs:\n\n" + markdown_table(
                      ["model", "training PFLOPs", f"test top-1 % after {LONGER * EPOCHS:g} epochs",
                       f"after {EPOCHS:g} epochs", "5-shot %"],
                      [[r["run"], f"{r['train_pflops']:.3f}", pct(r["test_top1"]),
