@@ -118,8 +118,9 @@ def draw(rows: list[dict], path) -> None:
                 ax.scatter([r["train_pflops"]], [100 * r[metric]], marker=FAMILY_STYLE[r["family"]]["marker"],
                            facecolors="none", edgecolors=FAMILY_STYLE[r["family"]]["color"], zorder=5)
                 ax.annotate(f"{r['run']} ({LONGER * EPOCHS:g} epochs)", (r["train_pflops"], 100 * r[metric]),
-                            fontsize=7, xytext=(4, -9), textcoords="offset points")
+                            fontsize=7, ha="right", xytext=(-6, 4), textcoords="offset points")
         ax.set(ylabel=label)
+        ax.legend(fontsize=8, loc="center right")  # the lower corners hold the smallest and the largest ViT
     save(fig, path, "Accuracy against training compute (cf. the paper's Figure 5)")
 
 
