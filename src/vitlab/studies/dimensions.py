@@ -101,11 +101,11 @@ def draw(rows: list[dict], path) -> None:
                        facecolors="none", edgecolors="k", zorder=5, label=f"{LONGER * EPOCHS} epochs (seed 0)")
             for r in longer:
                 ax.annotate(arm_name(r["dimension"], r["value"]), (r["train_pflops"], 100 * r[metric]), fontsize=7,
-                            xytext=(4, -9), textcoords="offset points")
+                            ha="center", xytext=(0, 5), textcoords="offset points")
         compute_axis(ax)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="lower center", ncol=2)  # the longer runs sit at the top
     save(fig, path, "Scaling one dimension at a time (cf. the paper's Figure 8)")
 
 
