@@ -102,6 +102,12 @@ def scale_of(size: str) -> Scale:
 LONGER = 3
 
 
+def split_longer(rows: list[dict], epochs: float) -> tuple[list[dict], list[dict]]:
+    """(the rows of runs trained for the grid's `epochs`, the rows of runs trained longer: tagged other "epochs")."""
+    longer = [r for r in rows if r.get("epochs", epochs) != epochs]
+    return [r for r in rows if r not in longer], longer
+
+
 def epochs_to_steps(epochs: float, batch_size: int, images: int = TRAIN_IMAGES) -> int:
     """Optimiser steps for `epochs` passes over `images` training images."""
     return steps_for(round(epochs * images), batch_size)

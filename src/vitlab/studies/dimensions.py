@@ -7,7 +7,7 @@ against compute.
 from __future__ import annotations
 
 from .core import (LONGER, SMALL_VIT, TINY_VIT, Finding, Run, Study, epochs_to_steps, fashion_mnist_run,
-                   paper_run, scale_of)
+                   paper_run, scale_of, split_longer)
 from .plots import compute_axis, figure, save
 from .report import markdown_table, pct, seed_noise, spread_of, verdict_better
 
@@ -69,11 +69,6 @@ def extend(size: str, rows: list[dict]) -> list[Run]:
             for arm in LONGER_PAIRS.get(f.claim, ())]
 
 
-def split_longer(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(the grid's rows, the rows of runs trained longer)."""
-    longer = [r for r in rows if r.get("epochs", EPOCHS) != EPOCHS]
-    return [r for r in rows if r not in longer], longer
-
 
 def _heads(dim: str, value: int) -> dict:
     """Keep the head width at 32 (or 64 at paper scale) when the width changes."""
@@ -83,7 +78,7 @@ def _heads(dim: str, value: int) -> dict:
 
 
 def draw(rows: list[dict], path) -> None:
-    rows, longer = split_longer(rows)
+    rows, longer = split_longer(rows, EPOCHS)
     fig, (left, right) = figure(2)
     base_row = next((r for r in rows if r["dimension"] == "base"), None)
     for ax, metric, label in ((left, "test_top1", "test top-1 (%)"), (right, "fewshot5", "5-shot linear (%)")):
@@ -116,7 +111,7 @@ def arm_name(dim: str, value: int) -> str:
 
 
 def summarise(rows: list[dict]) -> str:
-    rows, longer = split_longer(rows)
+    rows, longer = split_longer(rows, EPOCHS)
     base = spread_of(rows, "test_top1", dimension="base")
     lines = []
     for r in rows:
@@ -142,7 +137,7 @@ def summarise(rows: list[dict]) -> str:
 
 
 def findings(rows: list[dict]) -> list[Finding]:
-    rows, longer = split_longer(rows)
+    rows, longer = split_longer(rows, EPOCHS)
     base = spread_of(rows, "test_top1", dimension="base")
     noise = seed_noise([base])
     scaled = {(r["dimension"], r["value"]): spread_of(rows, "test_top1", dimension=r["dimension"], value=r["value"])

@@ -9,7 +9,7 @@ optimisers, a BiT ResNet for the paper's two.
 from __future__ import annotations
 
 from .core import (LONGER, SMALL_VIT, TINY_VIT, Finding, Run, Study, best_rates, epochs_to_steps, fashion_mnist_run,
-                   paper_run, rates_beyond_edges, scale_of)
+                   paper_run, rates_beyond_edges, scale_of, split_longer)
 from .families import COMPARABLE, TINY
 from .measure import loss_curve
 from .plots import figure, save
@@ -60,18 +60,13 @@ def run_at(size: str, arm: str, lr: float, seed: int = 0, epochs: float = EPOCHS
                {"family": family, "optimizer": arm, "lr": lr, "seed": seed}, fewshot=False, test_split=test_split)
 
 
-def split_longer(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(the sweeps' rows, the rows of runs trained longer)."""
-    longer = [r for r in rows if r.get("epochs", EPOCHS) != EPOCHS]
-    return [r for r in rows if r not in longer], longer
-
 
 def extend(size: str, rows: list[dict]) -> list[Run]:
     """Past an edge of a sweep first; once an arm's best rate is inside its sweep, the other seeds there; the two
     arms of a claim not reproduced, at their best rates, trained longer."""
     if size != "default":
         return []
-    rows = split_longer(rows)[0]
+    rows = split_longer(rows, EPOCHS)[0]
     first = [r for r in rows if r["seed"] == 0]
     beyond = rates_beyond_edges(first, "optimizer")
     runs = [run_at(size, arm, lr) for arm, lr in beyond.items()]
@@ -86,7 +81,7 @@ def extend(size: str, rows: list[dict]) -> list[Run]:
 
 def best_per_optimizer(rows: list[dict]) -> dict[str, tuple[float, dict]]:
     """{arm: (best rate on the held-out split, the seed-0 row at that rate)}."""
-    first = [r for r in split_longer(rows)[0] if r["seed"] == 0]
+    first = [r for r in split_longer(rows, EPOCHS)[0] if r["seed"] == 0]
     out = {}
     for arm, (lr, _) in best_rates(first, "optimizer").items():
         out[arm] = (lr, next(r for r in first if r["optimizer"] == arm and r["lr"] == lr))
@@ -94,7 +89,7 @@ def best_per_optimizer(rows: list[dict]) -> dict[str, tuple[float, dict]]:
 
 
 def draw(rows: list[dict], path) -> None:
-    rows, longer = split_longer(rows)
+    rows, longer = split_longer(rows, EPOCHS)
     fig, (left, right) = figure(2)
     for arm, (lr, row) in best_per_optimizer(rows).items():
         curve = loss_curve(path.parent / row["run_dir"])
@@ -121,7 +116,7 @@ def draw(rows: list[dict], path) -> None:
 
 
 def summarise(rows: list[dict]) -> str:
-    rows, longer = split_longer(rows)
+    rows, longer = split_longer(rows, EPOCHS)
     best = best_per_optimizer(rows)
     lines = []
     for arm in ARMS:
@@ -143,7 +138,7 @@ def summarise(rows: list[dict]) -> str:
 
 
 def findings(rows: list[dict]) -> list[Finding]:
-    rows, longer = split_longer(rows)
+    rows, longer = split_longer(rows, EPOCHS)
     best = {arm: lr for arm, (lr, _) in best_per_optimizer(rows).items()}
     stat = {arm: spread_of(rows, "test_top1", optimizer=arm, lr=lr) for arm, lr in best.items()}
     stat = {arm: s for arm, s in stat.items() if s is not None}  # measured on the test split

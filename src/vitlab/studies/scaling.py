@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from statistics import mean
 
-from .core import LONGER, Finding, Run, Study, epochs_to_steps, fashion_mnist_run, paper_run, scale_of
+from .core import (LONGER, Finding, Run, Study, epochs_to_steps, fashion_mnist_run, paper_run, scale_of,
+                   split_longer)
 from .families import PAPER, SCALED, TINY
 from .plots import FAMILY_STYLE, compute_scatter, figure, save
 from .report import markdown_table, pareto_front, pct, seed_noise, spread_of, verdict_better, verdict_tie
@@ -54,7 +55,7 @@ def extend(size: str, rows: list[dict]) -> list[Run]:
     """The two arms of each finding not reproduced, trained longer: does the result come from the few epochs?"""
     if size != "default":
         return []
-    models = per_model(split_longer(rows)[0])
+    models = per_model(split_longer(rows, EPOCHS)[0])
     arms = dict.fromkeys((m["family"], m["size"]) for f in findings(rows) if f.verdict == "not reproduced"
                          for m in longer_arms(f.claim, models))
     return [longer_run(size, family, index) for family, index in arms]
@@ -69,11 +70,6 @@ def longer_arms(claim: str, models: list[dict]) -> list[dict]:
         return [[m for m in models if m["family"] == family][-1] for family in ("Hybrid", "ViT")]
     return []
 
-
-def split_longer(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(the grid's rows, the rows of runs trained longer)."""
-    longer = [r for r in rows if r.get("epochs", EPOCHS) != EPOCHS]
-    return [r for r in rows if r not in longer], longer
 
 
 def _wider(family: str, overrides: dict) -> dict:
@@ -103,7 +99,7 @@ def front_arms(models: list[dict]) -> tuple[dict, dict]:
 
 
 def draw(rows: list[dict], path) -> None:
-    rows, longer = split_longer(rows)
+    rows, longer = split_longer(rows, EPOCHS)
     models = per_model(rows)
     fig, (left, right) = figure(2)
     for ax, metric, label in ((left, "test_top1", "test top-1 (%)"), (right, "fewshot5", "5-shot linear accuracy (%)")):
@@ -125,7 +121,7 @@ def draw(rows: list[dict], path) -> None:
 
 
 def summarise(rows: list[dict]) -> str:
-    rows, longer = split_longer(rows)
+    rows, longer = split_longer(rows, EPOCHS)
     models = per_model(rows)
     front = {models[i]["run"] for i in pareto_front([(m["train_pflops"], m["test_top1"]) for m in models])}
     lines = [[m["family"], m["run"], f"{m['params']:,}", f"{m['gflops_per_image']:.4f}", f"{m['train_pflops']:.3f}",
@@ -149,7 +145,7 @@ def summarise(rows: list[dict]) -> str:
 def findings(rows: list[dict]) -> list[Finding]:
     """Figure 5's readings at our scale: who is on the Pareto front at the top end, and hybrid against ViT at the
     small and the large end."""
-    rows, longer = split_longer(rows)
+    rows, longer = split_longer(rows, EPOCHS)
     models = per_model(rows)
     by_family = {f: [m for m in models if m["family"] == f] for f in dict.fromkeys(m["family"] for m in models)}
     if not {"ViT", "BiT"} <= set(by_family):
