@@ -52,13 +52,13 @@ def run_at(size: str, arm: str, lr: float, seed: int = 0, epochs: float = EPOCHS
         config = fashion_mnist_run(model=model, overrides=overrides, lr=lr, steps=steps, scale=scale, seed=seed)
         test_split = scale.test_split
     config["optim"] = {"name": name, "lr": lr, "weight_decay": 0.0, **extra}
-    label = arm.lower().replace(" ", "-")
+    name = f"{arm.lower().replace(' ', '-')}-lr{lr:g}"
+    tags = {"family": family, "optimizer": arm, "lr": lr, "seed": seed}
     if epochs != EPOCHS:
-        return Run(f"{label}-lr{lr:g}-x{LONGER}", config, {"family": family, "optimizer": arm, "lr": lr, "seed": seed,
-                   "epochs": epochs}, fewshot=False, test_split=test_split)
-    return Run(f"{label}-lr{lr:g}" + (f"-s{seed}" if seed else ""), config,
-               {"family": family, "optimizer": arm, "lr": lr, "seed": seed}, fewshot=False, test_split=test_split)
-
+        name, tags = f"{name}-x{LONGER}", {**tags, "epochs": epochs}
+    elif seed:
+        name += f"-s{seed}"
+    return Run(name, config, tags, fewshot=False, test_split=test_split)
 
 
 def extend(size: str, rows: list[dict]) -> list[Run]:
@@ -68,12 +68,11 @@ def extend(size: str, rows: list[dict]) -> list[Run]:
         return []
     rows = split_longer(rows, EPOCHS)[0]
     first = [r for r in rows if r["seed"] == 0]
-    beyond = rates_beyond_edges(first, "optimizer")
+    beyond, best = rates_beyond_edges(first, "optimizer"), best_rates(first, "optimizer")
     runs = [run_at(size, arm, lr) for arm, lr in beyond.items()]
-    for arm, (lr, _) in best_rates(first, "optimizer").items():
+    for arm, (lr, _) in best.items():
         if arm not in beyond:
             runs += [run_at(size, arm, lr, seed) for seed in SEEDS[1:]]
-    best = best_rates(first, "optimizer")
     retried = dict.fromkeys(arm for winner, loser, claim in CLAIMS for f in findings(rows)
                             if f.claim == claim and f.verdict == "not reproduced" for arm in (winner, loser))
     return runs + [run_at(size, arm, best[arm][0], epochs=LONGER * EPOCHS) for arm in retried]
